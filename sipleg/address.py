@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Optional
 
 __all__ = ["Address", "bracket", "default_port", "ip_family", "split_hostport", "PROTOCOLS"]
 
@@ -29,7 +28,7 @@ def default_port(proto: str) -> int:
     return 5061 if proto == "tls" else 5060
 
 
-def ip_family(text: str) -> Optional[int]:
+def ip_family(text: str) -> int | None:
     """
     Tell whether C{text} is an IP literal.
 
@@ -43,7 +42,7 @@ def ip_family(text: str) -> Optional[int]:
         except (OSError, ValueError):
             return None
         return socket.AF_INET6
-    if not text or not text[-1].isdigit():
+    if not text or text[-1] not in "0123456789":
         return None
     try:
         socket.inet_pton(socket.AF_INET, text)
@@ -75,8 +74,8 @@ class Address:
     host: str
     port: int
     proto: str = "udp"
-    family: Optional[int] = field(default=None, compare=False)
-    addr: Optional[str] = None
+    family: int | None = field(default=None, compare=False)
+    addr: str | None = None
 
     def __post_init__(self) -> None:
         if self.proto not in PROTOCOLS:
@@ -103,9 +102,7 @@ class Address:
         object.__setattr__(self, "host", host)
 
     @classmethod
-    def parse(
-        cls, text: str, proto: str = "udp", port: Optional[int] = None
-    ) -> "Address":
+    def parse(cls, text: str, proto: str = "udp", port: int | None = None) -> Address:
         """
         Parse C{host}, C{host:port}, C{[v6]}, C{[v6]:port} or a bare IPv6
         literal.
@@ -147,7 +144,7 @@ class Address:
             raise ValueError(f"{self.host} is not resolved")
         return (self.addr, self.port)
 
-    def with_addr(self, addr: str) -> "Address":
+    def with_addr(self, addr: str) -> Address:
         """
         This address, resolved to the IP C{addr}.
         """
@@ -164,7 +161,7 @@ def bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def split_hostport(text: str) -> tuple[str, Optional[int]]:
+def split_hostport(text: str) -> tuple[str, int | None]:
     """
     Split C{host[:port]}, C{[v6][:port]} or a bare IPv6 literal.
 
@@ -189,6 +186,6 @@ def split_hostport(text: str) -> tuple[str, Optional[int]]:
         raise ValueError(f"no host in {text!r}")
     if port_text is None:
         return host, None
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or int(port_text) > 65535:
         raise ValueError(f"bad port in {text!r}")
     return host, int(port_text)
