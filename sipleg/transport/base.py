@@ -1,0 +1,124 @@
+# zope.interface methods are declared without "self"; mypy has no plugin here.
+# mypy: disable-error-code="misc,empty-body"
+"""
+What every socket pool offers, and the mapping of network failures to
+L{DeliveryError}.
+
+A socket pool is the I/O half of a leg: it owns one listening socket (UDP)
+or one listener plus its connections (TCP, TLS), moves bytes, and reports
+every received datagram or framed stream message to a L{Receiver}.  It never
+parses SIP.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface  # type: ignore[import-untyped]
+
+from sipleg.address import Address
+from sipleg.errors import DeliveryError
+
+__all__ = ["ISocketPool", "Receiver", "delivery_error"]
+
+#: Called by a pool for every received datagram or framed stream message:
+#: C{receiver(data, source, conn)}.  C{source} carries the transport of the
+#: pool; C{conn} is an opaque connection handle (L{None} for UDP) that may be
+#: passed back to L{ISocketPool.send} to answer on the same connection.
+Receiver = Callable[[bytes, Address, object | None], None]
+
+
+class ISocketPool(Interface):
+    """
+    The sockets of one leg.
+    """
+
+    local = Attribute(
+        "L{Address}: where the pool listens; after L{listen} the port is the "
+        "real bound port (useful with port 0)."
+    )
+    peer = Attribute(
+        "L{Address} or L{None}: when set, the pool only talks to this peer: "
+        "every send goes there and packets or connections from elsewhere are "
+        "dropped."
+    )
+
+    def listen() -> Deferred[Address]:
+        """
+        Bind the listening socket.
+
+        @return: a L{Deferred} firing with the bound local L{Address}.
+        """
+
+    def send(data: bytes, dst: Address, conn: object | None = None) -> Deferred[None]:
+        """
+        Send one datagram or stream message.
+
+        @param data: the serialised message.
+        @param dst: the destination; its C{addr} must be set (resolved).
+        @param conn: a connection handle given to the receiver; when that
+            connection is still open the data goes out on it.
+        @return: a L{Deferred} firing with L{None} once the data is handed to
+            the kernel (UDP) or written to an established connection (TCP,
+            TLS); it errbacks with L{DeliveryError}.
+        """
+
+    def stop() -> Deferred[None]:
+        """
+        Close the listener and every connection.
+
+        @return: a L{Deferred} firing once everything is closed.
+        """
+
+    def connections() -> list[object]:
+        """
+        The open connection handles (always empty for UDP).
+        """
+
+
+def delivery_error(reason: BaseException) -> DeliveryError:
+    """
+    Translate a failure to send or to connect into a L{DeliveryError}.
+
+    @param reason: the exception Twisted or the socket layer raised.
+    @return: a L{DeliveryError} carrying the matching C{errno} where there
+        is one, else L{None} and a description.
+    """
+    if isinstance(reason, DeliveryError):
+        return reason
+    if isinstance(reason, error.ConnectError):
+        # getConnectError() keeps the errno in osError; subclasses raised
+        # without one still name the condition.
+        if isinstance(reason.osError, int):
+            return DeliveryError(reason.osError)
+        for cls, number in _CONNECT_ERRORS:
+            if isinstance(reason, cls):
+                return DeliveryError(number)
+        return DeliveryError(None, str(reason) or type(reason).__name__)
+    if isinstance(reason, error.MessageLengthError):
+        return DeliveryError(errno.EMSGSIZE)
+    if isinstance(reason, error.InvalidAddressError):
+        return DeliveryError(errno.EAFNOSUPPORT)
+    if isinstance(reason, error.DNSLookupError):
+        return DeliveryError(errno.EHOSTUNREACH)
+    if isinstance(reason, OSError) and reason.errno:
+        return DeliveryError(reason.errno)
+    if isinstance(reason, (error.ConnectionLost, error.ConnectionDone)):
+        return DeliveryError(errno.ECONNRESET)
+    if isinstance(reason, (defer.TimeoutError, defer.CancelledError)):
+        return DeliveryError(errno.ETIMEDOUT)
+    return DeliveryError(None, str(reason) or type(reason).__name__)
+
+
+# Most specific first: TimeoutError and friends subclass ConnectError.
+_CONNECT_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
+    (error.ConnectionRefusedError, errno.ECONNREFUSED),
+    (error.TCPTimedOutError, errno.ETIMEDOUT),
+    (error.TimeoutError, errno.ETIMEDOUT),
+    (error.NoRouteError, errno.EHOSTUNREACH),
+    (error.UnknownHostError, errno.EHOSTUNREACH),
+    (error.ConnectBindError, errno.EADDRNOTAVAIL),
+)

@@ -1,0 +1,764 @@
+"""
+The stream socket pool: a TCP or TLS listener plus its connections.
+
+A L{StreamSocketPool} accepts connections, opens connections on demand when
+it has to send, and keeps each one open for reuse until it has been idle
+for a while.  Bytes read from a connection go through a
+L{sipleg.framing.StreamFramer}; every framed message goes to the receiver
+together with the connection handle (a L{StreamConnection}), which may be
+passed back to L{StreamSocketPool.send} to answer on the same connection
+(RFC 3261 §18.2.2).
+
+Timing (all on the injected clock):
+ - connect timeout: a connection that is not established (TCP connected
+   and, for TLS, handshake complete) within C{connect_timeout} seconds is
+   dropped and its pending sends fail with C{ETIMEDOUT};
+ - idle expiry: a connection without activity (accept, connect, write or a
+   complete message read) for C{15 + 105 / n} seconds, C{n} being the
+   number of connections, is closed (Net::SIP's rule: 120 s for a single
+   connection, about 15 s under load); a fixed C{idle_timeout} replaces the
+   rule.  The expiry timer is armed for the oldest connection's deadline,
+   so it only exists while there are connections.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import socket
+from collections import OrderedDict
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP4ServerEndpoint,
+    TCP6ClientEndpoint,
+    TCP6ServerEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from sipleg.address import Address
+from sipleg.errors import DeliveryError, SIPParseError
+from sipleg.framing import StreamFramer
+from sipleg.transport.base import ISocketPool, Receiver, delivery_error
+from sipleg.transport.tls import TLSConfig, describe_tls_failure
+
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "MAX_EXPIRE",
+    "MIN_EXPIRE",
+    "StreamConnection",
+    "StreamSocketPool",
+]
+
+_log = Logger()
+
+#: Default cap on the connections of one pool.
+DEFAULT_MAX_CONNECTIONS = 1000
+#: Idle expiry bounds of Net::SIP's rule C{MIN + (MAX - MIN) / n}, seconds.
+MIN_EXPIRE = 15.0
+MAX_EXPIRE = 120.0
+#: How long a graceful close may take before the connection is aborted.
+_CLOSE_GRACE = 5.0
+#: Answer to an RFC 5626 §3.5.1 double-CRLF ping.
+_PONG = b"\r\n"
+_WILDCARDS = ("0.0.0.0", "::")
+
+
+@implementer(IHandshakeListener)
+class StreamConnection(Protocol):
+    """
+    One TCP or TLS connection of a L{StreamSocketPool}.
+
+    This is the C{conn} handle the pool gives to its receiver.  Data is
+    only written once the connection is I{ready}: TCP connected and, for
+    TLS, the handshake (including the server's identity check) complete.
+    Until then sends are queued.
+
+    @ivar peer: the remote IP address and port (transport C{tcp}/C{tls}).
+    @ivar inbound: whether the connection was accepted by the listener
+        (else the pool opened it to send).
+    @ivar ready: whether data can be written.
+    @ivar last_activity: clock time of the last accept, connect, write or
+        complete message read.
+    """
+
+    def __init__(
+        self,
+        pool: StreamSocketPool,
+        peer: Address,
+        inbound: bool,
+        tls_hostname: str | None = None,
+    ) -> None:
+        """
+        @param pool: the owning pool.
+        @param peer: see L{peer}.
+        @param inbound: see L{inbound}.
+        @param tls_hostname: for outgoing TLS, the name or IP the server's
+            certificate must match (used in error messages).
+        """
+        self.peer = peer
+        self.inbound = inbound
+        self.ready = False
+        self.last_activity = 0.0
+        self._pool = pool
+        self._tls_hostname = tls_hostname
+        self._framer = StreamFramer()
+        self._pending: list[tuple[bytes, Deferred[None]]] = []
+        # The endpoint's connect Deferred until TCP is up (outgoing only).
+        self._connecting: Deferred[Any] | None = None
+        self._connect_timer: Any = None
+        self._linger_timer: Any = None
+        # Why the connection is being closed, told to pending sends.
+        self._failure: DeliveryError | None = None
+        self._closing = False
+        self._lost = False
+        self._final_error: DeliveryError | None = None
+        self._waiters: list[Deferred[None]] = []
+
+    def __repr__(self) -> str:
+        direction = "from" if self.inbound else "to"
+        return f"<StreamConnection {direction} {self.peer.proto}:{self.peer}>"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """
+        C{(ip, port)} of the peer: what connections are reused by.
+        """
+        return self.peer.sockaddr
+
+    @property
+    def is_open(self) -> bool:
+        """
+        Whether the connection can still carry data (possibly after the
+        connect or handshake completes).
+        """
+        return not (self._closing or self._lost)
+
+    def when_closed(self) -> Deferred[None]:
+        """
+        @return: a L{Deferred} firing with L{None} once the connection is
+            gone (or at once if it is already).
+        """
+        if self._lost:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    def write(self, data: bytes) -> Deferred[None]:
+        """
+        Send C{data}, or queue it until the connection is ready.
+
+        @return: a L{Deferred} firing with L{None} once the data is written
+            to the established connection; errbacks L{DeliveryError} when
+            the connection fails first.
+        """
+        if self._lost or self._closing:
+            return defer.fail(
+                self._final_error or self._failure or DeliveryError(errno.ECONNRESET)
+            )
+        if self.ready:
+            transport: Any = self.transport
+            transport.write(data)
+            self._pool._touch(self)
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._pending.append((data, waiter))
+        return waiter
+
+    def close(self, failure: DeliveryError | None = None, abort: bool = False) -> None:
+        """
+        Close the connection.
+
+        @param failure: what queued sends fail with.
+        @param abort: drop the connection at once instead of flushing what
+            is written and closing gracefully.
+        """
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        if failure is not None:
+            self._failure = failure
+        self._pool._detach(self)
+        if self._connecting is not None:
+            # Not connected yet: the canceller ends up in _connect_failed.
+            self._connecting.cancel()
+            return
+        transport: Any = self.transport
+        if abort:
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
+            self._linger_timer = self._pool._clock.callLater(
+                _CLOSE_GRACE, transport.abortConnection
+            )
+
+    # Connection set-up (outgoing connections)
+
+    def start_connect(self, connecting: Deferred[Any], timeout: float) -> None:
+        """
+        Track the endpoint's connect L{Deferred} and arm the connect timer.
+
+        @param connecting: fires when TCP is connected.
+        @param timeout: seconds until the connection must be ready.
+        """
+        self._connect_timer = self._pool._clock.callLater(timeout, self._connect_timed_out)
+        if not self._lost and not self.connected:
+            self._connecting = connecting
+        connecting.addCallbacks(self._connect_succeeded, self._connect_failed)
+
+    def _connect_succeeded(self, _: object) -> None:
+        self._connecting = None
+
+    def _connect_failed(self, reason: Failure) -> None:
+        """
+        The TCP connection could not be established (or was cancelled).
+        """
+        self._connecting = None
+        if self._lost:
+            return
+        self._finish(self._failure or delivery_error(reason.value))
+
+    def _connect_timed_out(self) -> None:
+        self._connect_timer = None
+        if not self.ready:
+            self.close(DeliveryError(errno.ETIMEDOUT, "connect timed out"), abort=True)
+
+    # IProtocol / IHandshakeListener
+
+    def connectionMade(self) -> None:
+        """
+        TCP is connected (for TLS the handshake starts now).
+        """
+        self._connecting = None
+        self._pool._connection_made(self)
+        if self._pool.tls is None:
+            self._become_ready()
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake succeeded, peer verification included.
+        """
+        self._become_ready()
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Frame the received bytes and pass each message to the pool.
+
+        Nothing raised by framing or by the receiver leaves this method: a
+        broken stream closes the connection, receiver errors are logged.
+        """
+        if self._closing or self._lost:
+            return
+        try:
+            events = self._framer.feed(data)
+        except SIPParseError as exc:
+            self._broken(exc)
+            return
+        for event in events:
+            if self._closing or self._lost:
+                return
+            if isinstance(event, bytes):
+                self._pool._message_received(self, event)
+            else:
+                # RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
+                transport: Any = self.transport
+                transport.write(_PONG)
+                self._pool._touch(self)
+        if self._framer.error is not None:
+            self._broken(self._framer.error)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """
+        The connection is gone: fail queued sends and tell the pool.
+        """
+        if self._lost:
+            return
+        if self._failure is not None:
+            error = self._failure
+        elif not self.ready and self._pool.tls is not None:
+            error = DeliveryError(None, describe_tls_failure(reason.value, self._tls_hostname))
+        else:
+            error = delivery_error(reason.value)
+        if not self.ready and self._pending:
+            _log.info("Connection {conn} failed: {error}", conn=self, error=error)
+        self._finish(error)
+
+    # Internals
+
+    def _become_ready(self) -> None:
+        """
+        Mark the connection usable and write the queued data.
+        """
+        if self._closing or self._lost:
+            return
+        self.ready = True
+        if self._connect_timer is not None and self._connect_timer.active():
+            self._connect_timer.cancel()
+        self._connect_timer = None
+        pending, self._pending = self._pending, []
+        transport: Any = self.transport
+        for data, _ in pending:
+            transport.write(data)
+        self._pool._touch(self)
+        for _, waiter in pending:
+            waiter.callback(None)
+
+    def _broken(self, reason: SIPParseError) -> None:
+        """
+        The stream cannot be framed any more: close the connection.
+        """
+        _log.warn(
+            "Closing {conn}: broken SIP stream: {reason}", conn=self, reason=reason.reason
+        )
+        self.close(DeliveryError(None, f"broken SIP stream: {reason.reason}"))
+
+    def _finish(self, error: DeliveryError) -> None:
+        """
+        Final clean-up once the connection is lost or never came up.
+
+        @param error: what queued sends fail with.
+        """
+        self._lost = True
+        self._final_error = error
+        for timer in (self._connect_timer, self._linger_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._connect_timer = self._linger_timer = None
+        pending, self._pending = self._pending, []
+        self._pool._connection_lost(self)
+        for _, waiter in pending:
+            waiter.errback(error)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+
+class _ListenerFactory(Factory):
+    """
+    Builds a L{StreamConnection} for each accepted connection, or refuses
+    it (L{None}: Twisted closes the socket) when the pool says so.
+    """
+
+    noisy = False
+
+    def __init__(self, pool: StreamSocketPool) -> None:
+        self._pool = pool
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        return self._pool._accept(addr.host, addr.port)
+
+
+class _ListenerTLSFactory(TLSMemoryBIOFactory):
+    """
+    The TLS wrapper of L{_ListenerFactory}, passing a refusal on instead of
+    wrapping L{None}.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
+
+
+class _OutgoingFactory(Factory):
+    """
+    Hands the prepared L{StreamConnection} to a client endpoint.
+    """
+
+    noisy = False
+
+    def __init__(self, connection: StreamConnection) -> None:
+        self._connection = connection
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        return self._connection
+
+
+@implementer(ISocketPool)
+class StreamSocketPool:
+    """
+    The sockets of a TCP or TLS leg.
+
+    Connections are reused by peer C{(ip, port)}, in both directions: a
+    send to an address that has an open connection (opened by us or
+    accepted from there) goes over it, so responses follow their request
+    back.  An RFC 5626 ping is answered with a pong; a stream that cannot
+    be framed is closed and logged.
+
+    Connection cap: at most C{max_connections} connections exist.  Past
+    the cap, accepted connections are closed at once (logged), and a send
+    that needs a new connection first closes the least recently active
+    one; when every connection is still being set up it fails with
+    C{EMFILE}.
+
+    With a C{peer}, the pool only talks to that peer: every send goes to
+    it, and connections accepted from any other IP address are closed at
+    once (its source port is not checked: TCP clients use ephemeral ports).
+
+    @ivar local: see L{ISocketPool.local}.
+    @ivar peer: see L{ISocketPool.peer}.
+    @ivar tls: the L{TLSConfig} of a TLS pool, L{None} for TCP.
+    """
+
+    def __init__(
+        self,
+        local: Address,
+        receiver: Receiver,
+        peer: Address | None = None,
+        tls: TLSConfig | None = None,
+        sock: socket.socket | None = None,
+        reactor: Any = None,
+        clock: Any = None,
+        connect_timeout: float = 10.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        idle_timeout: float | None = None,
+    ) -> None:
+        """
+        @param local: the address to listen on; an IP address (C{addr}
+            set), port 0 for an ephemeral port.  Outgoing connections are
+            bound to its IP.  Its C{proto} must be C{"tcp"}, or C{"tls"}
+            together with C{tls}.
+        @param receiver: called for every framed message, see L{Receiver}.
+        @param peer: restrict the pool to this peer (resolved address).
+        @param tls: certificates and verification policy (TLS pools).
+        @param sock: a bound (ideally listening) TCP socket to adopt instead
+            of binding C{local}.  The pool takes it over: the original
+            socket object is closed once adopted.
+        @param reactor: provider of C{IReactorTCP}, C{IReactorSocket} and
+            C{IReactorTime}; the global reactor by default.
+        @param clock: C{IReactorTime} for the connect timeout and idle
+            expiry; C{reactor} by default.
+        @param connect_timeout: seconds to connect (and finish the TLS
+            handshake).
+        @param max_connections: the connection cap (see above).
+        @param idle_timeout: fixed idle expiry in seconds; L{None} uses the
+            adaptive C{15 + 105 / n} rule.
+        @raise ValueError: bad transport, unresolved addresses, or limits
+            out of range.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        expected = "tcp" if tls is None else "tls"
+        if local.proto != expected:
+            raise ValueError(f"{expected} pool given a {local.proto} address")
+        if sock is None and local.addr is None:
+            raise ValueError(f"local address {local} is not an IP address")
+        if peer is not None and peer.addr is None:
+            raise ValueError(f"peer {peer} is not resolved")
+        if max_connections < 1 or connect_timeout <= 0:
+            raise ValueError("max_connections and connect_timeout must be positive")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
+        self.local = local
+        self.peer = peer
+        self.tls = tls
+        self._receiver = receiver
+        self._sock = sock
+        self._reactor = reactor
+        self._clock = reactor if clock is None else clock
+        self._connect_timeout = connect_timeout
+        self._max_connections = max_connections
+        self._idle_timeout = idle_timeout
+        self._port: Any = None
+        self._stopping = False
+        # Every connection not being closed, connecting ones included.
+        self._conns: dict[StreamConnection, None] = {}
+        # Connections being closed, until they are gone.
+        self._closing: dict[StreamConnection, None] = {}
+        # Open connections by peer (ip, port), for reuse.
+        self._by_peer: dict[tuple[str, int], StreamConnection] = {}
+        # Connected ones, least recently active first.
+        self._lru: OrderedDict[StreamConnection, None] = OrderedDict()
+        self._idle_timer: Any = None
+
+    def __repr__(self) -> str:
+        return f"<StreamSocketPool {self.local.proto}:{self.local}>"
+
+    # ISocketPool
+
+    def listen(self) -> Deferred[Address]:
+        """
+        Start listening (or adopt the given socket).
+
+        @return: a L{Deferred} firing with the bound L{local} address, or
+            failing with Twisted's C{CannotListenError}.
+        """
+        factory: Any = _ListenerFactory(self)
+        if self.tls is not None:
+            # CertificateOptions provides IOpenSSLContextFactory (zope, which
+            # mypy cannot see).
+            options: Any = self.tls.server_options()
+            factory = _ListenerTLSFactory(options, False, factory, clock=self._reactor)
+        listening: Deferred[Any]
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            try:
+                sock.setblocking(False)
+                sock.listen(50)
+                port = self._reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+            except (OSError, ValueError, error.CannotListenError):
+                return defer.fail()
+            finally:
+                # The reactor works on a duplicate of the descriptor.
+                sock.close()
+            listening = defer.succeed(port)
+        else:
+            endpoint_type = (
+                TCP6ServerEndpoint if self.local.family == socket.AF_INET6 else TCP4ServerEndpoint
+            )
+            endpoint = endpoint_type(self._reactor, self.local.port, interface=self.local.addr)
+            listening = endpoint.listen(factory)
+        return listening.addCallback(self._listening)
+
+    def send(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None]:
+        """
+        Send one message.
+
+        @param data: the serialised message.
+        @param dst: the destination (L{peer} instead, when restricted).
+        @param conn: a handle given to the receiver: used when still open.
+        @return: a L{Deferred} firing with L{None} once the data is written
+            to an established connection; errbacks L{DeliveryError}
+            (C{ECONNREFUSED}, C{ETIMEDOUT}, C{EAFNOSUPPORT} for the other
+            address family, C{EMFILE} at the connection cap, or L{None}
+            with a C{"TLS ..."} reason when the TLS handshake or the
+            server's identity check fails).
+        @raise ValueError: C{dst} is not resolved.
+        """
+        if isinstance(conn, StreamConnection) and conn._pool is self and conn.is_open:
+            return conn.write(data)
+        target = self.peer if self.peer is not None else dst
+        existing = self._by_peer.get(target.sockaddr)
+        if existing is not None:
+            return existing.write(data)
+        if self._stopping:
+            return defer.fail(DeliveryError(errno.ESHUTDOWN, "socket pool stopped"))
+        try:
+            endpoint = self._client_endpoint(target)
+        except DeliveryError:
+            return defer.fail()
+        if len(self._conns) >= self._max_connections and not self._evict():
+            return defer.fail(DeliveryError(errno.EMFILE, "connection limit reached"))
+        hostname = target.host if self.tls is not None else None
+        if self.tls is not None:
+            endpoint = wrapClientTLS(
+                self.tls.client_options(target.host), endpoint, clock=self._reactor
+            )
+        connection = StreamConnection(
+            self, Address(target.sockaddr[0], target.port, self.local.proto), False, hostname
+        )
+        self._register(connection)
+        connection.start_connect(
+            endpoint.connect(_OutgoingFactory(connection)), self._connect_timeout
+        )
+        return connection.write(data)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Stop listening and close every connection (gracefully: written data
+        is flushed first); queued sends fail with C{ESHUTDOWN}.
+
+        @return: a L{Deferred} firing once the listener and all connections
+            are closed.
+        """
+        self._stopping = True
+        self._cancel_idle_timer()
+        waiting: list[Deferred[Any]] = []
+        port, self._port = self._port, None
+        if port is not None:
+            waiting.append(defer.maybeDeferred(port.stopListening))
+        for connection in [*self._conns, *self._closing]:
+            waiting.append(connection.when_closed())
+            connection.close(DeliveryError(errno.ESHUTDOWN, "socket pool stopped"))
+        return defer.gatherResults(waiting, consumeErrors=True).addCallback(lambda _: None)
+
+    def connections(self) -> list[object]:
+        """
+        @return: the connected L{StreamConnection}s (TCP up; a TLS one may
+            still be handshaking), not counting those being closed.
+        """
+        return [connection for connection in self._conns if connection.connected]
+
+    # Used by StreamConnection
+
+    def _accept(self, host: str, port: int) -> StreamConnection | None:
+        """
+        Decide about an accepted connection.
+
+        @return: its protocol, or L{None} to close it.
+        """
+        if self._stopping:
+            return None
+        source = Address(host, port, self.local.proto)
+        if self.peer is not None and source.addr != self.peer.addr:
+            _log.info("Refused connection from {source}: not the peer", source=source)
+            return None
+        if len(self._conns) >= self._max_connections:
+            _log.warn(
+                "Refused connection from {source}: {count} connections open",
+                source=source,
+                count=len(self._conns),
+            )
+            return None
+        connection = StreamConnection(self, source, True)
+        self._register(connection)
+        return connection
+
+    def _connection_made(self, connection: StreamConnection) -> None:
+        """
+        A connection is up: start tracking its activity.
+        """
+        if not connection.is_open:
+            return
+        self._lru[connection] = None
+        self._touch(connection)
+        self._schedule_idle_check()
+
+    def _message_received(self, connection: StreamConnection, data: bytes) -> None:
+        """
+        Pass a framed message to the receiver.
+        """
+        self._touch(connection)
+        try:
+            self._receiver(data, connection.peer, connection)
+        except Exception:  # noqa: BLE001 - a receiver bug must not kill the connection
+            _log.failure("Stream receiver failed on a message from {conn}", conn=connection)
+
+    def _touch(self, connection: StreamConnection) -> None:
+        """
+        Record activity on a connection.
+        """
+        connection.last_activity = self._clock.seconds()
+        if connection in self._lru:
+            self._lru.move_to_end(connection)
+
+    def _detach(self, connection: StreamConnection) -> None:
+        """
+        A connection is being closed: no more reuse, no longer counted.
+        """
+        self._conns.pop(connection, None)
+        self._lru.pop(connection, None)
+        if self._by_peer.get(connection.key) is connection:
+            del self._by_peer[connection.key]
+        self._closing[connection] = None
+        if not self._lru:
+            self._cancel_idle_timer()
+
+    def _connection_lost(self, connection: StreamConnection) -> None:
+        """
+        A connection is gone.
+        """
+        self._detach(connection)
+        del self._closing[connection]
+
+    # Internals
+
+    def _listening(self, port: Any) -> Address:
+        self._port = port
+        self.local = dataclasses.replace(self.local, port=port.getHost().port)
+        return self.local
+
+    def _register(self, connection: StreamConnection) -> None:
+        self._conns[connection] = None
+        self._by_peer[connection.key] = connection
+
+    def _client_endpoint(self, target: Address) -> Any:
+        """
+        A TCP client endpoint to C{target}, bound to our local IP.
+
+        @raise DeliveryError: C{EAFNOSUPPORT} when our IP is of the other
+            family.
+        """
+        local_addr = self.local.addr
+        bind: tuple[str, int] | None = None
+        if local_addr is not None and local_addr not in _WILDCARDS:
+            if self.local.family != target.family:
+                raise DeliveryError(errno.EAFNOSUPPORT)
+            bind = (local_addr, 0)
+        endpoint_type = (
+            TCP6ClientEndpoint if target.family == socket.AF_INET6 else TCP4ClientEndpoint
+        )
+        # The endpoint's own timeout (on the reactor) only backs up ours.
+        return endpoint_type(
+            self._reactor,
+            target.sockaddr[0],
+            target.port,
+            timeout=self._connect_timeout + 1,
+            bindAddress=bind,
+        )
+
+    def _evict(self) -> bool:
+        """
+        Close the least recently active connection to make room.
+
+        @return: whether one was closed.
+        """
+        oldest = next(iter(self._lru), None)
+        if oldest is None:
+            return False
+        _log.info("Connection cap reached: closing {conn}", conn=oldest)
+        oldest.close(DeliveryError(errno.EMFILE, "connection limit reached"))
+        return True
+
+    def _expire_after(self, count: int) -> float:
+        """
+        Idle time after which connections are closed when C{count} exist.
+        """
+        if self._idle_timeout is not None:
+            return self._idle_timeout
+        return MIN_EXPIRE + (MAX_EXPIRE - MIN_EXPIRE) / max(count, 1)
+
+    def _schedule_idle_check(self) -> None:
+        """
+        Arm the idle timer for the oldest connection's deadline (unless it
+        is already armed earlier).
+        """
+        oldest = next(iter(self._lru), None)
+        if oldest is None:
+            self._cancel_idle_timer()
+            return
+        deadline = oldest.last_activity + self._expire_after(len(self._lru))
+        timer = self._idle_timer
+        if timer is not None and timer.active():
+            if timer.getTime() <= deadline:
+                return
+            timer.cancel()
+        delay = max(0.0, deadline - self._clock.seconds())
+        self._idle_timer = self._clock.callLater(delay, self._expire_idle)
+
+    def _expire_idle(self) -> None:
+        """
+        Close connections idle for longer than the expiry time.
+        """
+        self._idle_timer = None
+        now = self._clock.seconds()
+        expire = self._expire_after(len(self._lru))
+        stale = []
+        for connection in self._lru:
+            if now - connection.last_activity < expire:
+                break
+            stale.append(connection)
+        for connection in stale:
+            _log.debug("Closing idle connection {conn}", conn=connection)
+            connection.close(DeliveryError(errno.ETIMEDOUT, "idle connection closed"))
+        self._schedule_idle_check()
+
+    def _cancel_idle_timer(self) -> None:
+        timer, self._idle_timer = self._idle_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()

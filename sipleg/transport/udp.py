@@ -1,0 +1,244 @@
+"""
+The UDP socket pool: one datagram socket per leg.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import socket
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from sipleg.address import Address
+from sipleg.errors import DeliveryError
+from sipleg.transport.base import ISocketPool, Receiver, delivery_error
+
+__all__ = ["MAX_DATAGRAM", "UDPSocketPool"]
+
+_log = Logger()
+
+#: The largest datagram read from the socket: a whole UDP payload, not
+#: Twisted's default of 8192 bytes (SIP over UDP may exceed the MTU and is
+#: then fragmented by IP).
+MAX_DATAGRAM = 65535
+
+# Bytes that make up keep-alive datagrams (CRLF, RFC 5626 §4.4.1 "STUN or
+# CRLF"; some devices send a single space or NUL-free whitespace).
+_WHITESPACE = frozenset(b" \t\r\n")
+
+# How many source addresses are remembered so that a busy peer does not cost
+# an Address construction per datagram.
+_SOURCE_CACHE_SIZE = 4096
+
+
+class _DatagramReader(DatagramProtocol):
+    """
+    The Twisted protocol of a L{UDPSocketPool}: hands datagrams to the pool.
+    """
+
+    noisy = False
+
+    def __init__(self, pool: UDPSocketPool) -> None:
+        self._pool = pool
+        #: Set while a send is in progress, to catch the ECONNREFUSED that
+        #: Twisted reports through L{connectionRefused} on connected sockets.
+        self.refused_during_send = False
+        self.sending = False
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        """
+        Pass one datagram to the pool.
+
+        @param datagram: the payload.
+        @param addr: C{(host, port)} of the sender.
+        """
+        self._pool._datagram_received(datagram, addr[0], addr[1])
+
+    def connectionRefused(self) -> None:
+        """
+        An ICMP port unreachable came back for a connected socket.
+        """
+        if self.sending:
+            self.refused_during_send = True
+        else:
+            _log.debug("UDP peer {peer} refused a datagram", peer=self._pool.peer)
+
+
+@implementer(ISocketPool)
+class UDPSocketPool:
+    """
+    The socket of a UDP leg.
+
+    Received datagrams go to the receiver as they are (datagrams made only
+    of whitespace, such as CRLF keep-alives, are dropped); sends are
+    reported as delivered once the kernel accepted them.
+
+    With a C{peer} the socket is I{connected} to it: the kernel then drops
+    datagrams from anyone else, reports ICMP errors (ECONNREFUSED) and every
+    send goes to the peer whatever destination is asked for.
+
+    @ivar local: see L{ISocketPool.local}.
+    @ivar peer: see L{ISocketPool.peer}.
+    """
+
+    def __init__(
+        self,
+        local: Address,
+        receiver: Receiver,
+        peer: Address | None = None,
+        sock: socket.socket | None = None,
+        reactor: Any = None,
+    ) -> None:
+        """
+        @param local: the address to bind; must be an IP address (C{addr}
+            set).  Port 0 picks an ephemeral port.
+        @param receiver: called for every datagram, see L{Receiver}.
+        @param peer: restrict the pool to this peer (resolved address).
+        @param sock: an already bound UDP socket to adopt instead of binding
+            C{local}.  The pool takes it over: the original socket object is
+            closed once adopted and the pool's copy is closed by L{stop}.
+        @param reactor: an C{IReactorUDP} provider; the global reactor by
+            default.
+        @raise ValueError: C{local} or C{peer} is not an IP address, or the
+            transport is not UDP.
+        """
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+
+            reactor = global_reactor
+        if local.proto != "udp":
+            raise ValueError(f"UDP pool given a {local.proto} address")
+        if sock is None and local.addr is None:
+            raise ValueError(f"local address {local} is not an IP address")
+        if peer is not None and peer.addr is None:
+            raise ValueError(f"peer {peer} is not resolved")
+        self.local = local
+        self.peer = peer
+        self._receiver = receiver
+        self._sock = sock
+        self._reactor = reactor
+        self._protocol = _DatagramReader(self)
+        self._port: Any = None
+        self._sources: dict[tuple[str, int], Address] = {}
+
+    def __repr__(self) -> str:
+        return f"<UDPSocketPool {self.local}>"
+
+    def listen(self) -> Deferred[Address]:
+        """
+        Bind the socket (or adopt the given one) and start reading.
+
+        @return: a L{Deferred} firing with the bound L{local} address, or
+            failing with Twisted's C{CannotListenError}.
+        """
+        try:
+            if self._sock is not None:
+                sock = self._sock
+                sock.setblocking(False)
+                self._port = self._reactor.adoptDatagramPort(
+                    sock.fileno(), sock.family, self._protocol, maxPacketSize=MAX_DATAGRAM
+                )
+                # The reactor works on a duplicate of the descriptor.
+                sock.close()
+                self._sock = None
+            else:
+                self._port = self._reactor.listenUDP(
+                    self.local.port,
+                    self._protocol,
+                    interface=self.local.addr,
+                    maxPacketSize=MAX_DATAGRAM,
+                )
+            if self.peer is not None:
+                self._port.connect(self.peer.addr, self.peer.port)
+        except (OSError, ValueError, error.CannotListenError):
+            return defer.fail()
+        self.local = dataclasses.replace(self.local, port=self._port.getHost().port)
+        return defer.succeed(self.local)
+
+    def send(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None]:
+        """
+        Send one datagram.
+
+        @param data: the payload.
+        @param dst: the destination (ignored in favour of L{peer} when the
+            pool is restricted).
+        @param conn: ignored (UDP has no connections).
+        @return: a L{Deferred} that has already fired: L{None} when the
+            kernel took the datagram, else a L{DeliveryError} (C{EMSGSIZE}
+            for an oversized datagram, C{ECONNREFUSED} when a connected
+            socket learnt that the peer port is closed, C{EAFNOSUPPORT} for
+            a destination of the other address family, ...).
+        @raise ValueError: C{dst} is not resolved.
+        """
+        port = self._port
+        if port is None:
+            return defer.fail(DeliveryError(None, "UDP socket is not listening"))
+        sockaddr = None if self.peer is not None else dst.sockaddr
+        reader = self._protocol
+        reader.sending = True
+        reader.refused_during_send = False
+        try:
+            if sockaddr is None:
+                port.write(data)
+            else:
+                port.write(data, sockaddr)
+        except (OSError, error.MessageLengthError, error.InvalidAddressError) as exc:
+            return defer.fail(delivery_error(exc))
+        finally:
+            reader.sending = False
+        if reader.refused_during_send:
+            return defer.fail(DeliveryError(errno.ECONNREFUSED))
+        return defer.succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        """
+        Close the socket.
+
+        @return: a L{Deferred} firing once it is closed.
+        """
+        port, self._port = self._port, None
+        if port is None:
+            return defer.succeed(None)
+        return defer.maybeDeferred(port.stopListening).addCallback(lambda _: None)
+
+    def connections(self) -> list[object]:
+        """
+        UDP has no connections.
+
+        @return: an empty list.
+        """
+        return []
+
+    def _datagram_received(self, data: bytes, host: str, port: int) -> None:
+        """
+        Filter one datagram and pass it to the receiver.
+
+        @param data: the payload.
+        @param host: the sender's IP.
+        @param port: the sender's port.
+        """
+        # SIP messages start with a token; anything starting with
+        # whitespace is looked at more closely (keep-alives are dropped).
+        if not data or (data[0] in _WHITESPACE and not data.strip()):
+            return
+        peer = self.peer
+        if peer is not None and (peer.port != port or peer.addr != host):
+            # Only possible before connect() took effect or with an
+            # unnormalised address; the kernel filters the rest.
+            return
+        key = (host, port)
+        source = self._sources.get(key)
+        if source is None:
+            if len(self._sources) >= _SOURCE_CACHE_SIZE:
+                self._sources.clear()
+            source = self._sources[key] = Address(host, port, "udp")
+        try:
+            self._receiver(data, source, None)
+        except Exception:  # noqa: BLE001 - a receiver bug must not kill the socket
+            _log.failure("UDP receiver failed on a datagram from {source}", source=source)
