@@ -36,6 +36,7 @@ __all__ = [
     "URI",
     "NameAddr",
     "Via",
+    "normalise_escapes",
     "parse_name_addr",
     "parse_params",
     "parse_uri",
@@ -417,7 +418,7 @@ def _parse_uri_headers(text: str) -> list[tuple[str, str]]:
 # --- comparison -------------------------------------------------------------
 
 
-def _normalise_escapes(text: str) -> str:
+def normalise_escapes(text: str) -> str:
     """
     Put a URI component in a form where equivalent spellings are equal
     (RFC 3261 §19.1.4): an escape of a character outside the reserved set
@@ -441,7 +442,7 @@ def _normalise_escapes(text: str) -> str:
 def _same_optional(a: str | None, b: str | None) -> bool:
     if a is None or b is None:
         return a is b
-    return a == b or _normalise_escapes(a) == _normalise_escapes(b)
+    return a == b or normalise_escapes(a) == normalise_escapes(b)
 
 
 def _same_host(a: str, b: str) -> bool:
@@ -463,7 +464,7 @@ def _as_uri(uri: URI | str) -> URI:
 
 def _comparable_params(params: dict[str, str | None]) -> dict[str, str | None]:
     return {
-        name.lower(): None if value is None else _normalise_escapes(value).lower()
+        name.lower(): None if value is None else normalise_escapes(value).lower()
         for name, value in params.items()
     }
 
@@ -508,8 +509,8 @@ def uri_equal(a: URI | str, b: URI | str) -> bool:
     for name in pb:
         if name not in pa and name in _SIGNIFICANT_PARAMS:
             return False
-    ha = sorted((_normalise_escapes(n).lower(), _normalise_escapes(v)) for n, v in a.headers)
-    hb = sorted((_normalise_escapes(n).lower(), _normalise_escapes(v)) for n, v in b.headers)
+    ha = sorted((normalise_escapes(n).lower(), normalise_escapes(v)) for n, v in a.headers)
+    hb = sorted((normalise_escapes(n).lower(), normalise_escapes(v)) for n, v in b.headers)
     return ha == hb
 
 

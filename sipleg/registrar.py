@@ -1,0 +1,825 @@
+"""
+A registrar and location service (RFC 3261 §10.3, §16.5).
+
+Two layers, in the aioquic manner:
+
+ - L{BindingTable} is the sans-IO core: the bindings of every
+   address-of-record (AOR) of our domains, REGISTER processing (§10.3 steps
+   2 and 5-8), location lookups and expiry.  Time is an argument (C{now},
+   in seconds); nothing here touches a clock, a file or the network.
+ - L{Registrar} is the thin shell around it: it takes the time from an
+   injected C{IReactorTime}, keeps exactly one timer pending for the next
+   expiry while bindings exist (none when the table is empty), and, given a
+   path, persists the table after every change by an atomic write and
+   loads it at start.
+
+Persistence survives C{kill -9} at any moment: the new state is written to
+C{PATH.tmp} in the same directory, flushed and C{fsync}ed, renamed onto
+C{PATH} (atomic on POSIX) and the directory is C{fsync}ed; the file is
+therefore always either the old or the new state, never a torn mixture.
+The file holds absolute expiry times, so the clock must be wall-clock
+based (the reactor's C{seconds()} is C{time.time()}; so is this module's
+expectation in production).
+
+Addresses of record
+===================
+
+A URI is an AOR of ours when it is a C{sip:} or C{sips:} URI with a user
+part whose host is one of our domains (case-insensitive, a trailing dot
+ignored) and which is addressed to our domain rather than to some other
+server on that host: it has no port, the scheme's default port, or a port
+the caller's C{own_uri} test recognises as one of ours.  So a contact such
+as C{sip:alice@127.0.0.1:5071} is never mistaken for an AOR of the domain
+C{127.0.0.1}; nor is a URI that names one of the AOR's registered contacts
+(same user, host and port), which is simply forwarded to it.
+
+The canonical form of an AOR (RFC 3261 §10.3 step 5) is C{sip:user@host}:
+scheme C{sip} (a C{sips:} AOR is the same AOR), the user part
+case-sensitive with escapes of unreserved characters decoded, the host in
+lower case; password, port, parameters and headers are dropped.  A lookup
+of a C{sips:} Request-URI only returns C{sips:} contacts (RFC 5630 §3.1.3:
+a SIPS request must not be retargeted to a non-SIPS URI).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from sipleg.errors import SIPError, SIPParseError
+from sipleg.message import Request, Response, make_response
+from sipleg.uri import URI, normalise_escapes, parse_name_addr, parse_uri, same_hop, uri_equal
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+__all__ = [
+    "Binding",
+    "BindingTable",
+    "LookupResult",
+    "RegistrationFileError",
+    "Registrar",
+]
+
+log = Logger()
+
+#: Version of the registrations file format.
+FILE_VERSION = 1
+
+#: RFC 3261 §20.19 / §10.2.1.1: a delta-seconds value above 2**32-1 is
+#: taken as 2**32-1.
+_MAX_DELTA = 2**32 - 1
+
+# qvalue  =  ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
+# (Fixed-length alternatives: no backtracking.)
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+
+
+class RegistrationFileError(SIPError):
+    """
+    The registrations file cannot be read or written: unreadable, not
+    JSON, or not a registrations table.  The message is one line, naming
+    the file when it is known.
+    """
+
+
+@dataclass(frozen=True)
+class Binding:
+    """
+    One binding of an address-of-record to a contact address.
+
+    @ivar aor: the canonical AOR, C{sip:user@domain}.
+    @ivar contact: the contact URI as registered (its text, without the
+        header parameters of the Contact value).
+    @ivar q: the preference (RFC 3261 §20.10 C{q}), 0 to 1, default 1.
+    @ivar expires_at: the absolute time the binding expires (the clock's
+        seconds).
+    @ivar call_id: the Call-ID of the REGISTER that last set it.
+    @ivar cseq: the CSeq number of that REGISTER.
+    @ivar order: registration order (a counter over the table), to pick the
+        first of several contacts of equal C{q}; a refresh keeps it.
+    """
+
+    aor: str
+    contact: str
+    q: float = 1.0
+    expires_at: float = 0.0
+    call_id: str = ""
+    cseq: int = 0
+    order: int = 0
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """
+    What the location service says about a Request-URI that is an AOR of
+    our domains.
+
+    @ivar aor: the canonical AOR.
+    @ivar contacts: the contact URIs bound to it, highest C{q} first, ties
+        in registration order; empty when C{code} is set.
+    @ivar code: L{None}: retarget the request to C{contacts[0]}; 480 (the
+        AOR is known but has no current binding) or 404 (never registered):
+        answer the request with that code.
+    """
+
+    aor: str
+    contacts: list[str]
+    code: int | None = None
+
+
+class _Refused(Exception):
+    """
+    A REGISTER fails: answer it with C{code} (and C{reason}).
+    """
+
+    def __init__(self, code: int, reason: str | None = None) -> None:
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
+
+
+def _domain_key(host: str) -> str:
+    # Host names compare case-insensitively; "example.com." is
+    # "example.com"; IPv6 literals are kept without brackets.
+    return host.strip("[]").rstrip(".").lower()
+
+
+def _delta_seconds(text: str, what: str) -> int:
+    """
+    Parse a delta-seconds value (RFC 3261 §25.1: C{1*DIGIT}).
+
+    @raise _Refused: 400, C{text} is not a number.
+    """
+    if not (text.isascii() and text.isdigit()):
+        raise _Refused(400, f"Bad {what}")
+    # Long digit strings are certainly above the cap: do not convert them.
+    return _MAX_DELTA if len(text) > 10 else min(int(text), _MAX_DELTA)
+
+
+def _sort_key(binding: Binding) -> tuple[float, int]:
+    return (-binding.q, binding.order)
+
+
+class BindingTable:
+    """
+    The location service's bindings, with RFC 3261 §10.3 REGISTER
+    processing.  Pure: every method that depends on time takes C{now}.
+
+    @ivar domains: our domains (lower-case hosts, IPv6 without brackets).
+    @ivar min_expires: the shortest registration accepted (423 below it).
+    @ivar max_expires: registrations are shortened to this.
+    @ivar default_expires: the registration time when a REGISTER gives none,
+        within C{[min_expires, max_expires]}.
+    @ivar changes: incremented on every change of the bindings.
+    """
+
+    def __init__(
+        self,
+        domains: Iterable[str],
+        min_expires: int = 60,
+        max_expires: int = 3600,
+        default_expires: int = 3600,
+    ) -> None:
+        """
+        @param domains: the domains whose AORs we keep.
+        @param default_expires: clamped into C{[min_expires, max_expires]}.
+        @raise ValueError: C{min_expires} negative, C{max_expires} zero or
+            below C{min_expires}.
+        """
+        if min_expires < 0 or max_expires < max(min_expires, 1):
+            raise ValueError(
+                f"need 0 <= min_expires <= max_expires and max_expires >= 1, "
+                f"got {min_expires} and {max_expires}"
+            )
+        self.domains = frozenset(_domain_key(domain) for domain in domains)
+        self.min_expires = min_expires
+        self.max_expires = max_expires
+        self.default_expires = min(max(default_expires, min_expires), max_expires)
+        self.changes = 0
+        self._bindings: dict[str, list[Binding]] = {}
+        self._known: set[str] = set()
+        self._next_order = 0
+
+    # -- AORs ----------------------------------------------------------------
+
+    def canonical_aor(self, uri: URI) -> str | None:
+        """
+        The canonical AOR of C{uri}, if it names a user of one of our
+        domains, whatever its port (the To of a REGISTER).
+
+        @return: C{sip:user@host}, or L{None}.
+        """
+        if not uri.is_sip or not uri.user:
+            return None
+        host = _domain_key(uri.host)
+        if host not in self.domains:
+            return None
+        # RFC 3261 §10.3 step 5: parameters removed, escapes decoded.
+        user = normalise_escapes(uri.user)
+        return f"sip:{user}@[{host}]" if ":" in host else f"sip:{user}@{host}"
+
+    def addressed_to_us(self, uri: URI, own_uri: Callable[[URI], bool] | None = None) -> bool:
+        """
+        Whether C{uri} is addressed to one of our domains: a SIP URI whose
+        host is one of them, with no port or the default port of its
+        scheme, or one that C{own_uri} accepts.
+        """
+        if not uri.is_sip or _domain_key(uri.host) not in self.domains:
+            return False
+        if uri.port is None or uri.port == (5061 if uri.is_secure else 5060):
+            return True
+        return own_uri is not None and own_uri(uri)
+
+    @property
+    def known_users(self) -> frozenset[str]:
+        """
+        Every AOR that ever had a binding (404 versus 480).
+        """
+        return frozenset(self._known)
+
+    # -- REGISTER (RFC 3261 §10.3) --------------------------------------------
+
+    def register(self, request: Request, now: float) -> Response:
+        """
+        Process a REGISTER for one of our domains (RFC 3261 §10.3 steps 2
+        and 5-8; authentication and authorisation, steps 3 and 4, are left
+        to the access policy).  The binding changes are all made or, when
+        the answer is not 200, none.
+
+        @param request: the REGISTER, whose Request-URI is ours (the caller
+            checked, step 1).
+        @param now: the current time.
+        @return: 200 listing every current binding of the AOR with its
+            remaining seconds; 400 (malformed To, Contact, Call-ID, CSeq,
+            C{expires} or C{q}; C{*} with other contacts or a non-zero
+            Expires), 404 (To is not an AOR of ours), 420 (a Require),
+            423 with Min-Expires (too short), or 500 (a CSeq below the one
+            stored for a binding of the same Call-ID).
+        """
+        try:
+            aor, bindings, changed, next_order = self._process(request, now)
+        except _Refused as refused:
+            response = make_response(request, refused.code, refused.reason)
+            if refused.code == 423:
+                response.add_header("Min-Expires", str(self.min_expires))
+            elif refused.code == 420:
+                for option in request.get_headers("require"):
+                    response.add_header("Unsupported", option)
+            return response
+        if changed:
+            if bindings:
+                self._bindings[aor] = bindings
+                self._known.add(aor)
+            else:
+                self._bindings.pop(aor, None)
+            self._next_order = next_order
+            self.changes += 1
+        # Step 8: the 200 enumerates the current bindings, each with its
+        # expires parameter.
+        response = make_response(request, 200)
+        for binding in sorted(bindings, key=_sort_key):
+            value = f"<{binding.contact}>;expires={self._remaining(binding, now)}"
+            if binding.q != 1.0:
+                value += f";q={binding.q:g}"
+            response.add_header("Contact", value)
+        response.add_header("Date", formatdate(now, usegmt=True))
+        return response
+
+    @staticmethod
+    def _remaining(binding: Binding, now: float) -> int:
+        # A live binding has at least one second left: "expires=0" would
+        # tell the user agent it is gone.
+        return max(1, math.ceil(binding.expires_at - now - 1e-6))
+
+    def _process(self, request: Request, now: float) -> tuple[str, list[Binding], bool, int]:
+        """
+        The tentative result of a REGISTER.
+
+        @return: C{(aor, its bindings afterwards, whether they changed,
+            the next registration order number)}.
+        @raise _Refused: the REGISTER fails.
+        """
+        try:
+            # Step 2: we support no extension a registrar must understand.
+            if request.get_headers("require"):
+                raise _Refused(420, "Bad Extension")
+            # Step 5: the AOR comes from To.
+            to = parse_name_addr(request.get_header("to") or "")
+            call_id = request.call_id
+            cseq = request.cseq[0]
+            contacts = request.get_headers("contact")
+        except SIPParseError as e:
+            raise _Refused(400, e.reason) from None
+        aor = self.canonical_aor(to.uri)
+        if aor is None:
+            raise _Refused(404, "Not Found (not an address-of-record of ours)")
+
+        # Expires = "Expires" HCOLON delta-seconds.  An RFC 2543 SIP-date
+        # is ignored (the message parser lets only that non-number through).
+        header = request.get_header("expires")
+        header_expires: int | None = None
+        if header is not None and header[:1].isdigit():
+            header_expires = _delta_seconds(header, "Expires")
+
+        previous = self._bindings.get(aor, [])
+        current = [binding for binding in previous if binding.expires_at > now]
+        changed = len(current) != len(previous)
+
+        # Step 6: the wildcard.
+        if any(value.strip() == "*" for value in contacts):
+            if len(contacts) != 1 or header_expires != 0:
+                raise _Refused(400, "Bad Request (wildcard Contact needs Expires: 0 alone)")
+            for binding in current:
+                self._check_order(binding, call_id, cseq)
+            return aor, [], changed or bool(current), self._next_order
+
+        # Step 7: each contact, with its own expiry; all or nothing.
+        updates: list[tuple[str, URI, float, int]] = []
+        for value in contacts:
+            try:
+                contact = parse_name_addr(value)
+            except SIPParseError as e:
+                raise _Refused(400, e.reason) from None
+            # c-p-expires = "expires" EQUAL delta-seconds
+            expires: int
+            if "expires" in contact.params:
+                param = contact.params["expires"] or ""
+                expires = _delta_seconds(param.strip('"'), "expires parameter")
+            elif header_expires is not None:
+                expires = header_expires
+            else:
+                expires = self.default_expires
+            if 0 < expires < self.min_expires:
+                raise _Refused(423)
+            # c-p-q = "q" EQUAL qvalue
+            q = 1.0
+            if "q" in contact.params:
+                param = contact.params["q"] or ""
+                if _QVALUE.fullmatch(param) is None:
+                    raise _Refused(400, "Bad q parameter")
+                q = float(param)
+            updates.append((str(contact.uri), contact.uri, q, min(expires, self.max_expires)))
+
+        order = self._next_order
+        touched: set[int] = set()
+        for text, uri, q, expires in updates:
+            index = self._find(current, uri)
+            if index is None:
+                if expires:
+                    binding = Binding(aor, text, q, now + expires, call_id, cseq, order)
+                    touched.add(order)
+                    order += 1
+                    current.append(binding)
+                    changed = True
+                continue
+            existing = current[index]
+            if existing.order not in touched:
+                # The same contact twice in one REGISTER: the last wins.
+                self._check_order(existing, call_id, cseq)
+            touched.add(existing.order)
+            changed = True
+            if expires:
+                current[index] = replace(
+                    existing,
+                    contact=text,
+                    q=q,
+                    expires_at=now + expires,
+                    call_id=call_id,
+                    cseq=cseq,
+                )
+            else:
+                del current[index]
+        return aor, current, changed, order
+
+    @staticmethod
+    def _find(bindings: list[Binding], uri: URI) -> int | None:
+        # "using the URI comparison rules" (§10.3 step 7, §19.1.4).
+        for index, binding in enumerate(bindings):
+            if uri_equal(parse_uri(binding.contact), uri):
+                return index
+        return None
+
+    @staticmethod
+    def _check_order(binding: Binding, call_id: str, cseq: int) -> None:
+        """
+        RFC 3261 §10.3 step 7: a binding set by the same Call-ID changes
+        only with a higher CSeq; otherwise "the update MUST be aborted and
+        the request fails" -- with 500, as every failed update (§10.3:
+        "the request MUST fail with a 500 (Server Error) response").
+
+        An I{equal} CSeq is let through: a stateless proxy has no server
+        transaction to absorb a retransmitted REGISTER (its 200 lost), and
+        applying the same REGISTER again is harmless.
+
+        @raise _Refused: 500, C{cseq} is older than the binding's.
+        """
+        if binding.call_id == call_id and cseq < binding.cseq:
+            raise _Refused(500, "Server Internal Error (out-of-order CSeq)")
+
+    # -- location service ----------------------------------------------------
+
+    def lookup(
+        self,
+        uri: URI,
+        now: float,
+        own_uri: Callable[[URI], bool] | None = None,
+    ) -> LookupResult | None:
+        """
+        Where a request for C{uri} goes (RFC 3261 §16.5).
+
+        @param uri: the Request-URI.
+        @param now: the current time (expired bindings do not count, even
+            before L{expire} dropped them).
+        @param own_uri: recognises our own addresses: a URI with a
+            non-default port is an AOR only when it accepts it.
+        @return: L{None} when C{uri} is not an AOR of ours (forward it as
+            any request), or a L{LookupResult}.
+        """
+        if not uri.user or not self.addressed_to_us(uri, own_uri):
+            return None
+        aor = self.canonical_aor(uri)
+        assert aor is not None
+        live = [binding for binding in self._bindings.get(aor, ()) if binding.expires_at > now]
+        for binding in live:
+            # A registered contact on our domain's host, not the AOR.
+            if same_hop(parse_uri(binding.contact), uri):
+                return None
+        if uri.is_secure:
+            live = [binding for binding in live if binding.contact[:5].lower() == "sips:"]
+        if live:
+            return LookupResult(aor, [binding.contact for binding in sorted(live, key=_sort_key)])
+        return LookupResult(aor, [], 480 if aor in self._known else 404)
+
+    def bindings(self, now: float) -> list[Binding]:
+        """
+        Every binding not expired at C{now}, in registration order.
+        """
+        live = [
+            binding
+            for bindings in self._bindings.values()
+            for binding in bindings
+            if binding.expires_at > now
+        ]
+        live.sort(key=lambda binding: binding.order)
+        return live
+
+    # -- expiry --------------------------------------------------------------
+
+    def expire(self, now: float) -> bool:
+        """
+        Drop every binding expired at C{now}.
+
+        @return: whether anything was dropped.
+        """
+        dropped = False
+        for aor in list(self._bindings):
+            bindings = self._bindings[aor]
+            live = [binding for binding in bindings if binding.expires_at > now]
+            if len(live) != len(bindings):
+                dropped = True
+                if live:
+                    self._bindings[aor] = live
+                else:
+                    del self._bindings[aor]
+        if dropped:
+            self.changes += 1
+        return dropped
+
+    def next_expiry(self) -> float | None:
+        """
+        When the next binding expires, or L{None} when there is none.
+        """
+        return min(
+            (binding.expires_at for bindings in self._bindings.values() for binding in bindings),
+            default=None,
+        )
+
+    def copy(self) -> BindingTable:
+        """
+        An independent copy (the bindings themselves are immutable).
+        """
+        other = BindingTable((), self.min_expires, self.max_expires, self.default_expires)
+        other.domains = self.domains
+        other.changes = self.changes
+        other._bindings = {aor: bindings[:] for aor, bindings in self._bindings.items()}
+        other._known = set(self._known)
+        other._next_order = self._next_order
+        return other
+
+    # -- persistence ---------------------------------------------------------
+
+    def to_json(self) -> bytes:
+        """
+        The table as JSON: C{{"version": 1, "next_order": N, "known_users":
+        [...], "bindings": [{aor, contact, q, expires_at, call_id, cseq,
+        order}, ...]}}, expiry times absolute.
+        """
+        everything = [binding for bindings in self._bindings.values() for binding in bindings]
+        everything.sort(key=lambda binding: binding.order)
+        document = {
+            "version": FILE_VERSION,
+            "next_order": self._next_order,
+            "known_users": sorted(self._known),
+            "bindings": [
+                {
+                    "aor": binding.aor,
+                    "contact": binding.contact,
+                    "q": binding.q,
+                    "expires_at": binding.expires_at,
+                    "call_id": binding.call_id,
+                    "cseq": binding.cseq,
+                    "order": binding.order,
+                }
+                for binding in everything
+            ],
+        }
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def from_json(
+        cls,
+        data: bytes,
+        now: float,
+        domains: Iterable[str] = (),
+        min_expires: int = 60,
+        max_expires: int = 3600,
+        default_expires: int = 3600,
+    ) -> BindingTable:
+        """
+        Rebuild a table saved by L{to_json}, without the bindings expired
+        at C{now}.  (The other arguments are the constructor's.)
+
+        @raise RegistrationFileError: C{data} is not such a document.
+        """
+        table = cls(domains, min_expires, max_expires, default_expires)
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise RegistrationFileError(f"not JSON ({' '.join(str(e).split())})") from None
+        if not isinstance(document, dict) or document.get("version") != FILE_VERSION:
+            raise RegistrationFileError(f"not a version {FILE_VERSION} registrations table")
+        next_order = document.get("next_order")
+        known = document.get("known_users")
+        entries = document.get("bindings")
+        if (
+            type(next_order) is not int
+            or not isinstance(known, list)
+            or not all(isinstance(aor, str) for aor in known)
+            or not isinstance(entries, list)
+        ):
+            raise RegistrationFileError("bad next_order, known_users or bindings")
+        table._next_order = next_order
+        table._known = set(known)
+        for number, entry in enumerate(entries):
+            binding = _binding_from(entry, number)
+            if binding.order >= next_order:
+                raise RegistrationFileError(f"binding {number}: order beyond next_order")
+            table._known.add(binding.aor)
+            if binding.expires_at > now:
+                table._bindings.setdefault(binding.aor, []).append(binding)
+        return table
+
+
+#: The fields of a binding in the file and their types.
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "aor": (str,),
+    "contact": (str,),
+    "q": (float, int),
+    "expires_at": (float, int),
+    "call_id": (str,),
+    "cseq": (int,),
+    "order": (int,),
+}
+
+
+def _binding_from(entry: Any, number: int) -> Binding:
+    """
+    One binding of a registrations file.
+
+    @raise RegistrationFileError: C{entry} is not a well-formed binding.
+    """
+    if not isinstance(entry, dict) or set(entry) != set(_FIELDS):
+        raise RegistrationFileError(f"binding {number}: wrong fields")
+    for name, types in _FIELDS.items():
+        value = entry[name]
+        if type(value) not in types or (isinstance(value, float) and not math.isfinite(value)):
+            raise RegistrationFileError(f"binding {number}: bad {name}")
+    try:
+        aor = parse_uri(entry["aor"])
+        parse_uri(entry["contact"])
+    except SIPParseError as e:
+        raise RegistrationFileError(f"binding {number}: {e.reason}") from None
+    if aor.scheme != "sip" or not aor.user or not 0.0 <= entry["q"] <= 1.0:
+        raise RegistrationFileError(f"binding {number}: bad aor or q")
+    return Binding(
+        entry["aor"],
+        entry["contact"],
+        float(entry["q"]),
+        float(entry["expires_at"]),
+        entry["call_id"],
+        entry["cseq"],
+        entry["order"],
+    )
+
+
+class Registrar:
+    """
+    The registrar on a clock: a L{BindingTable} whose bindings expire on
+    time and, given a path, persist across restarts.
+
+    @ivar table: the L{BindingTable}.
+    @ivar clock: the C{IReactorTime}; its C{seconds()} must be wall-clock
+        time when a path is given (the file holds absolute times).
+    @ivar path: the registrations file, or L{None} (memory only).
+    """
+
+    def __init__(
+        self,
+        domains: Iterable[str],
+        clock: IReactorTime,
+        path: str | None = None,
+        min_expires: int = 60,
+        max_expires: int = 3600,
+        default_expires: int = 3600,
+    ) -> None:
+        """
+        @raise RegistrationFileError: C{path} cannot be loaded (see L{load}).
+        @raise ValueError: bad expiry limits (see L{BindingTable}).
+        """
+        self.clock = clock
+        self.path = path
+        self.table = BindingTable(domains, min_expires, max_expires, default_expires)
+        self._timer: IDelayedCall | None = None
+        self._timer_at: float | None = None
+        if path is not None:
+            self.load()
+
+    def is_registration(self, request: Request, own_uri: Callable[[URI], bool]) -> bool:
+        """
+        Whether C{request} is a REGISTER this registrar answers (RFC 3261
+        §10.3 step 1): its Request-URI names one of our domains or, as
+        C{own_uri} tells, one of our own addresses.  Any other REGISTER is
+        forwarded like any request.
+        """
+        if request.method != "REGISTER":
+            return False
+        try:
+            uri = parse_uri(request.uri)
+        except SIPParseError:
+            return False
+        return uri.is_sip and (self.table.addressed_to_us(uri) or own_uri(uri))
+
+    def register(self, request: Request) -> Response:
+        """
+        Answer a REGISTER (see L{BindingTable.register}); a change is
+        persisted before the answer.  When it cannot be written, the change
+        is undone and the answer is 500 (RFC 3261 §10.3 step 7: bindings
+        are committed if and only if every update succeeds).
+        """
+        now = self.clock.seconds()
+        snapshot = self.table.copy() if self.path is not None else None
+        changes = self.table.changes
+        response = self.table.register(request, now)
+        if self.table.changes != changes:
+            log.debug(
+                "registration {code} for {to}",
+                code=response.code,
+                to=request.get_header("to"),
+            )
+            if snapshot is not None:
+                try:
+                    self._save()
+                except RegistrationFileError as e:
+                    log.error("registration not stored: {error}", error=str(e))
+                    self.table = snapshot
+                    return make_response(request, 500, "Server Internal Error (cannot store)")
+            self._schedule()
+        return response
+
+    def lookup(self, uri: URI, own_uri: Callable[[URI], bool] | None = None) -> LookupResult | None:
+        """
+        Where a request for C{uri} goes (see L{BindingTable.lookup}).
+        """
+        return self.table.lookup(uri, self.clock.seconds(), own_uri)
+
+    def bindings(self) -> list[Binding]:
+        """
+        Every current binding, in registration order.
+        """
+        return self.table.bindings(self.clock.seconds())
+
+    def load(self) -> None:
+        """
+        Load the registrations file (a missing file is an empty table),
+        dropping expired bindings, and write it back at once: an unwritable
+        location is a start-up error too.
+
+        @raise RegistrationFileError: unreadable, corrupt or unwritable,
+            with a one-line message naming the file.
+        """
+        assert self.path is not None
+        old = self.table
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = None
+        except OSError as e:
+            raise RegistrationFileError(f"{self.path}: cannot read: {e.strerror}") from None
+        if data is not None:
+            try:
+                self.table = BindingTable.from_json(
+                    data,
+                    self.clock.seconds(),
+                    old.domains,
+                    old.min_expires,
+                    old.max_expires,
+                    old.default_expires,
+                )
+            except RegistrationFileError as e:
+                raise RegistrationFileError(f"{self.path}: corrupt registrations file: {e}") from None
+        self._save()
+        self._schedule()
+
+    def stop(self) -> None:
+        """
+        Cancel the expiry timer (every change is already on disk).
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
+
+    # -- internals -------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        """
+        Keep exactly one timer pending, for the next expiry, while there
+        are bindings; none otherwise.
+        """
+        when = self.table.next_expiry()
+        if when is not None and self._timer_at == when and self._timer is not None:
+            return
+        self.stop()
+        if when is not None:
+            self._timer_at = when
+            self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._expire)
+
+    def _expire(self) -> None:
+        assert self._timer_at is not None
+        # The timer fired, so its time has come, whatever rounding the
+        # clock's arithmetic did.
+        now = max(self.clock.seconds(), self._timer_at)
+        self._timer = None
+        self._timer_at = None
+        if self.table.expire(now) and self.path is not None:
+            try:
+                self._save()
+            except RegistrationFileError as e:
+                # The expired bindings are dropped again on the next load.
+                log.error("expiry not stored: {error}", error=str(e))
+        self._schedule()
+
+    def _save(self) -> None:
+        """
+        Write the table atomically: a temporary file in the same directory,
+        flushed and synced, renamed onto the path; then the directory is
+        synced so the rename itself survives a crash.
+
+        @raise RegistrationFileError: the write failed (the old file is
+            intact).
+        """
+        assert self.path is not None
+        data = self.table.to_json()
+        tmp = self.path + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            except OSError as e:
+                # Some file systems cannot sync a directory.
+                if e.errno != errno.EINVAL:
+                    raise
+            finally:
+                os.close(directory)
+        except OSError as e:
+            raise RegistrationFileError(f"{self.path}: cannot write: {e.strerror}") from None
