@@ -289,12 +289,15 @@ class Resolver:
         lookup = self._names.lookupNamingAuthorityPointer
         answers, additional = await self._query(lookup, name)
         _remember(glue, additional)
-        payloads = (rr.payload for rr in answers)
+        naptrs: list[dns.Record_NAPTR] = []
+        for rr in answers:
+            payload = rr.payload
+            if isinstance(payload, dns.Record_NAPTR):
+                naptrs.append(payload)
         records = [
             record
-            for record in payloads
-            if isinstance(record, dns.Record_NAPTR)
-            and record.service.string.lower().startswith(_SIP_NAPTR_PREFIXES)
+            for record in naptrs
+            if record.service.string.lower().startswith(_SIP_NAPTR_PREFIXES)
         ]
         if not records:
             return None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
-from zope.interface import Attribute, Interface  # type: ignore[import-untyped]
+from zope.interface import Attribute, Interface
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError

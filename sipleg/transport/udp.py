@@ -13,7 +13,7 @@ from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
-from zope.interface import implementer  # type: ignore[import-untyped]
+from zope.interface import implementer
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError

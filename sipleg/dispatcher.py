@@ -1,0 +1,268 @@
+"""
+L{Dispatcher}: owns the legs, stamps where requests came from, and
+delivers packets through the right leg to the right place.
+
+On the way in, every packet a leg receives passes the dispatcher's receive
+glue: requests get C{received} / C{rport} on their top Via (RFC 3261
+§18.2.1, RFC 3581), then the packet goes to the receiver (a
+L{sipleg.proxy.StatelessProxy}, or any object with a C{receive(packet,
+leg, source)} method).
+
+On the way out, L{Dispatcher.deliver} turns a destination (an address, a
+list of them, or a SIP URI to resolve with RFC 3263) into an ordered list
+of C{(leg, address)} pairs, where the leg always speaks the address's
+transport and family, and tries them in order until one takes the packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from errno import EHOSTUNREACH, ENOPROTOOPT
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipleg.address import Address
+from sipleg.errors import DeliveryError, SIPParseError
+from sipleg.leg import BadMessage, Leg
+from sipleg.message import Message, Request
+from sipleg.resolver import Resolver
+from sipleg.uri import URI, parse_name_addr, parse_uri, parse_via
+
+__all__ = ["Dispatcher", "IReceiver", "Destination", "stamp_received"]
+
+log = Logger()
+
+#: What L{Dispatcher.deliver} accepts as a destination.
+Destination = Address | Sequence[Address] | URI | str | None
+
+
+class IReceiver(Protocol):
+    """
+    What the dispatcher hands received packets to.
+    """
+
+    def receive(self, packet: Message | BadMessage, leg: Leg, source: Address) -> None:
+        """
+        Handle a packet (or a L{BadMessage}) that arrived on C{leg}.
+        """
+
+
+def stamp_received(request: Request, source: Address) -> None:
+    """
+    Record on the top Via where a request really came from.
+
+    RFC 3261 §18.2.1: when the sent-by host differs from the source IP, add
+    C{received=<source ip>}.  RFC 3581 §4: when the Via has an C{rport}
+    parameter without a value, fill in the source port and add
+    C{received} in any case.
+
+    @raise SIPParseError: the top Via is missing or malformed.
+    """
+    top = request.get_header("via")
+    if top is None:
+        raise SIPParseError("missing Via")
+    via = parse_via(top)
+    changed = False
+    if via.rport == "":
+        via.params["rport"] = str(source.port)
+        changed = True
+    if source.addr is not None and (changed or via.host != source.addr):
+        via.params["received"] = source.addr
+        changed = True
+    if changed:
+        request.set_header("via", str(via), 0)
+
+
+class Dispatcher:
+    """
+    The legs of one SIP element and the glue between them and its logic.
+
+    @ivar legs: the legs, in the order they were added.
+    @ivar receiver: the object received packets go to.
+    @ivar resolver: the RFC 3263 resolver used for URI destinations.
+    """
+
+    def __init__(
+        self,
+        legs: Iterable[Leg] = (),
+        receiver: IReceiver | None = None,
+        resolver: Resolver | None = None,
+        reactor: Any = None,
+    ) -> None:
+        """
+        @param legs: the initial legs.
+        @param receiver: where received packets go.
+        @param resolver: the L{Resolver}; one on the system's DNS
+            configuration is made when needed.
+        @param reactor: unused by the dispatcher itself; kept so every
+            sipleg component can be built the same way.
+        """
+        self.legs: list[Leg] = []
+        self.receiver = receiver
+        self._resolver = resolver
+        self._reactor = reactor
+        for leg in legs:
+            self.add_leg(leg)
+
+    @property
+    def resolver(self) -> Resolver:
+        """
+        The RFC 3263 resolver (made on first use when none was given).
+        """
+        if self._resolver is None:
+            self._resolver = Resolver(transports=self._transports())
+        return self._resolver
+
+    def _transports(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(leg.proto for leg in self.legs))
+
+    def add_leg(self, leg: Leg) -> None:
+        """
+        Take C{leg} into service: its packets come to this dispatcher.
+        """
+        leg.receiver = self._leg_received
+        self.legs.append(leg)
+
+    def remove_leg(self, leg: Leg) -> None:
+        """
+        Stop dispatching for C{leg} (it keeps its sockets; stop it yourself).
+        """
+        self.legs.remove(leg)
+        leg.receiver = None
+
+    def get_legs(self, **spec: Any) -> list[Leg]:
+        """
+        The legs matching C{spec} (see L{Leg.match}); all legs without one.
+        """
+        return [leg for leg in self.legs if leg.match(spec)]
+
+    def _leg_received(self, packet: Message | BadMessage, source: Address, leg: Leg) -> None:
+        if isinstance(packet, Request):
+            try:
+                stamp_received(packet, source)
+            except SIPParseError as e:
+                packet = BadMessage(e, bytes(packet))
+        if self.receiver is None:
+            return
+        try:
+            self.receiver.receive(packet, leg, source)
+        except Exception:
+            log.failure("receiver failed on a packet from {source}", source=source)
+
+    # -- delivery ----------------------------------------------------------
+
+    def deliver(
+        self,
+        packet: Message,
+        leg: Leg | Sequence[Leg] | None = None,
+        dst: Destination = None,
+    ) -> Deferred[tuple[Leg, Address]]:
+        """
+        Send C{packet}, choosing leg and destination together.
+
+        @param leg: the leg to use, or the legs allowed; default all legs.
+        @param dst: an L{Address}, a list of them (tried in order), a SIP
+            URI (text or L{URI}) resolved by RFC 3263, or L{None}: the first
+            Route of a request, else its Request-URI.
+        @return: a L{Deferred} firing with the C{(leg, address)} that took
+            the packet, or failing with the L{DeliveryError} of the last
+            attempt (C{ENOPROTOOPT} when no leg speaks any destination's
+            transport, C{EHOSTUNREACH} when nothing resolved).
+        """
+        if leg is None:
+            legs = list(self.legs)
+        elif isinstance(leg, Leg):
+            legs = [leg]
+        else:
+            legs = list(leg)
+        if not legs:
+            return fail(DeliveryError(ENOPROTOOPT, "no legs"))
+
+        def send(pairs: list[tuple[Leg, Address]]) -> Deferred[tuple[Leg, Address]]:
+            return self.deliver_in_order(packet, pairs)
+
+        return self.destinations(packet, dst, legs).addCallback(send)
+
+    def destinations(
+        self, packet: Message, dst: Destination, legs: Sequence[Leg]
+    ) -> Deferred[list[tuple[Leg, Address]]]:
+        """
+        Resolve C{dst} (see L{deliver}) and pair every address with the
+        first of C{legs} that can send to it.
+        """
+        if dst is None:
+            if not isinstance(packet, Request):
+                return fail(DeliveryError(EHOSTUNREACH, "a response needs a destination"))
+            routes = packet.get_headers("route")
+            dst = routes[0] if routes else packet.uri
+        if isinstance(dst, Address):
+            found: Deferred[list[Address]] = succeed([dst])
+        elif isinstance(dst, (URI, str)):
+            try:
+                uri = dst if isinstance(dst, URI) else _target_uri(dst)
+            except SIPParseError as e:
+                return fail(DeliveryError(EHOSTUNREACH, f"bad target {dst!r}: {e.reason}"))
+            transports = tuple(dict.fromkeys(leg.proto for leg in legs))
+            found = self.resolver.resolve_uri(uri, transports=transports)
+        else:
+            found = succeed(list(dst))
+        return found.addCallback(pair_legs, legs)
+
+    def deliver_in_order(
+        self, packet: Message, pairs: Sequence[tuple[Leg, Address]]
+    ) -> Deferred[tuple[Leg, Address]]:
+        """
+        Try C{pairs} in order until one delivery succeeds (RFC 3263 §4:
+        a transport error moves on to the next target).
+        """
+        if not pairs:
+            return fail(DeliveryError(ENOPROTOOPT, "no leg can reach the destination"))
+        result: Deferred[tuple[Leg, Address]] = Deferred()
+
+        def attempt(index: int) -> None:
+            leg, address = pairs[index]
+            d = leg.deliver(packet, address)
+
+            def failed(reason: Failure) -> None:
+                if index + 1 < len(pairs) and reason.check(DeliveryError):
+                    log.debug(
+                        "delivery to {dst} failed ({why}); trying the next target",
+                        dst=address,
+                        why=reason.value,
+                    )
+                    attempt(index + 1)
+                else:
+                    result.errback(reason)
+
+            d.addCallbacks(lambda _: result.callback((leg, address)), failed)
+
+        attempt(0)
+        return result
+
+
+def pair_legs(addresses: Iterable[Address], legs: Sequence[Leg]) -> list[tuple[Leg, Address]]:
+    """
+    Pair each address with the first leg that speaks its transport and
+    family (design item 5: never a leg of one transport with a destination
+    of another).  Addresses no leg can serve are left out.
+    """
+    pairs = []
+    for address in addresses:
+        for leg in legs:
+            if leg.can_deliver_to(address):
+                pairs.append((leg, address))
+                break
+    return pairs
+
+
+def _target_uri(text: str) -> URI:
+    """
+    The URI in a Route value or Request-URI text.
+    """
+    text = text.strip()
+    if text.startswith("<") or '"' in text:
+        return parse_name_addr(text).uri
+    return parse_uri(text)

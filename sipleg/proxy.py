@@ -1,0 +1,283 @@
+"""
+L{StatelessProxy}: RFC 3261 §16 forwarding without transaction state.
+
+The proxy is the receiver of a L{sipleg.dispatcher.Dispatcher}.  For each
+request it validates (§16.3), asks the access policy, lets the incoming
+leg do its header work, picks the next hop (Route set, static routes,
+outbound proxy or Request-URI), resolves it (RFC 3263) and hands the
+request to the outgoing leg, failing over to the next target on a
+transport error.  Every refusal a request can be answered for is answered
+statelessly (400, 403, 416, 420, 482, 483, 503 ...); ACKs are never
+answered.  Responses are forwarded only through a Via of our own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from sipleg.address import Address
+from sipleg.dispatcher import Dispatcher
+from sipleg.errors import DeliveryError, SIPParseError
+from sipleg.leg import BadMessage, ForwardRefused, Leg
+from sipleg.message import REASONS, Message, Request, Response, make_response, salvage_response
+from sipleg.registrar import Registrar
+from sipleg.routing import (
+    IAccessPolicy,
+    IRoutePolicy,
+    NetworkAccessPolicy,
+    StaticRoutes,
+    response_target,
+)
+from sipleg.uri import URI, parse_name_addr, parse_uri, parse_via
+
+__all__ = ["StatelessProxy"]
+
+log = Logger()
+
+
+class StatelessProxy:
+    """
+    A stateless forwarding proxy over the legs of a dispatcher.
+
+    @ivar dispatcher: the L{Dispatcher} whose receiver this proxy is.
+    @ivar access: the L{IAccessPolicy} (default: loopback may send anywhere,
+        nobody else anywhere: never an open relay).
+    @ivar routes: the L{IRoutePolicy} for requests without a Route set.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        access: IAccessPolicy | None = None,
+        routes: IRoutePolicy | None = None,
+        registrar: Registrar | None = None,
+    ) -> None:
+        """
+        @param dispatcher: the dispatcher whose legs the proxy forwards
+            between; the proxy becomes its receiver.
+        @param access: who may use the proxy (see L{access}).
+        @param routes: static next hops (see L{routes}).
+        @param registrar: answers REGISTER for our domains and resolves
+            their addresses of record (RFC 3261 §10.3, §16.5); none by
+            default.
+        """
+        self.registrar = registrar
+        self.dispatcher = dispatcher
+        self.access: IAccessPolicy = access if access is not None else NetworkAccessPolicy()
+        self.routes: IRoutePolicy = routes if routes is not None else StaticRoutes()
+        dispatcher.receiver = self
+
+    def receive(self, packet: Message | BadMessage, leg: Leg, source: Address) -> None:
+        """
+        Forward one packet that arrived on C{leg} from C{source}.
+        """
+        if isinstance(packet, BadMessage):
+            self._answer_bad(packet, leg)
+        elif isinstance(packet, Response):
+            self.forward_response(packet, leg)
+        else:
+            assert isinstance(packet, Request)
+            self.forward_request(packet, leg, source)
+
+    # -- responses ---------------------------------------------------------
+
+    def _owner(self, via_value: str | None) -> Leg | None:
+        if via_value is None:
+            return None
+        try:
+            branch = parse_via(via_value).branch
+        except SIPParseError:
+            return None
+        for leg in self.dispatcher.legs:
+            if leg.owns_branch(branch):
+                return leg
+        return None
+
+    def forward_response(self, response: Response, leg: Leg) -> Deferred[Any] | None:
+        """
+        Route a response back along the Via path (RFC 3261 §16.7).
+
+        Only a response whose top Via is ours goes on (design item 3); our
+        second Via, added for the incoming leg when the request crossed
+        legs, pins the leg it leaves by.
+        """
+        owner = self._owner(response.get_header("via"))
+        if owner is None:
+            log.info(
+                "dropping response {code} {callid}: top Via is not ours",
+                code=response.code,
+                callid=response.get_header("call-id"),
+            )
+            return None
+        owner.forward_incoming(response)
+        pinned = self._owner(response.get_header("via"))
+        if pinned is not None:
+            response.remove_header("via", 0)
+        return self._send_response(response, [pinned] if pinned else None)
+
+    def _send_response(self, response: Response, legs: list[Leg] | None) -> Deferred[Any] | None:
+        top = response.get_header("via")
+        try:
+            target = response_target(parse_via(top)) if top is not None else None
+        except SIPParseError:
+            target = None
+        if target is None:
+            log.info(
+                "dropping response {code}: no usable Via ({via!r})",
+                code=response.code,
+                via=top,
+            )
+            return None
+        if legs is None:
+            legs = self.dispatcher.legs
+        if target.is_ip:
+            dst: Address | URI = target
+        else:
+            dst = parse_uri(f"sip:{target.hostport};transport={target.proto}")
+        d = self.dispatcher.deliver(response, legs, dst)
+        d.addErrback(self._log_failure, "response", response.code)
+        return d
+
+    # -- requests ----------------------------------------------------------
+
+    def forward_request(self, request: Request, leg: Leg, source: Address) -> Deferred[Any] | None:
+        """
+        Validate, route and forward a request (RFC 3261 §16.3-§16.6).
+        """
+        refused = self._validate(request, source)
+        if refused is None:
+            refused = leg.forward_incoming(request)
+        if refused is not None:
+            return self._refuse(request, leg, refused)
+        if self.registrar is not None:
+            if self.registrar.is_registration(request, self.is_own_uri):
+                return self._send_response(self.registrar.register(request), [leg])
+            if not request.get_headers("route"):
+                # RFC 3261 §16.5: an address of record of ours is retargeted
+                # to its best binding (a Route set is followed first, §16.4).
+                found = self.registrar.lookup(parse_uri(request.uri), self.is_own_uri)
+                if found is not None:
+                    if found.code is not None:
+                        return self._refuse(request, leg, ForwardRefused(found.code, REASONS[found.code]))
+                    request.uri = found.contacts[0]
+        try:
+            next_hop = self._next_hop(request)
+        except SIPParseError as e:
+            return self._refuse(request, leg, ForwardRefused(400, e.reason))
+        legs = [leg] + [other for other in self.dispatcher.legs if other is not leg]
+        d = self.dispatcher.destinations(request, next_hop, legs)
+        d.addCallback(self._forward_to, request, leg)
+        d.addErrback(self._unreachable, request, leg)
+        return d
+
+    def is_own_uri(self, uri: URI) -> bool:
+        """
+        Whether C{uri} names one of our legs' addresses.
+        """
+        return any(leg.is_local_uri(uri) for leg in self.dispatcher.legs)
+
+    def _validate(self, request: Request, source: Address) -> ForwardRefused | None:
+        # RFC 3261 §16.3 item 2: a URI scheme we cannot route.
+        try:
+            target = parse_uri(request.uri)
+        except SIPParseError as e:
+            return ForwardRefused(400, f"Bad Request-URI: {e.reason}")
+        if target.scheme not in ("sip", "sips"):
+            return ForwardRefused(416, "Unsupported URI Scheme")
+        # §16.3 item 5: we support no extension a proxy must understand.
+        if request.get_headers("proxy-require"):
+            return ForwardRefused(420, "Bad Extension")
+        if not self.access.allows(request, target, source):
+            return ForwardRefused(403, "Forbidden")
+        return None
+
+    def _next_hop(self, request: Request) -> URI:
+        """
+        Where the request goes next (RFC 3261 §16.6 items 4-7, §16.5).
+        """
+        routes = request.get_headers("route")
+        if routes:
+            first = parse_name_addr(routes[0]).uri
+            if "lr" in first.params:
+                return first
+            # §16.6 item 6: the next hop is a strict router.
+            request.add_header("route", f"<{request.uri}>")
+            request.remove_header("route", 0)
+            request.uri = str(first)
+            return first
+        target = parse_uri(request.uri)
+        static = self.routes.next_hop(target)
+        return static if static is not None else target
+
+    def _forward_to(
+        self, pairs: list[tuple[Leg, Address]], request: Request, in_leg: Leg
+    ) -> Deferred[Any]:
+        result: Deferred[Any] = Deferred()
+
+        def attempt(index: int, last: Failure | None) -> None:
+            if index >= len(pairs):
+                result.errback(last or Failure(DeliveryError(None, "no target")))
+                return
+            out_leg, dst = pairs[index]
+            packet = request.copy() if index + 1 < len(pairs) else request
+            if out_leg is not in_leg:
+                # Our Via for the incoming leg: the response finds its way
+                # back out of the leg the request came in on.
+                in_leg.add_via(packet)
+            refused = out_leg.forward_outgoing(packet, in_leg)
+            if refused is not None:
+                self._refuse(request, in_leg, refused)
+                result.callback(None)
+                return
+            d = out_leg.deliver(packet, dst)
+            d.addCallbacks(
+                lambda _: result.callback((out_leg, dst)),
+                lambda f: attempt(index + 1, f) if f.check(DeliveryError) else result.errback(f),
+            )
+
+        attempt(0, None)
+        return result
+
+    def _unreachable(self, reason: Failure, request: Request, leg: Leg) -> None:
+        error = reason.value
+        if not isinstance(error, DeliveryError):
+            log.failure("forwarding {method} failed", reason, method=request.method)
+            error = DeliveryError(None, str(error))
+        log.info(
+            "cannot forward {method} {uri}: {error}",
+            method=request.method,
+            uri=request.uri,
+            error=str(error),
+        )
+        self._refuse(request, leg, ForwardRefused(503, "Service Unavailable"))
+
+    # -- answers -------------------------------------------------------------
+
+    def _refuse(self, request: Request, leg: Leg, refused: ForwardRefused) -> Deferred[Any] | None:
+        if refused.code is None or request.method == "ACK":
+            log.info(
+                "dropping {method} {uri}: {reason}",
+                method=request.method,
+                uri=request.uri,
+                reason=refused.reason,
+            )
+            return None
+        response = make_response(request, refused.code, refused.reason)
+        if refused.code == 420:
+            for value in request.get_headers("proxy-require"):
+                response.add_header("Unsupported", value)
+        return self._send_response(response, [leg])
+
+    def _answer_bad(self, bad: BadMessage, leg: Leg) -> None:
+        response = salvage_response(bad.data, bad.error.status, bad.error.reason)
+        if response is None:
+            return
+        self._send_response(response, [leg])
+
+    @staticmethod
+    def _log_failure(reason: Failure, what: str, code: object) -> None:
+        log.info("could not send {what} {code}: {why}", what=what, code=code, why=reason.value)

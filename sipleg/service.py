@@ -1,0 +1,212 @@
+"""
+Build a running forwarding proxy from a L{ProxyConfig}: sockets, legs,
+dispatcher, proxy, all under one C{MultiService}.
+
+Sockets are bound here, synchronously, so that a port already in use or an
+unreadable certificate is reported before the reactor starts (twistd
+then exits with a one-line reason instead of running without a leg).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+
+from sipleg.address import Address, default_port, split_hostport
+from sipleg.dispatcher import Dispatcher
+from sipleg.errors import SIPError
+from sipleg.leg import DEFAULT_MAX_FORWARDS, Leg
+from sipleg.proxy import StatelessProxy
+from sipleg.registrar import Registrar, RegistrationFileError
+from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
+from sipleg.transport.tls import TLSConfig
+from sipleg.uri import URI
+
+__all__ = ["ConfigError", "ListenSpec", "ProxyConfig", "parse_listen", "make_service"]
+
+
+class ConfigError(SIPError):
+    """
+    The proxy cannot start as configured (bad option, port in use,
+    unreadable certificate ...).  The message is one line for the operator.
+    """
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """
+    One C{--listen PROTO:ADDR:PORT} option.
+    """
+
+    proto: str
+    address: Address
+
+
+def parse_listen(text: str) -> ListenSpec:
+    """
+    Parse C{udp:127.0.0.1:5060}, C{tcp:[::1]:5060}, C{tls:127.0.0.1} ...
+
+    @raise ConfigError: not of that form, not an IP address, or a bad port.
+    """
+    proto, sep, rest = text.partition(":")
+    proto = proto.lower()
+    if not sep or proto not in ("udp", "tcp", "tls"):
+        raise ConfigError(f"--listen {text!r}: expected PROTO:ADDR[:PORT] with PROTO udp, tcp or tls")
+    try:
+        host, port = split_hostport(rest)
+        address = Address(host, default_port(proto) if port is None else port, proto)
+    except ValueError as e:
+        raise ConfigError(f"--listen {text!r}: {e}") from None
+    if not address.is_ip:
+        raise ConfigError(f"--listen {text!r}: the address must be an IP address")
+    return ListenSpec(proto, address)
+
+
+DEFAULT_LISTEN = (
+    ListenSpec("udp", Address("127.0.0.1", 5060, "udp")),
+    ListenSpec("tcp", Address("127.0.0.1", 5060, "tcp")),
+)
+
+
+@dataclass
+class ProxyConfig:
+    """
+    Everything C{twistd sipproxy} can be told.
+    """
+
+    listen: list[ListenSpec] = field(default_factory=lambda: list(DEFAULT_LISTEN))
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    domains: list[str] = field(default_factory=list)
+    routes: dict[str, URI] = field(default_factory=dict)
+    outbound_proxy: URI | None = None
+    allow: list[str] = field(default_factory=list)
+    trace: bool = False
+    max_forwards: int = DEFAULT_MAX_FORWARDS
+    registrar: bool = False
+    registrations: str | None = None
+    min_expires: int = 60
+    max_expires: int = 3600
+
+
+def bind_socket(spec: ListenSpec) -> socket.socket:
+    """
+    Create and bind the socket of one listen spec (listening, for streams).
+
+    UDP sockets do not set C{SO_REUSEADDR}: a second process binding the
+    same port must fail rather than share it (netsip-reference §9).
+
+    @raise ConfigError: the address cannot be bound.
+    """
+    address = spec.address
+    assert address.family is not None
+    kind = socket.SOCK_DGRAM if spec.proto == "udp" else socket.SOCK_STREAM
+    sock = socket.socket(address.family, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address.sockaddr)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {spec.proto}:{address}: {e.strerror}") from None
+    return sock
+
+
+def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
+    """
+    Bind every leg and assemble the proxy.
+
+    @raise ConfigError: with a one-line reason.
+    """
+    tls: TLSConfig | None = None
+    if any(spec.proto == "tls" for spec in config.listen):
+        if not (config.tls_cert and config.tls_key):
+            raise ConfigError("a tls listener needs --tls-cert and --tls-key")
+        try:
+            tls = TLSConfig(config.tls_cert, config.tls_key, config.tls_ca)
+            tls.server_options()
+        except (OSError, ValueError, SIPError) as e:
+            raise ConfigError(f"cannot use the TLS certificate/key: {e}") from None
+        except Exception as e:  # pyOpenSSL raises its own error types
+            raise ConfigError(f"cannot use the TLS certificate/key: {e}") from None
+    try:
+        access = NetworkAccessPolicy(config.allow or LOOPBACK_NETWORKS, config.domains)
+    except ValueError as e:
+        raise ConfigError(f"--allow: {e}") from None
+
+    registrar = make_registrar(config, reactor)
+    top = MultiService()
+    legs = []
+    sockets = [bind_socket(spec) for spec in config.listen]
+    for spec, sock in zip(config.listen, sockets, strict=False):
+        leg = Leg(
+            sock=sock,
+            proto=spec.proto,
+            tls=tls if spec.proto == "tls" else None,
+            reactor=reactor,
+            max_forwards=config.max_forwards,
+            trace=config.trace,
+        )
+        leg.setServiceParent(top)
+        legs.append(leg)
+    dispatcher = Dispatcher(legs, reactor=reactor)
+    StatelessProxy(
+        dispatcher,
+        access=access,
+        routes=StaticRoutes(config.routes, config.outbound_proxy, config.domains),
+        registrar=registrar,
+    )
+    if registrar is not None:
+        RegistrarService(registrar).setServiceParent(top)
+    return top
+
+
+class RegistrarService(Service):
+    """
+    Stops the registrar's expiry timer with the rest of the proxy.
+    """
+
+    def __init__(self, registrar: Registrar) -> None:
+        self.registrar = registrar
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.registrar.stop()
+
+
+def make_registrar(config: ProxyConfig, reactor: Any) -> Registrar | None:
+    """
+    The registrar C{config} asks for, with its bindings loaded.
+
+    @raise ConfigError: no domain to serve, bad expiry bounds, or an
+        unreadable or corrupt registrations file.
+    """
+    if not config.registrar:
+        if config.registrations:
+            raise ConfigError("--registrations needs --registrar")
+        return None
+    if not config.domains:
+        raise ConfigError("--registrar needs at least one --domain to serve")
+    if not 0 < config.min_expires <= config.max_expires:
+        raise ConfigError("need 0 < --min-expires <= --max-expires")
+    if reactor is None:
+        from twisted.internet import reactor
+    try:
+        return Registrar(
+            config.domains,
+            reactor,
+            path=config.registrations,
+            min_expires=config.min_expires,
+            max_expires=config.max_expires,
+        )
+    except RegistrationFileError as e:
+        raise ConfigError(str(e)) from None

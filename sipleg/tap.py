@@ -1,0 +1,145 @@
+"""
+The C{twistd sipproxy} command line: options in, services out.
+
+Only option parsing lives here; L{sipleg.service.make_service} builds the
+proxy.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from sipleg.errors import SIPParseError
+from sipleg.routing import NetworkAccessPolicy
+from sipleg.service import ConfigError, ProxyConfig, make_service, parse_listen
+from sipleg.uri import URI, parse_uri
+
+__all__ = ["Options", "makeService"]
+
+
+def _sip_uri(option: str, text: str) -> URI:
+    try:
+        uri = parse_uri(text)
+    except SIPParseError as e:
+        raise usage.UsageError(f"{option} {text!r}: {e.reason}") from None
+    if uri.scheme not in ("sip", "sips"):
+        raise usage.UsageError(f"{option} {text!r}: not a sip: or sips: URI")
+    return uri
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd sipproxy}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "A stateless SIP forwarding proxy (RFC 3261 section 16). By default it "
+        "listens on udp and tcp 127.0.0.1:5060 and only forwards requests "
+        "coming from loopback."
+    )
+    optFlags = [
+        ["trace", None, "Log every packet in and out."],
+        ["registrar", None, "Answer REGISTER for our --domain(s) and route to their bindings."],
+    ]
+    optParameters = [
+        ["tls-cert", None, None, "PEM certificate for tls listeners."],
+        ["tls-key", None, None, "PEM private key for tls listeners."],
+        ["tls-ca", None, None, "PEM CA bundle to verify TLS peers with."],
+        ["outbound-proxy", None, None, "Send requests for foreign domains to this SIP URI."],
+        ["max-forwards", None, 70, "Cap on Max-Forwards of forwarded requests.", int],
+        ["registrations", None, None, "File keeping the registrar's bindings across restarts."],
+        ["min-expires", None, 60, "Shortest registration accepted (shorter: 423).", int],
+        ["max-expires", None, 3600, "Longest registration granted.", int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["domain"] = []
+        self["route"] = {}
+        self["allow"] = []
+
+    def opt_listen(self, value: str) -> None:
+        """
+        PROTO:ADDR[:PORT] to listen on (udp, tcp or tls; IPv6 as
+        udp:[::1]:5060). Repeatable. Default udp:127.0.0.1:5060 and
+        tcp:127.0.0.1:5060.
+        """
+        try:
+            self["listen"].append(parse_listen(value))
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+    def opt_domain(self, value: str) -> None:
+        """
+        A domain this proxy serves (reachable from any source). Repeatable.
+        """
+        self["domain"].append(value.lower())
+
+    def opt_route(self, value: str) -> None:
+        """
+        DOMAIN=SIPURI: send requests for DOMAIN (or *.DOMAIN, or * for any)
+        to SIPURI. Repeatable.
+        """
+        domain, sep, target = value.partition("=")
+        if not sep or not domain or not target:
+            raise usage.UsageError(f"--route {value!r}: expected DOMAIN=SIPURI")
+        self["route"][domain.lower()] = _sip_uri("--route", target)
+
+    def opt_allow(self, value: str) -> None:
+        """
+        CIDR of sources that may send anywhere (default loopback only).
+        Repeatable.
+        """
+        try:
+            NetworkAccessPolicy([value])
+        except ValueError as e:
+            raise usage.UsageError(f"--allow {value!r}: {e}") from None
+        self["allow"].append(value)
+
+    def postOptions(self) -> None:
+        if self["max-forwards"] < 1 or self["max-forwards"] > 255:
+            raise usage.UsageError("--max-forwards must be between 1 and 255")
+        outbound: str | None = self["outbound-proxy"]
+        if outbound is not None:
+            self["outbound-proxy"] = _sip_uri("--outbound-proxy", outbound)
+
+    def config(self) -> ProxyConfig:
+        """
+        The L{ProxyConfig} these options describe.
+        """
+        config = ProxyConfig(
+            tls_cert=self["tls-cert"],
+            tls_key=self["tls-key"],
+            tls_ca=self["tls-ca"],
+            domains=list(self["domain"]),
+            routes=dict(self["route"]),
+            outbound_proxy=self["outbound-proxy"],
+            allow=list(self["allow"]),
+            trace=bool(self["trace"]),
+            max_forwards=self["max-forwards"],
+            registrar=bool(self["registrar"]),
+            registrations=self["registrations"],
+            min_expires=self["min-expires"],
+            max_expires=self["max-expires"],
+        )
+        if self["listen"]:
+            config.listen = list(self["listen"])
+        return config
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    Build the proxy service; on a configuration error print one line and
+    exit with status 1.
+    """
+    try:
+        return make_service(options.config(), reactor=reactor)
+    except ConfigError as e:
+        sys.stderr.write(f"sipproxy: {e}\n")
+        raise SystemExit(1) from None

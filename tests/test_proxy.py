@@ -1,0 +1,423 @@
+"""
+Tests for L{sipleg.proxy.StatelessProxy} and L{sipleg.dispatcher.Dispatcher}
+over real loopback sockets: user agents are plain legs.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from sipleg.address import Address
+from sipleg.dispatcher import Dispatcher
+from sipleg.leg import Leg
+from sipleg.message import Message, Request, Response, make_response
+from sipleg.proxy import StatelessProxy
+from sipleg.routing import NetworkAccessPolicy, StaticRoutes, response_target
+from sipleg.uri import parse_uri, parse_via
+from tests.collector import PacketCollector, options
+
+
+def closed_port(kind: int = socket.SOCK_STREAM) -> int:
+    probe = socket.socket(socket.AF_INET, kind)
+    probe.bind(("127.0.0.1", 0))
+    port: int = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+class ProxyTestCase(unittest.TestCase):
+    """
+    A proxy with a UDP and a TCP leg on 127.0.0.1, a UAC on UDP, and UASs
+    on UDP and TCP.
+    """
+
+    access: Any = None
+    routes: Any = None
+
+    @inlineCallbacks
+    def setUp(self) -> Any:
+        self.udp = yield self.leg("udp")
+        self.tcp = yield self.leg("tcp")
+        self.dispatcher = Dispatcher([self.udp, self.tcp])
+        self.proxy = StatelessProxy(self.dispatcher, access=self.access, routes=self.routes)
+        self.uac_got = PacketCollector()
+        self.uac = yield self.leg("udp", self.uac_got)
+        self.uas_got = PacketCollector()
+        self.uas = yield self.leg("udp", self.uas_got)
+        self.uas_tcp_got = PacketCollector()
+        self.uas_tcp = yield self.leg("tcp", self.uas_tcp_got)
+
+    @inlineCallbacks
+    def leg(self, proto: str, receiver: Any = None) -> Any:
+        leg = Leg(port=0, proto=proto, receiver=receiver)
+        yield leg.listen()
+        self.addCleanup(leg.stop)
+        return leg
+
+    def send(self, request: Request, via: Leg | None = None) -> Any:
+        """
+        The UAC sends C{request} to the proxy's UDP leg.
+        """
+        return (via or self.uac).deliver(request, (self.udp if via is None else self.tcp).local)
+
+    @inlineCallbacks
+    def answer(self, uas: Leg, got: PacketCollector, code: int, index: int = 0) -> Any:
+        """
+        The UAS answers the C{index}th request it got, to its top Via.
+        """
+        request = got.messages()[index]
+        assert isinstance(request, Request)
+        response = make_response(request, code)
+        target = response_target(parse_via(request.get_header("via") or ""))
+        assert target is not None
+        yield uas.deliver(response, target)
+        return response
+
+    def only(self, got: PacketCollector) -> Message:
+        messages = got.messages()
+        self.assertEqual(len(messages), 1, messages)
+        return messages[0]
+
+
+class ForwardingTests(ProxyTestCase):
+    @inlineCallbacks
+    def test_udp_request_and_response(self) -> Any:
+        yield self.send(options(f"sip:bob@{self.uas.local.hostport}"))
+        yield self.uas_got.wait()
+        request = self.only(self.uas_got)
+        assert isinstance(request, Request)
+        vias = [parse_via(v) for v in request.get_headers("via")]
+        self.assertEqual(len(vias), 2)
+        self.assertTrue(self.udp.owns_branch(vias[0].branch))
+        self.assertTrue(self.uac.owns_branch(vias[1].branch))
+        # received/rport are only added when the source differs: here the
+        # UAC sends from the address its Via names.
+        self.assertIsNone(vias[1].received)
+        self.assertEqual(request.get_header("max-forwards"), "69")
+        self.assertEqual(request.get_headers("record-route"), [self.udp.record_route])
+        # Design item 8: no UA headers added to proxied packets.
+        self.assertEqual(request.get_headers("allow"), [])
+        yield self.answer(self.uas, self.uas_got, 200)
+        yield self.uac_got.wait()
+        response = self.only(self.uac_got)
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(len(response.get_headers("via")), 1)
+        self.assertTrue(self.uac.check_via(response))
+
+    @inlineCallbacks
+    def test_udp_in_tcp_out(self) -> Any:
+        target = f"sip:bob@{self.uas_tcp.local.hostport};transport=tcp"
+        yield self.send(options(target))
+        yield self.uas_tcp_got.wait()
+        request, source, _ = self.uas_tcp_got.packets[0]
+        assert isinstance(request, Request)
+        self.assertEqual(source.proto, "tcp")
+        vias = [parse_via(v) for v in request.get_headers("via")]
+        self.assertEqual([v.transport for v in vias], ["TCP", "UDP", "UDP"])
+        self.assertTrue(self.tcp.owns_branch(vias[0].branch))
+        self.assertTrue(self.udp.owns_branch(vias[1].branch))
+        # Design item 1: double Record-Route naming each transport.
+        self.assertEqual(
+            request.get_headers("record-route"), [self.tcp.record_route, self.udp.record_route]
+        )
+        yield self.answer(self.uas_tcp, self.uas_tcp_got, 180)
+        yield self.uac_got.wait()
+        response = self.only(self.uac_got)
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 180)
+        self.assertEqual(len(response.get_headers("via")), 1)
+
+    @inlineCallbacks
+    def test_loose_route_to_next_hop(self) -> Any:
+        # The Route set (with our own entry first) decides the next hop;
+        # the Request-URI is left alone.
+        routes = f"{self.udp.record_route}, <sip:{self.uas.local.hostport};lr>"
+        yield self.send(options("sip:bob@192.0.2.99", route=routes))
+        yield self.uas_got.wait()
+        request = self.only(self.uas_got)
+        assert isinstance(request, Request)
+        self.assertEqual(request.uri, "sip:bob@192.0.2.99")
+        self.assertEqual(request.get_headers("route"), [f"<sip:{self.uas.local.hostport};lr>"])
+
+    @inlineCallbacks
+    def test_strict_router_next_hop(self) -> Any:
+        # RFC 3261 §16.6 item 6: a next hop without lr gets the Request-URI
+        # moved to the end of the Route set.
+        yield self.send(options("sip:bob@192.0.2.99", route=f"<sip:{self.uas.local.hostport}>"))
+        yield self.uas_got.wait()
+        request = self.only(self.uas_got)
+        assert isinstance(request, Request)
+        self.assertEqual(request.uri, f"sip:{self.uas.local.hostport}")
+        self.assertEqual(request.get_headers("route"), ["<sip:bob@192.0.2.99>"])
+
+    @inlineCallbacks
+    def test_foreign_response_dropped(self) -> Any:
+        response = Response(
+            200,
+            "OK",
+            [
+                ("Via", f"SIP/2.0/UDP {self.uac.local.hostport};branch=z9hG4bKnotours"),
+                ("From", "<sip:a@b>;tag=1"),
+                ("To", "<sip:a@b>;tag=2"),
+                ("Call-ID", "foreign@x"),
+                ("CSeq", "1 OPTIONS"),
+            ],
+        )
+        yield self.uas.deliver(response, self.udp.local)
+        # The next packet through the proxy overtakes nothing: if the foreign
+        # response had been forwarded the UAC would have it first.
+        yield self.send(options(f"sip:bob@{self.uas.local.hostport}"))
+        yield self.uas_got.wait()
+        yield self.answer(self.uas, self.uas_got, 200)
+        yield self.uac_got.wait()
+        self.assertEqual([m.get_header("call-id") for m in self.uac_got.messages()], ["opt-1@127.0.0.1"])
+
+
+class StaticRouteTests(ProxyTestCase):
+    def setUp(self) -> Any:
+        self.routes = StaticRoutes({"example.test": parse_uri("sip:127.0.0.1:1")})
+        return super().setUp()
+
+    @inlineCallbacks
+    def test_domain_route(self) -> Any:
+        # Pointed at the UAS once its port is known.
+        assert isinstance(self.proxy.routes, StaticRoutes)
+        self.proxy.routes.routes["example.test"] = parse_uri(f"sip:{self.uas.local.hostport}")
+        yield self.send(options("sip:bob@example.test"))
+        yield self.uas_got.wait()
+        request = self.only(self.uas_got)
+        assert isinstance(request, Request)
+        self.assertEqual(request.uri, "sip:bob@example.test")
+
+
+class RefusalTests(ProxyTestCase):
+    """
+    RFC 3261 §16.3 validation, answered statelessly; never for ACK.
+    """
+
+    @inlineCallbacks
+    def refused(self, request: Request, code: int) -> Any:
+        yield self.send(request)
+        yield self.uac_got.wait()
+        response = self.only(self.uac_got)
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, code)
+        self.assertTrue(self.uac.check_via(response))
+        self.assertEqual(self.uas_got.packets, [])
+        return response
+
+    def test_max_forwards_zero(self) -> Any:
+        return self.refused(options(f"sip:bob@{self.uas.local.hostport}", max_forwards="0"), 483)
+
+    @inlineCallbacks
+    def test_proxy_require(self) -> Any:
+        request = options(f"sip:bob@{self.uas.local.hostport}", proxy_require="foo")
+        response = yield self.refused(request, 420)
+        self.assertEqual(response.get_headers("unsupported"), ["foo"])
+
+    def test_unsupported_scheme(self) -> Any:
+        return self.refused(options("tel:+15551234"), 416)
+
+    def test_unreachable_next_hop(self) -> Any:
+        target = f"sip:bob@127.0.0.1:{closed_port()};transport=tcp"
+        return self.refused(options(target), 503)
+
+    def test_loop(self) -> Any:
+        # The Request-URI names the proxy itself: the second pass sees its
+        # own Via with the same loop hash.
+        return self.refused(options(f"sip:{self.udp.local.hostport}"), 482)
+
+    @inlineCallbacks
+    def test_ack_is_never_answered(self) -> Any:
+        ack = options(f"sip:bob@{self.uas.local.hostport}", max_forwards="0", cseq="1 ACK")
+        ack.method = "ACK"
+        yield self.send(ack)
+        # An OPTIONS behind it gets through; the ACK got no answer.
+        yield self.send(options(f"sip:bob@{self.uas.local.hostport}", call_id="second"))
+        yield self.uas_got.wait()
+        self.assertEqual(self.uac_got.packets, [])
+        self.assertEqual([m.get_header("call-id") for m in self.uas_got.messages()], ["second"])
+
+    @inlineCallbacks
+    def test_bad_request_gets_400(self) -> Any:
+        raw = (
+            f"OPTIONS sip:bob@{self.uas.local.hostport} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.uac.local.hostport};branch=z9hG4bKraw\r\n"
+            "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: raw@x\r\n"
+            "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        # Raw bytes from the UAC's socket: its Via says where to answer.
+        yield self.uac.socketpool.send(raw, self.udp.local)
+        yield self.uac_got.wait()
+        response = self.only(self.uac_got)
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(response.get_header("call-id"), "raw@x")
+        self.assertIn("tag=", response.get_header("to") or "")
+        self.assertEqual(self.uas_got.packets, [])
+
+
+class AccessTests(ProxyTestCase):
+    """
+    Never an open relay: outside the allowed networks, only our domains.
+    """
+
+    def setUp(self) -> Any:
+        self.access = NetworkAccessPolicy(["127.0.0.2/32"], domains=["example.test"])
+        self.routes = StaticRoutes({"example.test": parse_uri("sip:127.0.0.1:1")})
+        return super().setUp()
+
+    @inlineCallbacks
+    def test_foreign_target_forbidden(self) -> Any:
+        yield self.send(options(f"sip:bob@{self.uas.local.hostport}"))
+        yield self.uac_got.wait()
+        response = self.only(self.uac_got)
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 403)
+
+    @inlineCallbacks
+    def test_our_domain_allowed(self) -> Any:
+        assert isinstance(self.proxy.routes, StaticRoutes)
+        self.proxy.routes.routes["example.test"] = parse_uri(f"sip:{self.uas.local.hostport}")
+        yield self.send(options("sip:bob@example.test"))
+        yield self.uas_got.wait()
+        self.assertEqual(len(self.uas_got.messages()), 1)
+
+
+class DispatcherTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_received_and_rport_stamped(self) -> Any:
+        got = PacketCollector()
+        leg = Leg(port=0)
+        yield leg.listen()
+        self.addCleanup(leg.stop)
+
+        class Receiver:
+            def receive(self, packet: Any, leg: Leg, source: Address) -> None:
+                got(packet, source, leg)
+
+        Dispatcher([leg], receiver=Receiver())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        request = options("sip:x@127.0.0.1")
+        request.insert_header("via", "SIP/2.0/UDP 10.9.9.9:5060;rport;branch=z9hG4bKA")
+        sock.sendto(bytes(request), leg.local.sockaddr)
+        yield got.wait()
+        via = parse_via(got.messages()[0].get_header("via") or "")
+        self.assertEqual(via.received, "127.0.0.1")
+        self.assertEqual(via.rport, str(sock.getsockname()[1]))
+
+    def test_get_legs(self) -> None:
+        a, b = Leg(port=5070), Leg(port=5070, proto="tcp")
+        dispatcher = Dispatcher([a, b])
+        self.assertEqual(dispatcher.get_legs(), [a, b])
+        self.assertEqual(dispatcher.get_legs(proto="tcp"), [b])
+        dispatcher.remove_leg(a)
+        self.assertEqual(dispatcher.get_legs(), [b])
+        self.assertIsNone(a.receiver)
+
+    @inlineCallbacks
+    def test_failover_to_next_target(self) -> Any:
+        got = PacketCollector()
+        uas = Leg(port=0, proto="tcp", receiver=got)
+        yield uas.listen()
+        self.addCleanup(uas.stop)
+        out = Leg(port=0, proto="tcp")
+        yield out.listen()
+        self.addCleanup(out.stop)
+        dispatcher = Dispatcher([out])
+        dead = Address("127.0.0.1", closed_port(), "tcp")
+        used = yield dispatcher.deliver(options("sip:x@127.0.0.1"), dst=[dead, uas.local])
+        self.assertEqual(used, (out, uas.local))
+        yield got.wait()
+
+    @inlineCallbacks
+    def test_no_leg_for_transport(self) -> Any:
+        from sipleg.errors import DeliveryError
+
+        dispatcher = Dispatcher([Leg(port=5070)])
+        error = yield self.assertFailure(
+            dispatcher.deliver(options("sip:x@127.0.0.1"), dst=Address("127.0.0.1", 5, "tcp")),
+            DeliveryError,
+        )
+        self.assertIn("no leg", error.reason)
+
+
+class RegistrarTests(ProxyTestCase):
+    """
+    The proxy with a registrar for example.test (RFC 3261 §10.3, §16.5).
+    """
+
+    def setUp(self) -> Any:
+        from twisted.internet import reactor
+
+        from sipleg.registrar import Registrar
+
+        self.registrar = Registrar(["example.test"], reactor)
+        self.addCleanup(self.registrar.stop)
+        d = super().setUp()
+        d.addCallback(lambda _: setattr(self.proxy, "registrar", self.registrar))
+        return d
+
+    def register(self, user: str, contact: str, expires: str = "600") -> Request:
+        request = options("sip:example.test", call_id=f"reg-{user}", cseq="1 REGISTER")
+        request.method = "REGISTER"
+        request.set_header("to", f"<sip:{user}@example.test>")
+        request.set_header("from", f"<sip:{user}@example.test>;tag=r")
+        request.add_header("Contact", f"<{contact}>;expires={expires}")
+        return request
+
+    @inlineCallbacks
+    def test_register_then_call_the_aor(self) -> Any:
+        contact = f"sip:uas@{self.uas.local.hostport}"
+        yield self.uas.deliver(self.register("uas", contact), self.udp.local)
+        yield self.uas_got.wait()
+        ok = self.only(self.uas_got)
+        assert isinstance(ok, Response)
+        self.assertEqual(ok.code, 200)
+        self.assertEqual(len(ok.get_headers("contact")), 1)
+        self.assertIn(contact, ok.get_header("contact") or "")
+        yield self.send(options("sip:uas@example.test"))
+        yield self.uas_got.wait(2)
+        request = self.uas_got.messages()[1]
+        assert isinstance(request, Request)
+        self.assertEqual(request.uri, contact)
+        # The contact URI itself is routed as a contact, not as an AOR.
+        yield self.send(options(contact, call_id="direct"))
+        yield self.uas_got.wait(3)
+        self.assertEqual(self.uas_got.messages()[2].get_header("call-id"), "direct")
+
+    @inlineCallbacks
+    def test_unknown_user_404_unbound_user_480(self) -> Any:
+        contact = f"sip:gone@{self.uas.local.hostport}"
+        yield self.uas.deliver(self.register("gone", contact), self.udp.local)
+        yield self.uas_got.wait()
+        unregister = self.register("gone", contact, expires="0")
+        unregister.set_header("cseq", "2 REGISTER")
+        yield self.uas.deliver(unregister, self.udp.local)
+        yield self.uas_got.wait(2)
+        self.assertEqual([m.code for m in self.uas_got.messages() if isinstance(m, Response)], [200, 200])
+        yield self.send(options("sip:nobody@example.test", call_id="c1"))
+        yield self.uac_got.wait()
+        yield self.send(options("sip:gone@example.test", call_id="c2"))
+        yield self.uac_got.wait(2)
+        codes = {m.get_header("call-id"): m.code for m in self.uac_got.messages() if isinstance(m, Response)}
+        self.assertEqual(codes, {"c1": 404, "c2": 480})
+
+    @inlineCallbacks
+    def test_register_for_foreign_domain_is_forwarded(self) -> Any:
+        request = self.register("x", "sip:x@127.0.0.1:9")
+        request.uri = f"sip:{self.uas.local.hostport}"
+        request.set_header("to", "<sip:x@elsewhere.test>")
+        yield self.send(request)
+        yield self.uas_got.wait()
+        forwarded = self.only(self.uas_got)
+        assert isinstance(forwarded, Request)
+        self.assertEqual(forwarded.method, "REGISTER")
+        self.assertEqual(forwarded.get_headers("record-route"), [])
