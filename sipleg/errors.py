@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Optional
 
 __all__ = [
     "SIPError",
@@ -80,7 +79,7 @@ class DeliveryError(SIPError):
     @ivar reason: a human-readable explanation.
     """
 
-    def __init__(self, errno: Optional[int], reason: Optional[str] = None) -> None:
+    def __init__(self, errno: int | None, reason: str | None = None) -> None:
         if reason is None:
             reason = os.strerror(errno) if errno is not None else "delivery failed"
         super().__init__(errno, reason)
