@@ -153,6 +153,7 @@ class StatelessProxy:
             refused = leg.forward_incoming(request)
         if refused is not None:
             return self._refuse(request, leg, refused)
+        preferred = self._strip_own_routes(request) or leg
         if self.registrar is not None:
             if self.registrar.is_registration(request, self.is_own_uri):
                 return self._send_response(self.registrar.register(request), [leg])
@@ -168,11 +169,49 @@ class StatelessProxy:
             next_hop = self._next_hop(request)
         except SIPParseError as e:
             return self._refuse(request, leg, ForwardRefused(400, e.reason))
-        legs = [leg] + [other for other in self.dispatcher.legs if other is not leg]
+        legs = [preferred] + [other for other in self.dispatcher.legs if other is not preferred]
         d = self.dispatcher.destinations(request, next_hop, legs)
         d.addCallback(self._forward_to, request, leg)
         d.addErrback(self._unreachable, request, leg)
         return d
+
+    def _strip_own_routes(self, request: Request) -> Leg | None:
+        """
+        Remove every Route entry on top that names one of our legs.
+
+        A request that crossed legs carries two Record-Routes of ours
+        (design item 1), so its in-dialog requests carry two Routes of
+        ours: the incoming leg removed its own, and the next one names the
+        leg to leave by (RFC 3261 §16.4 applies to each of our addresses).
+
+        @return: the leg the last removed entry named, or L{None}.
+        """
+        found = None
+        routes = request.get_headers("route")
+        while routes:
+            try:
+                uri = parse_name_addr(routes[0]).uri
+            except SIPParseError:
+                break
+            owner = self.route_leg(uri)
+            if owner is None:
+                break
+            request.remove_header("route", 0)
+            found = owner
+            routes = request.get_headers("route")
+        return found
+
+    def route_leg(self, uri: URI) -> Leg | None:
+        """
+        The leg a Route / Record-Route URI names: its address and port,
+        and the transport of the URI (C{;transport=}, C{sips:} for TLS,
+        else UDP, as RFC 3263 §4.1 reads a URI).
+        """
+        proto = "tls" if uri.is_secure else (uri.transport or "udp")
+        for leg in self.dispatcher.legs:
+            if leg.proto == proto and leg.is_local_uri(uri):
+                return leg
+        return None
 
     def is_own_uri(self, uri: URI) -> bool:
         """

@@ -145,6 +145,20 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual(request.get_headers("route"), [f"<sip:{self.uas.local.hostport};lr>"])
 
     @inlineCallbacks
+    def test_in_dialog_request_with_both_our_routes(self) -> Any:
+        # After a call crossed from UDP to TCP, the UAC's route set holds
+        # both our Record-Routes: the request must leave by the TCP leg, not
+        # come back to the proxy.
+        target = f"sip:bob@{self.uas_tcp.local.hostport};transport=tcp"
+        routes = f"{self.udp.record_route}, {self.tcp.record_route}"
+        yield self.send(options(target, route=routes))
+        yield self.uas_tcp_got.wait()
+        request = self.only(self.uas_tcp_got)
+        assert isinstance(request, Request)
+        self.assertEqual(request.get_headers("route"), [])
+        self.assertEqual(self.uac_got.packets, [])
+
+    @inlineCallbacks
     def test_strict_router_next_hop(self) -> Any:
         # RFC 3261 §16.6 item 6: a next hop without lr gets the Request-URI
         # moved to the end of the Route set.
