@@ -102,6 +102,18 @@ class Options(usage.Options):
             raise usage.UsageError(f"--allow {value!r}: {e}") from None
         self["allow"].append(value)
 
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse the command line; a bad option ends the process with one line
+        on stderr and exit status 1 (twistd itself would print the whole
+        usage text on stdout).
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"sipproxy: {e}\n")
+            raise SystemExit(1) from None
+
     def postOptions(self) -> None:
         if self["max-forwards"] < 1 or self["max-forwards"] > 255:
             raise usage.UsageError("--max-forwards must be between 1 and 255")
