@@ -23,13 +23,19 @@ $| = 1;
 
 # "udp:127.0.0.1:5070" or "tcp:[::1]:5070" -> hash for Net::SIP::Leg->new.
 # An explicit port is required: Net::SIP turns port 0 into "try 5060 first".
+# A TCP leg gets a contact with ";transport=tcp": Net::SIP builds the
+# Contact of its INVITEs and 2xx answers from it, and without the parameter
+# that Contact would mean UDP (RFC 3263 4.1), so in-dialog requests routed
+# by a proxy would look for the peer on UDP.
 sub parse_leg {
     my $spec = shift;
     my ($proto, $v6, $v4, $port) =
         $spec =~ m{^(udp|tcp):(?:\[([0-9a-fA-F:.]+)\]|(\d+\.\d+\.\d+\.\d+)):(\d+)$}
         or die "bad leg '$spec', want udp|tcp:IPv4:PORT or udp|tcp:[IPv6]:PORT\n";
     $port or die "leg '$spec' needs an explicit port\n";
-    return { proto => $proto, addr => $v6 // $v4, port => $port };
+    my %leg = (proto => $proto, addr => $v6 // $v4, port => $port);
+    $leg{contact} = 'sip:' . uri_host(\%leg) . ":$port;transport=$proto" if $proto ne 'udp';
+    return \%leg;
 }
 
 # The leg's address as written in a URI (IPv6 in brackets).

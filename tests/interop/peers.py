@@ -60,6 +60,7 @@ __all__ = [
     "SippOutcome",
     "SippServer",
     "free_port",
+    "listening",
     "require_peers",
     "run_netsip_uac",
     "run_sipp_uac",
@@ -502,7 +503,7 @@ def _socket_inodes(pid: int) -> set[str]:
     return inodes
 
 
-def _listening(pid: int, proto: str, port: int) -> bool:
+def listening(pid: int, proto: str, port: int) -> bool:
     """
     Whether process C{pid} has a socket bound to C{port}: an unconnected
     UDP socket (state 07) or a listening TCP socket (state 0A) in
@@ -550,7 +551,7 @@ def _start_sipp_once(
             failed: SippOutcome = yield outcome.wait()
             error = _PortTaken if failed.exit_code == _SIPP_BIND_ERROR else PeerError
             raise error(f"SIPp server did not start\n{failed.describe()}")
-        if _listening(proc.pid, address.proto, address.port):
+        if listening(proc.pid, address.proto, address.port):
             return SippServer(address, proc, outcome)
         yield _delay(reactor, _READY_POLL)
     proc.stop()
@@ -640,18 +641,24 @@ def run_sipp_uac(
     hop = proxy if proxy is not None else uas
     if host is None:
         host = "::1" if hop.family == socket.AF_INET6 else "127.0.0.1"
-    rundir = Path(tempfile.mkdtemp(prefix="sipleg-sipp-"))
-    argv = _sipp_argv(scenario, hop.proto, host, calls, timeout, rundir)
-    # The remote host is the UAS: [remote_ip]/[remote_port] name it.
-    argv[1:1] = [uas.hostport]
-    argv += ["-r", f"{rate:g}", "-key", "ruri", ruri or _uri("service", uas)]
-    if proxy is not None:
-        argv += ["-rsa", proxy.hostport]
-    if limit is not None:
-        argv += ["-l", str(limit)]
-    proc = _sipp_run(reactor, argv, timeout, rundir)
-    code = yield proc.ended
-    return _sipp_outcome(proc, code, rundir)
+    for attempt in range(_PORT_ATTEMPTS):
+        rundir = Path(tempfile.mkdtemp(prefix="sipleg-sipp-"))
+        argv = _sipp_argv(scenario, hop.proto, host, calls, timeout, rundir)
+        # The remote host is the UAS: [remote_ip]/[remote_port] name it.
+        argv[1:1] = [uas.hostport]
+        argv += ["-r", f"{rate:g}", "-key", "ruri", ruri or _uri("service", uas)]
+        # Without -p (and with -p 0) SIPp takes 5060, 5061 ... whichever is
+        # free, which would race with a proxy wanting the default port.
+        argv += ["-p", str(free_port(hop.proto, host))]
+        if proxy is not None:
+            argv += ["-rsa", proxy.hostport]
+        if limit is not None:
+            argv += ["-l", str(limit)]
+        proc = _sipp_run(reactor, argv, timeout, rundir)
+        code = yield proc.ended
+        outcome = _sipp_outcome(proc, code, rundir)
+        if code != _SIPP_BIND_ERROR or attempt == _PORT_ATTEMPTS - 1:
+            return outcome
 
 
 # ----------------------------------------------------------- Net::SIP

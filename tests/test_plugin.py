@@ -1,0 +1,447 @@
+"""
+Tests for the C{twistd sipproxy} plugin (twisted/plugins/sipleg_plugin.py
+and sipleg/tap.py) as an operator runs it: C{twistd} in a child process,
+its exit status, what it writes, and a real SIPp call through it.
+
+The child runs C{twistd -n} with the Python running the tests; the plugin
+is found through C{twisted/plugins} next to the C{sipleg} package being
+tested (the checkout, or site-packages when installed), which is put on
+C{PYTHONPATH}.  Every child has a hard timeout and is killed at cleanup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.trial import unittest
+
+import sipleg
+from sipleg.address import Address
+from tests.interop.peers import (
+    SippOutcome,
+    free_port,
+    listening,
+    require_peers,
+    run_sipp_uac,
+    start_sipp_uas,
+)
+
+#: The directory holding the C{sipleg} package and C{twisted/plugins}.
+SOURCE_ROOT = Path(sipleg.__file__).resolve().parent.parent
+#: Seconds a C{twistd} child may run before it is killed.
+CHILD_TIMEOUT = 20.0
+#: Seconds C{twistd} may take to bind its sockets.
+READY_TIMEOUT = 10.0
+#: Seconds between two looks at the child's sockets while it starts.
+READY_POLL = 0.05
+#: Seconds C{twistd} may take to shut down after SIGTERM.
+STOP_TIMEOUT = 5.0
+#: Seconds a SIPp peer may take.
+PEER_TIMEOUT = 5
+#: Tries to find a port number free for both UDP and TCP.
+PORT_ATTEMPTS = 3
+#: The address C{twistd sipproxy} listens on without C{--listen}.
+DEFAULT_PORT = 5060
+
+
+def twistd_argv(*args: str) -> list[str]:
+    """
+    The command line of C{twistd -n [args]} for this Python, without a
+    pid file (so several can run at once and nothing is left behind).
+    """
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        *args,
+    ]
+
+
+def child_env() -> dict[str, str]:
+    """
+    Our environment with L{SOURCE_ROOT} first on C{PYTHONPATH}.
+    """
+    env = dict(os.environ)
+    paths = [str(SOURCE_ROOT)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """
+    Whether C{port} can be bound on C{host} for both UDP and TCP right now.
+    """
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+class TwistdTestCase(unittest.TestCase):
+    """
+    Runs C{twistd} children in a scratch directory.
+    """
+
+    timeout = 45
+
+    def setUp(self) -> None:
+        if not (SOURCE_ROOT / "twisted" / "plugins" / "sipleg_plugin.py").exists():
+            self.fail(f"no twisted/plugins/sipleg_plugin.py next to sipleg in {SOURCE_ROOT}")
+        self.rundir = Path(self.mktemp())
+        self.rundir.mkdir(parents=True)
+
+    def run_twistd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{twistd -n args} to its end (bounded by L{CHILD_TIMEOUT}).
+        """
+        return subprocess.run(
+            twistd_argv(*args),
+            cwd=self.rundir,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT,
+            check=False,
+        )
+
+    def start_twistd(self, *args: str) -> subprocess.Popen[bytes]:
+        """
+        Start C{twistd -n args} with its stdout and stderr going to files
+        (see L{output}); it is killed at cleanup if still running, and
+        after L{CHILD_TIMEOUT} seconds in any case.
+        """
+        self.outputs = self.rundir / "twistd.out", self.rundir / "twistd.err"
+        with self.outputs[0].open("wb") as out, self.outputs[1].open("wb") as err:
+            proc = subprocess.Popen(
+                twistd_argv(*args),
+                cwd=self.rundir,
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+            )
+        killer = reactor.callLater(CHILD_TIMEOUT, self.kill, proc)
+
+        def cleanup() -> None:
+            if killer.active():
+                killer.cancel()
+            self.kill(proc)
+
+        self.addCleanup(cleanup)
+        return proc
+
+    def output(self) -> tuple[str, str]:
+        """
+        What the child of L{start_twistd} wrote to stdout and stderr.
+        """
+        out, err = self.outputs
+        return out.read_text("utf-8", "replace"), err.read_text("utf-8", "replace")
+
+    @staticmethod
+    def kill(proc: subprocess.Popen[bytes]) -> None:
+        """
+        SIGKILL C{proc} unless it has exited, and reap it.
+        """
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(STOP_TIMEOUT)
+
+    @defer.inlineCallbacks
+    def wait_listening(self, proc: subprocess.Popen[bytes], port: int) -> Any:
+        """
+        Wait until C{proc} has its UDP and TCP sockets on C{port}.
+
+        @return: fires with C{True} once it listens, C{False} when it
+            exited first (then it has been reaped); fails the test after
+            L{READY_TIMEOUT} seconds.
+        """
+        for _ in range(int(READY_TIMEOUT / READY_POLL)):
+            if proc.poll() is not None:
+                return False
+            if listening(proc.pid, "udp", port) and listening(proc.pid, "tcp", port):
+                return True
+            yield deferLater(reactor, READY_POLL, lambda: None)
+        self.fail(f"twistd not listening on udp and tcp port {port} after {READY_TIMEOUT} s")
+
+    def terminate(self, proc: subprocess.Popen[bytes]) -> tuple[int, str, str]:
+        """
+        SIGTERM C{proc} and wait (at most L{STOP_TIMEOUT} seconds) for it.
+
+        @return: its exit status, stdout and stderr.
+        """
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(STOP_TIMEOUT)
+        out, err = self.output()
+        return code, out, err
+
+
+class HelpTests(TwistdTestCase):
+    """
+    C{twistd} knows the plugin and shows its options.
+    """
+
+    def test_listed(self) -> None:
+        """
+        C{twistd --help} lists C{sipproxy} among the commands.
+        """
+        done = self.run_twistd("--help")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        commands = [line.split() for line in done.stdout.splitlines()]
+        self.assertIn("sipproxy", [words[0] for words in commands if words])
+
+    def test_options(self) -> None:
+        """
+        C{twistd sipproxy --help} shows every option of the proxy.
+        """
+        done = self.run_twistd("sipproxy", "--help")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        for option in (
+            "--listen=",
+            "--allow=",
+            "--domain=",
+            "--route=",
+            "--outbound-proxy=",
+            "--tls-cert=",
+            "--tls-key=",
+            "--tls-ca=",
+            "--max-forwards=",
+            "--trace",
+        ):
+            self.assertIn(option, done.stdout)
+        self.assertIn("127.0.0.1:5060", done.stdout)
+
+
+class BadOptionTests(TwistdTestCase):
+    """
+    A configuration the proxy cannot run with stops it before it starts,
+    with a non-zero exit status and a one-line reason on stderr.
+    """
+
+    def refused(self, *args: str) -> str:
+        """
+        Run C{twistd sipproxy args}, check it failed with one line on
+        stderr, and return that line.
+        """
+        done = self.run_twistd("sipproxy", *args)
+        self.assertNotEqual(done.returncode, 0, done.stdout)
+        lines = done.stderr.splitlines()
+        self.assertEqual(len(lines), 1, f"stderr: {done.stderr!r}\nstdout: {done.stdout[-500:]!r}")
+        self.assertTrue(lines[0].startswith("sipproxy: "), lines[0])
+        self.assertNotIn("Traceback", done.stdout)
+        return lines[0]
+
+    def test_bad_cidr(self) -> None:
+        """
+        C{--allow 10.0.0.0/33}: no such network.
+        """
+        self.assertIn("10.0.0.0/33", self.refused("--allow", "10.0.0.0/33"))
+
+    def test_bad_listen(self) -> None:
+        """
+        C{--listen} with a transport sipleg does not have.
+        """
+        self.assertIn("sctp:127.0.0.1:5060", self.refused("--listen", "sctp:127.0.0.1:5060"))
+
+    def test_listen_not_local(self) -> None:
+        """
+        C{--listen} on an address this host does not have (TEST-NET-1).
+        """
+        self.assertIn("192.0.2.1", self.refused("--listen", "udp:192.0.2.1:5060"))
+
+    def test_port_in_use(self) -> None:
+        """
+        The UDP port is already bound by someone else.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+            line = self.refused("--listen", f"udp:127.0.0.1:{port}")
+        self.assertIn(str(port), line)
+        self.assertIn("in use", line)
+
+    def test_tcp_port_in_use(self) -> None:
+        """
+        The TCP port has a listener already.
+        """
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            line = self.refused("--listen", f"tcp:127.0.0.1:{port}")
+        self.assertIn(str(port), line)
+
+    def test_missing_certificate(self) -> None:
+        """
+        A tls listener whose certificate file does not exist.
+        """
+        missing = str(self.rundir / "missing.pem")
+        line = self.refused(
+            "--listen",
+            f"tls:127.0.0.1:{free_port('tcp')}",
+            "--tls-cert",
+            missing,
+            "--tls-key",
+            missing,
+        )
+        self.assertIn("missing.pem", line)
+
+    def test_garbage_certificate(self) -> None:
+        """
+        A tls listener whose certificate and key files are not PEM.
+        """
+        garbage = self.rundir / "garbage.pem"
+        garbage.write_text("not a certificate\n")
+        line = self.refused(
+            "--listen",
+            f"tls:127.0.0.1:{free_port('tcp')}",
+            "--tls-cert",
+            str(garbage),
+            "--tls-key",
+            str(garbage),
+        )
+        self.assertIn("TLS", line)
+
+    def test_tls_without_certificate(self) -> None:
+        """
+        A tls listener and no C{--tls-cert}/C{--tls-key}.
+        """
+        line = self.refused("--listen", f"tls:127.0.0.1:{free_port('tcp')}")
+        self.assertIn("--tls-cert", line)
+
+    def test_bad_route(self) -> None:
+        """
+        C{--route} without C{=SIPURI}.
+        """
+        self.assertIn("example.com", self.refused("--route", "example.com"))
+
+    def test_route_not_sip(self) -> None:
+        """
+        C{--route} to a URI that is not C{sip:}/C{sips:}.
+        """
+        self.assertIn("http:", self.refused("--route", "example.com=http://example.org/"))
+
+
+class RunTests(TwistdTestCase):
+    """
+    The proxy runs as C{twistd -n sipproxy}, forwards a call and stops on
+    SIGTERM.
+    """
+
+    def setUp(self) -> None:
+        require_peers()
+        super().setUp()
+
+    @defer.inlineCallbacks
+    def start_proxy(self, *args: str) -> Any:
+        """
+        Start C{twistd -n sipproxy args --listen udp:127.0.0.1:P --listen
+        tcp:127.0.0.1:P} on a free port P, retried with another port when
+        P turns out to be taken.
+
+        @return: fires with the child and P once it listens.
+        """
+        for attempt in range(PORT_ATTEMPTS):
+            port = free_port("udp")
+            proc = self.start_twistd(
+                "sipproxy",
+                *args,
+                "--listen",
+                f"udp:127.0.0.1:{port}",
+                "--listen",
+                f"tcp:127.0.0.1:{port}",
+            )
+            if (yield self.wait_listening(proc, port)):
+                return proc, port
+            err = self.output()[1]
+            if "in use" not in err or attempt == PORT_ATTEMPTS - 1:
+                self.fail(f"twistd exited {proc.returncode}: {err!r}")
+
+    @defer.inlineCallbacks
+    def call_through(self, port: int) -> Any:
+        """
+        One SIPp call over UDP through the proxy on C{port}, to a SIPp UAS.
+        """
+        uas = yield start_sipp_uas("udp", timeout=PEER_TIMEOUT)
+        self.addCleanup(uas.stop)
+        uac: SippOutcome = yield run_sipp_uac(
+            uas.address, proxy=Address("127.0.0.1", port, "udp"), timeout=PEER_TIMEOUT
+        )
+        self.assertTrue(uac.ok, uac.describe())
+        server: SippOutcome = yield uas.result()
+        self.assertTrue(server.ok, server.describe())
+
+    def assert_clean_stop(self, proc: subprocess.Popen[bytes]) -> str:
+        """
+        SIGTERM C{proc}: it shuts down (twistd's "Server Shut Down.") and
+        ends within L{STOP_TIMEOUT} seconds, then says nothing on stderr.
+
+        twistd ends a run stopped by a signal by raising that signal again
+        once the reactor has stopped (twisted.scripts.twistd.runApp), so
+        the exit status is "killed by SIGTERM", the Unix convention for a
+        daemon stopped that way.
+
+        @return: what it logged.
+        """
+        code, out, err = self.terminate(proc)
+        self.assertIn(code, (0, -signal.SIGTERM), out[-2000:])
+        self.assertIn("Server Shut Down.", out)
+        self.assertNotIn("Traceback", out)
+        self.assertEqual(err, "")
+        return out
+
+    @defer.inlineCallbacks
+    def test_call_and_sigterm(self) -> Any:
+        """
+        On explicit ports the proxy forwards a SIPp call (INVITE, 180, 200,
+        ACK, BYE, 200) and stops cleanly on SIGTERM.
+        """
+        proc, port = yield self.start_proxy("--trace")
+        yield self.call_through(port)
+        out = self.assert_clean_stop(proc)
+        # --trace logged the forwarded INVITE and BYE.
+        self.assertIn("INVITE sip:service@127.0.0.1", out)
+        self.assertIn("BYE sip:", out)
+        self.assertTrue(port_free(port))
+
+    @defer.inlineCallbacks
+    def test_sigterm_idle(self) -> Any:
+        """
+        A proxy that never saw a packet stops cleanly on SIGTERM and frees
+        its ports.
+        """
+        proc, port = yield self.start_proxy()
+        self.assert_clean_stop(proc)
+        self.assertTrue(port_free(port))
+
+    @defer.inlineCallbacks
+    def test_default(self) -> Any:
+        """
+        Without C{--listen} the proxy binds udp and tcp 127.0.0.1:5060 and
+        forwards a call; only run when that port is free.
+        """
+        if not port_free(DEFAULT_PORT):
+            raise unittest.SkipTest(
+                f"127.0.0.1:{DEFAULT_PORT} (udp or tcp) is in use here; "
+                "cannot test the default listen address"
+            )
+        proc = self.start_twistd("sipproxy")
+        if not (yield self.wait_listening(proc, DEFAULT_PORT)):
+            self.fail(f"twistd sipproxy exited {proc.returncode}: {self.output()[1]!r}")
+        yield self.call_through(DEFAULT_PORT)
+        self.assert_clean_stop(proc)
