@@ -88,18 +88,21 @@ class ProxyConfig:
     trace: bool = False
     max_forwards: int = DEFAULT_MAX_FORWARDS
     registrar: bool = False
+    reuse_port: bool = False
     registrations: str | None = None
     min_expires: int = 60
     max_expires: int = 3600
 
 
-def bind_socket(spec: ListenSpec) -> socket.socket:
+def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
     """
     Create and bind the socket of one listen spec (listening, for streams).
 
     UDP sockets do not set C{SO_REUSEADDR}: a second process binding the
     same port must fail rather than share it (netsip-reference §9).
 
+    @param reuse_port: set C{SO_REUSEPORT}, so that the workers of
+        C{--workers N} share the port.
     @raise ConfigError: the address cannot be bound.
     """
     address = spec.address
@@ -109,6 +112,8 @@ def bind_socket(spec: ListenSpec) -> socket.socket:
     try:
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if address.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(address.sockaddr)
@@ -146,7 +151,7 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
     registrar = make_registrar(config, reactor)
     top = MultiService()
     legs = []
-    sockets = [bind_socket(spec) for spec in config.listen]
+    sockets = [bind_socket(spec, config.reuse_port) for spec in config.listen]
     for spec, sock in zip(config.listen, sockets, strict=False):
         leg = Leg(
             sock=sock,

@@ -15,8 +15,9 @@ from twisted.python import usage
 
 from sipleg.errors import SIPParseError
 from sipleg.routing import NetworkAccessPolicy
-from sipleg.service import ConfigError, ProxyConfig, make_service, parse_listen
+from sipleg.service import ConfigError, ProxyConfig, bind_socket, make_service, parse_listen
 from sipleg.uri import URI, parse_uri
+from sipleg.workers import WorkerSupervisor, worker_arguments
 
 __all__ = ["Options", "makeService"]
 
@@ -45,6 +46,7 @@ class Options(usage.Options):
     optFlags = [
         ["trace", None, "Log every packet in and out."],
         ["registrar", None, "Answer REGISTER for our --domain(s) and route to their bindings."],
+        ["reuse-port", None, "Bind with SO_REUSEPORT (set by --workers for its workers)."],
     ]
     optParameters = [
         ["tls-cert", None, None, "PEM certificate for tls listeners."],
@@ -55,6 +57,7 @@ class Options(usage.Options):
         ["registrations", None, None, "File keeping the registrar's bindings across restarts."],
         ["min-expires", None, 60, "Shortest registration accepted (shorter: 423).", int],
         ["max-expires", None, 3600, "Longest registration granted.", int],
+        ["workers", None, 1, "Run N proxy processes sharing the ports (SO_REUSEPORT).", int],
     ]
 
     def __init__(self) -> None:
@@ -108,6 +111,7 @@ class Options(usage.Options):
         on stderr and exit status 1 (twistd itself would print the whole
         usage text on stdout).
         """
+        self.argv = list(sys.argv[1:] if options is None else options)
         try:
             super().parseOptions(options)
         except usage.UsageError as e:
@@ -115,6 +119,8 @@ class Options(usage.Options):
             raise SystemExit(1) from None
 
     def postOptions(self) -> None:
+        if not 1 <= self["workers"] <= 64:
+            raise usage.UsageError("--workers must be between 1 and 64")
         if self["max-forwards"] < 1 or self["max-forwards"] > 255:
             raise usage.UsageError("--max-forwards must be between 1 and 255")
         outbound: str | None = self["outbound-proxy"]
@@ -139,6 +145,7 @@ class Options(usage.Options):
             registrations=self["registrations"],
             min_expires=self["min-expires"],
             max_expires=self["max-expires"],
+            reuse_port=bool(self["reuse-port"]) or self["workers"] > 1,
         )
         if self["listen"]:
             config.listen = list(self["listen"])
@@ -151,7 +158,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     exit with status 1.
     """
     try:
-        return make_service(options.config(), reactor=reactor)
+        config = options.config()
+        if options["workers"] == 1:
+            return make_service(config, reactor=reactor)
+        # Check here, once, what every worker will need, so a bad
+        # configuration fails now instead of in N restarting children.
+        if config.registrar:
+            raise ConfigError(
+                "--registrar keeps its bindings in one process; it cannot be used with --workers"
+            )
+        for sock in (bind_socket(spec, reuse_port=True) for spec in config.listen):
+            sock.close()
+        return WorkerSupervisor(worker_arguments(options.argv), options["workers"], reactor)
     except ConfigError as e:
         sys.stderr.write(f"sipproxy: {e}\n")
         raise SystemExit(1) from None

@@ -337,10 +337,9 @@ class BadOptionTests(TwistdTestCase):
         self.assertIn("http:", self.refused("--route", "example.com=http://example.org/"))
 
 
-class RunTests(TwistdTestCase):
+class ProxyProcessTestCase(TwistdTestCase):
     """
-    The proxy runs as C{twistd -n sipproxy}, forwards a call and stops on
-    SIGTERM.
+    Starts the proxy under twistd and calls through it with SIPp.
     """
 
     def setUp(self) -> None:
@@ -404,6 +403,13 @@ class RunTests(TwistdTestCase):
         self.assertNotIn("Traceback", out)
         self.assertEqual(err, "")
         return out
+
+
+class RunTests(ProxyProcessTestCase):
+    """
+    The proxy runs as C{twistd -n sipproxy}, forwards a call and stops on
+    SIGTERM.
+    """
 
     @defer.inlineCallbacks
     def test_call_and_sigterm(self) -> Any:
