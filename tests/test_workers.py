@@ -56,7 +56,9 @@ class WorkerRunTests(ProxyProcessTestCase):
     """
 
     @defer.inlineCallbacks
-    def workers_listening(self, proc: Any, port: int, count: int, exclude: frozenset[int] = frozenset()) -> Any:
+    def workers_listening(
+        self, proc: Any, port: int, count: int, exclude: frozenset[int] = frozenset()
+    ) -> Any:
         for _ in range(int(READY_TIMEOUT / READY_POLL)):
             pids = [pid for pid in children(proc.pid) if pid not in exclude]
             ready = [pid for pid in pids if listening(pid, "udp", port) and listening(pid, "tcp", port)]
