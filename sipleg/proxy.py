@@ -30,6 +30,7 @@ from sipleg.routing import (
     IRoutePolicy,
     NetworkAccessPolicy,
     StaticRoutes,
+    response_fallback,
     response_target,
 )
 from sipleg.uri import URI, parse_name_addr, parse_uri, parse_via
@@ -122,9 +123,10 @@ class StatelessProxy:
     def _send_response(self, response: Response, legs: list[Leg] | None) -> Deferred[Any] | None:
         top = response.get_header("via")
         try:
-            target = response_target(parse_via(top)) if top is not None else None
+            via = parse_via(top) if top is not None else None
         except SIPParseError:
-            target = None
+            via = None
+        target = response_target(via) if via is not None else None
         if target is None:
             log.info(
                 "dropping response {code}: no usable Via ({via!r})",
@@ -134,8 +136,10 @@ class StatelessProxy:
             return None
         if legs is None:
             legs = self.dispatcher.legs
+        assert via is not None
+        fallback = response_fallback(via)
         if target.is_ip:
-            dst: Address | URI = target
+            dst: list[Address] | URI = [target] if fallback is None else [target, fallback]
         else:
             dst = parse_uri(f"sip:{target.hostport};transport={target.proto}")
         d = self.dispatcher.deliver(response, legs, dst)
@@ -252,9 +256,7 @@ class StatelessProxy:
         static = self.routes.next_hop(target)
         return static if static is not None else target
 
-    def _forward_to(
-        self, pairs: list[tuple[Leg, Address]], request: Request, in_leg: Leg
-    ) -> Deferred[Any]:
+    def _forward_to(self, pairs: list[tuple[Leg, Address]], request: Request, in_leg: Leg) -> Deferred[Any]:
         result: Deferred[Any] = Deferred()
 
         def attempt(index: int, last: Failure | None) -> None:

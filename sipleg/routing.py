@@ -24,6 +24,7 @@ __all__ = [
     "IRoutePolicy",
     "StaticRoutes",
     "LOOPBACK_NETWORKS",
+    "response_fallback",
     "response_target",
 ]
 
@@ -173,3 +174,24 @@ def response_target(via: Via) -> Address | None:
         return Address(host, port, proto)
     except ValueError:
         return None
+
+
+def response_fallback(via: Via) -> Address | None:
+    """
+    Where a response over a stream transport goes when the connection its
+    request came on is gone (RFC 3261 §18.2.2): the C{received} address (or
+    the sent-by host) at the sent-by port, else the default port.
+
+    @return: that address when it differs from L{response_target}'s (that
+        is, when an C{rport} value pointed at the old connection's port),
+        else L{None}.
+    """
+    if via.transport.upper() == "UDP" or not via.rport:
+        return None
+    try:
+        fallback = Address(
+            via.received or via.host, via.port or default_port(via.transport.lower()), via.transport.lower()
+        )
+    except ValueError:
+        return None
+    return None if fallback == response_target(via) else fallback

@@ -14,6 +14,7 @@ from sipleg.routing import (
     IRoutePolicy,
     NetworkAccessPolicy,
     StaticRoutes,
+    response_fallback,
     response_target,
 )
 from sipleg.uri import parse_uri, parse_via
@@ -115,3 +116,28 @@ class ResponseTargetTests(unittest.TestCase):
 
     def test_unknown_transport(self) -> None:
         self.assertIsNone(self.target("SIP/2.0/SCTP 10.1.1.1;branch=z9hG4bKa"))
+
+
+class ResponseFallbackTests(unittest.TestCase):
+    """
+    RFC 3261 §18.2.2: a stream response whose connection is gone goes to
+    the sent-by port.
+    """
+
+    def fallback(self, via: str) -> object:
+        return response_fallback(parse_via(via))
+
+    def test_tcp_with_rport(self) -> None:
+        self.assertEqual(
+            self.fallback("SIP/2.0/TCP 10.1.1.1:5070;received=127.0.0.1;rport=40123;branch=z9hG4bKa"),
+            Address("127.0.0.1", 5070, "tcp"),
+        )
+        self.assertEqual(
+            self.fallback("SIP/2.0/TLS h.test;received=127.0.0.1;rport=40123;branch=z9hG4bKa"),
+            Address("127.0.0.1", 5061, "tls"),
+        )
+
+    def test_none_when_nothing_to_fall_back_to(self) -> None:
+        self.assertIsNone(self.fallback("SIP/2.0/UDP 10.1.1.1:5070;rport=40123;branch=z9hG4bKa"))
+        self.assertIsNone(self.fallback("SIP/2.0/TCP 10.1.1.1:5070;branch=z9hG4bKa"))
+        self.assertIsNone(self.fallback("SIP/2.0/TCP 10.1.1.1:5070;rport=5070;branch=z9hG4bKa"))
