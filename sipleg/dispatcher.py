@@ -206,7 +206,10 @@ class Dispatcher:
             except SIPParseError as e:
                 return fail(DeliveryError(EHOSTUNREACH, f"bad target {dst!r}: {e.reason}"))
             transports = tuple(dict.fromkeys(leg.proto for leg in legs))
-            found = self.resolver.resolve_uri(uri, transports=transports)
+            # RFC 3261 §16.11: the same transaction always reaches the same
+            # server, whatever the SRV weights draw.
+            seed = f"{packet.get_header('call-id')} {packet.cseq[0] if packet.has_header('cseq') else ''}"
+            found = self.resolver.resolve_uri(uri, transports=transports, seed=seed)
         else:
             found = succeed(list(dst))
         return found.addCallback(pair_legs, legs)

@@ -119,6 +119,7 @@ class Resolver:
         maddr: str | None = None,
         *,
         transports: Sequence[str] | None = None,
+        seed: str | None = None,
     ) -> Deferred[list[Address]]:
         """
         Find the servers to send a request to.
@@ -132,6 +133,10 @@ class Resolver:
             given it replaces C{host} (RFC 3261 §19.1.1, RFC 3263 §4).
         @param transports: the transports allowed for this call instead of
             L{transports} (a dispatcher passes those of the legs it may use).
+        @param seed: makes the weighted SRV choice a function of this text
+            instead of random: a stateless proxy passes the transaction's
+            identity so a retransmission, its CANCEL and its ACK reach the
+            same server (RFC 3261 §16.11, RFC 3263 §4.4).
         @return: a L{Deferred} firing with the addresses to try, best first,
             without duplicates.  Each one is resolved (C{addr} set); its
             C{host} is the name that was resolved (C{maddr} or C{host}), the
@@ -142,17 +147,18 @@ class Resolver:
         @raise ValueError: C{transports} names an unknown transport.
         """
         allowed = self.transports if transports is None else _checked(transports)
-        located = self._locate(host, port, transport, secure, maddr, allowed)
+        located = self._locate(host, port, transport, secure, maddr, allowed, seed)
         return Deferred.fromCoroutine(located)
 
     def resolve_uri(
-        self, uri: URI, *, transports: Sequence[str] | None = None
+        self, uri: URI, *, transports: Sequence[str] | None = None, seed: str | None = None
     ) -> Deferred[list[Address]]:
         """
         L{resolve} the parts of a parsed SIP or SIPS URI.
 
         @param uri: a L{sipleg.uri.URI}.
         @param transports: see L{resolve}.
+        @param seed: see L{resolve}.
         @return: see L{resolve}; a URI of another scheme fails with
             C{DeliveryError(ENOPROTOOPT)}.
         """
@@ -166,6 +172,7 @@ class Resolver:
             uri.is_secure,
             uri.maddr,
             transports=transports,
+            seed=seed,
         )
 
     @property
@@ -182,6 +189,7 @@ class Resolver:
         secure: bool,
         maddr: str | None,
         allowed: tuple[str, ...],
+        seed: str | None,
     ) -> list[Address]:
         # RFC 3263 §4: TARGET is the maddr parameter when the URI has one,
         # else its host (maddr overrides the host, RFC 3261 §19.1.1).
@@ -228,7 +236,7 @@ class Resolver:
             # The transport NAPTR processing found most preferred.
             fallback = services[0][0]
 
-        hops = await self._srv(services, glue)
+        hops = await self._srv(services, glue, seed)
         if hops is None:
             # RFC 3263 §4.2: "If no SRV records were found, the client
             # performs an A or AAAA record lookup of the domain name", on the
@@ -326,12 +334,13 @@ class Resolver:
         return services
 
     async def _srv(
-        self, services: list[tuple[str, bytes]], glue: _Glue
+        self, services: list[tuple[str, bytes]], glue: _Glue, seed: str | None
     ) -> list[tuple[str, bytes, int]] | None:
         """
         RFC 3263 §4.2, RFC 2782: the servers of each transport.
 
         @param services: C{(transport, SRV name)} pairs, best first.
+        @param seed: see L{resolve}.
         @return: C{(transport, target name, port)} triples in failover
             order; L{None} when no SRV record exists at all (an empty list
             when every record says "not available").
@@ -340,6 +349,7 @@ class Resolver:
             [self._query(self._names.lookupService, srv) for _, srv in services],
             consumeErrors=True,
         )
+        pick = self._random if seed is None else _random.Random(seed).random
         hops: list[tuple[str, bytes, int]] = []
         found = False
         for (proto, _), (records, additional) in zip(services, answers, strict=False):
@@ -349,7 +359,7 @@ class Resolver:
                 if isinstance(rr.payload, dns.Record_SRV):
                     srv.append(rr.payload)
             found = found or bool(srv)
-            for record in _srv_order(srv, self._random):
+            for record in _srv_order(srv, pick):
                 target = record.target.name.rstrip(b".").lower()
                 # RFC 2782: 'A Target of "." means that the service is
                 # decidedly not available at this domain.'

@@ -387,6 +387,26 @@ class ResolverTests(TestCase):
         )
         self.assertEqual([a.port for a in found], [5072, 5071, 5071, 5070])
 
+    async def test_srv_choice_follows_the_seed(self) -> None:
+        """
+        With a seed the weighted choice is a function of it, whatever the
+        resolver's own random source says (RFC 3261 §16.11): the same
+        transaction always reaches the same server, and different
+        transactions still spread over the weights.
+        """
+        firsts = set()
+        for call in range(40):
+            orders = []
+            for draw in (0.0, 0.99):
+                found = await self.resolver(random=lambda draw=draw: draw).resolve(
+                    "srv.example.test", transport="udp", seed=f"call-{call} 1"
+                )
+                orders.append([a.port for a in found])
+            self.assertEqual(orders[0], orders[1])
+            # 5072 has the best priority; then weight 10 (5070) or 90 (5071).
+            firsts.add(orders[0][1])
+        self.assertEqual(firsts, {5070, 5071})
+
     async def test_srv_seeded_random(self) -> None:
         """
         The same seed gives the same order.
