@@ -33,6 +33,7 @@ from sipleg.routing import (
     response_fallback,
     response_target,
 )
+from sipleg.status import ProxyStats
 from sipleg.uri import URI, parse_name_addr, parse_uri, parse_via
 
 __all__ = ["StatelessProxy"]
@@ -48,6 +49,7 @@ class StatelessProxy:
     @ivar access: the L{IAccessPolicy} (default: loopback may send anywhere,
         nobody else anywhere: never an open relay).
     @ivar routes: the L{IRoutePolicy} for requests without a Route set.
+    @ivar stats: what the proxy has done (L{ProxyStats}).
     """
 
     def __init__(
@@ -67,6 +69,7 @@ class StatelessProxy:
             default.
         """
         self.registrar = registrar
+        self.stats = ProxyStats()
         self.dispatcher = dispatcher
         self.access: IAccessPolicy = access if access is not None else NetworkAccessPolicy()
         self.routes: IRoutePolicy = routes if routes is not None else StaticRoutes()
@@ -108,6 +111,7 @@ class StatelessProxy:
         """
         owner = self._owner(response.get_header("via"))
         if owner is None:
+            self.stats.dropped["foreign-via"] += 1
             log.info(
                 "dropping response {code} {callid}: top Via is not ours",
                 code=response.code,
@@ -118,6 +122,7 @@ class StatelessProxy:
         pinned = self._owner(response.get_header("via"))
         if pinned is not None:
             response.remove_header("via", 0)
+        self.stats.responses[f"{response.code // 100}xx"] += 1
         return self._send_response(response, [pinned] if pinned else None)
 
     def _send_response(self, response: Response, legs: list[Leg] | None) -> Deferred[Any] | None:
@@ -128,6 +133,7 @@ class StatelessProxy:
             via = None
         target = response_target(via) if via is not None else None
         if target is None:
+            self.stats.dropped["no-usable-via"] += 1
             log.info(
                 "dropping response {code}: no usable Via ({via!r})",
                 code=response.code,
@@ -152,6 +158,7 @@ class StatelessProxy:
         """
         Validate, route and forward a request (RFC 3261 §16.3-§16.6).
         """
+        self.stats.requests[request.method] += 1
         refused = self._validate(request, source)
         if refused is None:
             refused = leg.forward_incoming(request)
@@ -160,7 +167,9 @@ class StatelessProxy:
         preferred = self._strip_own_routes(request) or leg
         if self.registrar is not None:
             if self.registrar.is_registration(request, self.is_own_uri):
-                return self._send_response(self.registrar.register(request), [leg])
+                answer = self.registrar.register(request)
+                self.stats.answered[answer.code] += 1
+                return self._send_response(answer, [leg])
             if not request.get_headers("route"):
                 # RFC 3261 §16.5: an address of record of ours is retargeted
                 # to its best binding (a Route set is followed first, §16.4).
@@ -276,12 +285,16 @@ class StatelessProxy:
                 return
             d = out_leg.deliver(packet, dst)
             d.addCallbacks(
-                lambda _: result.callback((out_leg, dst)),
+                lambda _: self._forwarded(result, request, out_leg, dst),
                 lambda f: attempt(index + 1, f) if f.check(DeliveryError) else result.errback(f),
             )
 
         attempt(0, None)
         return result
+
+    def _forwarded(self, result: Deferred[Any], request: Request, leg: Leg, dst: Address) -> None:
+        self.stats.forwarded[request.method] += 1
+        result.callback((leg, dst))
 
     def _unreachable(self, reason: Failure, request: Request, leg: Leg) -> None:
         error = reason.value
@@ -300,6 +313,7 @@ class StatelessProxy:
 
     def _refuse(self, request: Request, leg: Leg, refused: ForwardRefused) -> Deferred[Any] | None:
         if refused.code is None or request.method == "ACK":
+            self.stats.dropped[refused.reason] += 1
             log.info(
                 "dropping {method} {uri}: {reason}",
                 method=request.method,
@@ -307,6 +321,7 @@ class StatelessProxy:
                 reason=refused.reason,
             )
             return None
+        self.stats.answered[refused.code] += 1
         response = make_response(request, refused.code, refused.reason)
         if refused.code == 420:
             for value in request.get_headers("proxy-require"):
@@ -316,7 +331,9 @@ class StatelessProxy:
     def _answer_bad(self, bad: BadMessage, leg: Leg) -> None:
         response = salvage_response(bad.data, bad.error.status, bad.error.reason)
         if response is None:
+            self.stats.dropped["unparsable"] += 1
             return
+        self.stats.answered[response.code] += 1
         self._send_response(response, [leg])
 
     @staticmethod

@@ -13,7 +13,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.application import strports
 from twisted.application.service import MultiService, Service
+from twisted.web.server import Site
 
 from sipleg.address import Address, default_port, split_hostport
 from sipleg.dispatcher import Dispatcher
@@ -22,6 +24,7 @@ from sipleg.leg import DEFAULT_MAX_FORWARDS, Leg
 from sipleg.proxy import StatelessProxy
 from sipleg.registrar import Registrar, RegistrationFileError
 from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
+from sipleg.status import StatusPage
 from sipleg.transport.tls import TLSConfig
 from sipleg.uri import URI
 
@@ -89,6 +92,7 @@ class ProxyConfig:
     max_forwards: int = DEFAULT_MAX_FORWARDS
     registrar: bool = False
     reuse_port: bool = False
+    status: str | None = None
     registrations: str | None = None
     min_expires: int = 60
     max_expires: int = 3600
@@ -164,7 +168,7 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         leg.setServiceParent(top)
         legs.append(leg)
     dispatcher = Dispatcher(legs, reactor=reactor)
-    StatelessProxy(
+    proxy = StatelessProxy(
         dispatcher,
         access=access,
         routes=StaticRoutes(config.routes, config.outbound_proxy, config.domains),
@@ -172,6 +176,13 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
     )
     if registrar is not None:
         RegistrarService(registrar).setServiceParent(top)
+    if config.status is not None:
+        page = StatusPage(proxy.stats, lambda: [leg.dump() for leg in legs])
+        try:
+            status = strports.service(config.status, Site(page), reactor=reactor)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"--status {config.status!r}: {e}") from None
+        status.setServiceParent(top)
     return top
 
 

@@ -58,6 +58,13 @@ class Options(usage.Options):
         ["min-expires", None, 60, "Shortest registration accepted (shorter: 423).", int],
         ["max-expires", None, 3600, "Longest registration granted.", int],
         ["workers", None, 1, "Run N proxy processes sharing the ports (SO_REUSEPORT).", int],
+        [
+            "status",
+            None,
+            None,
+            "Serve /status.json and /metrics on this endpoint, e.g. tcp:8060 "
+            "(TCP endpoints listen on 127.0.0.1 unless given an interface=).",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -123,6 +130,12 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be between 1 and 64")
         if self["max-forwards"] < 1 or self["max-forwards"] > 255:
             raise usage.UsageError("--max-forwards must be between 1 and 255")
+        status: str | None = self["status"]
+        if status is not None and status.startswith("tcp") and "interface=" not in status:
+            # Loopback unless told otherwise.
+            self["status"] = status + (
+                ":interface=::1" if status.startswith("tcp6") else ":interface=127.0.0.1"
+            )
         outbound: str | None = self["outbound-proxy"]
         if outbound is not None:
             self["outbound-proxy"] = _sip_uri("--outbound-proxy", outbound)
@@ -146,6 +159,7 @@ class Options(usage.Options):
             min_expires=self["min-expires"],
             max_expires=self["max-expires"],
             reuse_port=bool(self["reuse-port"]) or self["workers"] > 1,
+            status=self["status"],
         )
         if self["listen"]:
             config.listen = list(self["listen"])
@@ -167,6 +181,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             raise ConfigError(
                 "--registrar keeps its bindings in one process; it cannot be used with --workers"
             )
+        if config.status is not None:
+            raise ConfigError("--status shows one process; it cannot be used with --workers")
         for sock in (bind_socket(spec, reuse_port=True) for spec in config.listen):
             sock.close()
         return WorkerSupervisor(worker_arguments(options.argv), options["workers"], reactor)

@@ -108,6 +108,9 @@ class ForwardingTests(ProxyTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(len(response.get_headers("via")), 1)
         self.assertTrue(self.uac.check_via(response))
+        stats = self.proxy.stats
+        self.assertEqual((stats.requests["OPTIONS"], stats.forwarded["OPTIONS"]), (1, 1))
+        self.assertEqual(stats.responses["2xx"], 1)
 
     @inlineCallbacks
     def test_udp_in_tcp_out(self) -> Any:
@@ -223,6 +226,7 @@ class RefusalTests(ProxyTestCase):
         self.assertEqual(response.code, code)
         self.assertTrue(self.uac.check_via(response))
         self.assertEqual(self.uas_got.packets, [])
+        self.assertEqual(self.proxy.stats.answered[code], 1)
         return response
 
     def test_max_forwards_zero(self) -> Any:

@@ -49,6 +49,11 @@ class WorkerBadOptionTests(TwistdTestCase):
         self.assertEqual(done.returncode, 1)
         self.assertIn("--workers must be between 1 and 64", done.stderr)
 
+    def test_status_refused(self) -> None:
+        done = self.run_twistd("sipproxy", "--workers", "2", "--status", "tcp:0")
+        self.assertEqual(done.returncode, 1)
+        self.assertIn("--status", done.stderr)
+
 
 class WorkerRunTests(ProxyProcessTestCase):
     """
