@@ -64,6 +64,12 @@ def stamp_received(request: Request, source: Address) -> None:
     top = request.get_header("via")
     if top is None:
         raise SIPParseError("missing Via")
+    if source.addr is not None and "rport" not in top.lower():
+        # The common case needs no change: the sent-by host is the source
+        # address and no rport was asked for.
+        sent_by = top.partition(" ")[2].partition(";")[0]
+        if sent_by.rpartition(":")[0] == source.addr or sent_by == source.addr:
+            return
     via = parse_via(top)
     changed = False
     if via.rport == "":
@@ -208,42 +214,39 @@ class Dispatcher:
             transports = tuple(dict.fromkeys(leg.proto for leg in legs))
             # RFC 3261 §16.11: the same transaction always reaches the same
             # server, whatever the SRV weights draw.
-            seed = f"{packet.get_header('call-id')} {packet.cseq[0] if packet.has_header('cseq') else ''}"
+            cseq = (packet.get_header("cseq") or "").split(None, 1)[:1]
+            seed = f"{packet.get_header('call-id')} {''.join(cseq)}"
             found = self.resolver.resolve_uri(uri, transports=transports, seed=seed)
         else:
             found = succeed(list(dst))
         return found.addCallback(pair_legs, legs)
 
     def deliver_in_order(
-        self, packet: Message, pairs: Sequence[tuple[Leg, Address]]
+        self, packet: Message, pairs: Sequence[tuple[Leg, Address]], first: int = 0
     ) -> Deferred[tuple[Leg, Address]]:
         """
         Try C{pairs} in order until one delivery succeeds (RFC 3263 §4:
         a transport error moves on to the next target).
+
+        @param first: the index of the pair to try first.
         """
-        if not pairs:
+        if first >= len(pairs):
             return fail(DeliveryError(ENOPROTOOPT, "no leg can reach the destination"))
-        result: Deferred[tuple[Leg, Address]] = Deferred()
+        leg, address = pairs[first]
+        d = leg.deliver(packet, address)
+        if first + 1 == len(pairs):
+            return d.addCallback(lambda _: (leg, address))
 
-        def attempt(index: int) -> None:
-            leg, address = pairs[index]
-            d = leg.deliver(packet, address)
+        def failed(reason: Failure) -> Deferred[tuple[Leg, Address]]:
+            reason.trap(DeliveryError)
+            log.debug(
+                "delivery to {dst} failed ({why}); trying the next target",
+                dst=address,
+                why=reason.value,
+            )
+            return self.deliver_in_order(packet, pairs, first + 1)
 
-            def failed(reason: Failure) -> None:
-                if index + 1 < len(pairs) and reason.check(DeliveryError):
-                    log.debug(
-                        "delivery to {dst} failed ({why}); trying the next target",
-                        dst=address,
-                        why=reason.value,
-                    )
-                    attempt(index + 1)
-                else:
-                    result.errback(reason)
-
-            d.addCallbacks(lambda _: result.callback((leg, address)), failed)
-
-        attempt(0)
-        return result
+        return d.addCallbacks(lambda _: (leg, address), failed)
 
 
 def pair_legs(addresses: Iterable[Address], legs: Sequence[Leg]) -> list[tuple[Leg, Address]]:

@@ -36,7 +36,7 @@ from sipleg.transport.base import ISocketPool
 from sipleg.transport.stream import StreamSocketPool
 from sipleg.transport.tls import TLSConfig
 from sipleg.transport.udp import UDPSocketPool
-from sipleg.uri import URI, parse_name_addr, parse_uri, parse_via, same_hop, uri_equal
+from sipleg.uri import URI, header_tag, parse_uri, route_uri, same_hop, uri_equal, via_branch
 
 __all__ = ["Leg", "ForwardRefused", "BadMessage", "MAGIC_COOKIE"]
 
@@ -92,11 +92,8 @@ Spec = Address | str | URI | None
 
 
 def _hash15(*parts: str) -> str:
-    digest = md5(usedforsecurity=False)
-    for part in parts:
-        digest.update(part.encode("utf-8", "surrogateescape"))
-        digest.update(b"\0")
-    return digest.hexdigest()[:15]
+    data = "\0".join(parts).encode("utf-8", "surrogateescape")
+    return md5(data, usedforsecurity=False).hexdigest()[:15]
 
 
 def _route_uri(value: str) -> URI | None:
@@ -104,7 +101,7 @@ def _route_uri(value: str) -> URI | None:
     The URI of a Route / Record-Route value, or L{None} when unparsable.
     """
     try:
-        return parse_name_addr(value).uri
+        return route_uri(value)
     except SIPParseError:
         return None
 
@@ -457,21 +454,21 @@ class Leg(Service):
         """
         if level == 1:
             return self.branch
-        tid = _hash15(packet.tid)
+        tid = packet.tid
         if level == 2:
-            return self.branch + tid
+            return self.branch + _hash15(tid)
         if level != 3:
             raise ValueError(f"branch level must be 1, 2 or 3, not {level!r}")
         top = packet.get_header("via") or ""
         try:
-            top_branch = parse_via(top).branch or top
+            top_branch = via_branch(top) or top
         except SIPParseError:
             top_branch = top
         auth = sorted(_auth_constants(value) for value in packet.get_headers("proxy-authorization"))
         parts = [top_branch, *auth, "|", *sorted(packet.get_headers("proxy-require"))]
         parts += ["|", *packet.get_headers("route"), "|", packet.get_header("from") or ""]
         parts.append(packet.uri)
-        return self.branch + tid + _hash15(*parts) + self.loop_hash(packet)
+        return self.branch + _hash15(tid) + _hash15(*parts) + self._loop_hash(packet, tid)
 
     def loop_hash(self, packet: Request) -> str:
         """
@@ -484,10 +481,14 @@ class Leg(Service):
         returns with the same loop hash as one of our Vias is looping; one
         that returns with another hash is spiralling (RFC 3261 §16.3).
         """
+        return self._loop_hash(packet, packet.tid)
+
+    @staticmethod
+    def _loop_hash(packet: Request, tid: str) -> str:
         return _hash15(
             packet.uri,
             _tag(packet.get_header("from")),
-            packet.tid,
+            tid,
             *packet.get_headers("route"),
             "|",
             *sorted(packet.get_headers("proxy-require")),
@@ -523,7 +524,7 @@ class Leg(Service):
         if top is None:
             return None
         try:
-            return parse_via(top).branch
+            return via_branch(top)
         except SIPParseError:
             return None
 
@@ -590,21 +591,29 @@ class Leg(Service):
             return None
         if packet.method != "REGISTER":
             top = packet.get_header("record-route")
-            top_uri = _route_uri(top) if top is not None else None
-            if top_uri is None or not uri_equal(top_uri, self.record_route_uri):
+            if top != self.record_route and (
+                top is None
+                or (top_uri := _route_uri(top)) is None
+                or not uri_equal(top_uri, self.record_route_uri)
+            ):
                 packet.insert_header("record-route", self.record_route)
         routes = packet.get_headers("route")
         if routes and self._is_me(_route_uri(routes[0])):
             packet.remove_header("route", 0)
         # The loop hash is taken on the request as it will leave, which is
-        # what the Via we add in deliver() hashed on the previous pass.
-        loop = self.loop_hash(packet)
+        # what the Via we add in deliver() hashed on the previous pass; it
+        # is only needed when one of the Vias is ours (a spiral or a loop).
+        ours = []
         for value in packet.get_headers("via"):
             try:
-                branch = parse_via(value).branch
+                branch = via_branch(value)
             except SIPParseError:
                 continue
-            if self.owns_branch(branch) and branch is not None and branch.endswith(loop):
+            if branch is not None and branch.startswith(self.branch):
+                ours.append(branch)
+        if ours:
+            loop = self.loop_hash(packet)
+            if any(branch.endswith(loop) for branch in ours):
                 return ForwardRefused(None if packet.method == "ACK" else 482, "Loop Detected")
         return None
 
@@ -667,7 +676,7 @@ class Leg(Service):
         Service.stopService(self)
         return self.stop()
 
-    def deliver(self, packet: Message, addr: Spec) -> Deferred[None]:
+    def deliver(self, packet: Message, addr: Spec, *, copy: bool = True) -> Deferred[None]:
         """
         Send C{packet} to C{addr} through this leg.
 
@@ -679,6 +688,9 @@ class Leg(Service):
         @param addr: the destination: an L{Address} (its transport must be
             the leg's), C{"ip:port"} text, or a SIP URI with an IP host.
             Ignored when the leg has a fixed C{dst}.
+        @param copy: C{False} puts the Via on C{packet} itself instead of on
+            a copy: for a caller that will not send the same object again
+            (a stateless proxy forwarding what it received).
         @return: a L{Deferred} that fires with L{None} once the packet is
             handed to the kernel (UDP) or written to an established
             connection (TCP, TLS), or fails with L{DeliveryError}.
@@ -695,7 +707,8 @@ class Leg(Service):
             return fail(DeliveryError(None, f"{dst.host} is not resolved"))
         conn = None
         if isinstance(packet, Request):
-            packet = packet.copy()
+            if copy:
+                packet = packet.copy()
             self.add_via(packet)
         elif self._tid_connections:
             conn = self._tid_connections.get(packet.tid)
@@ -772,7 +785,7 @@ def _tag(value: str | None) -> str:
     if value is None:
         return ""
     try:
-        return parse_name_addr(value).tag or ""
+        return header_tag(value) or ""
     except SIPParseError:
         return value
 

@@ -13,9 +13,10 @@ answered.  Responses are forwarded only through a Via of our own.
 
 from __future__ import annotations
 
+from errno import ENOPROTOOPT
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,7 +35,7 @@ from sipleg.routing import (
     response_target,
 )
 from sipleg.status import ProxyStats
-from sipleg.uri import URI, parse_name_addr, parse_uri, parse_via
+from sipleg.uri import URI, parse_uri, parse_via, route_uri, via_branch
 
 __all__ = ["StatelessProxy"]
 
@@ -93,7 +94,7 @@ class StatelessProxy:
         if via_value is None:
             return None
         try:
-            branch = parse_via(via_value).branch
+            branch = via_branch(via_value)
         except SIPParseError:
             return None
         for leg in self.dispatcher.legs:
@@ -159,27 +160,28 @@ class StatelessProxy:
         Validate, route and forward a request (RFC 3261 §16.3-§16.6).
         """
         self.stats.requests[request.method] += 1
-        refused = self._validate(request, source)
-        if refused is None:
-            refused = leg.forward_incoming(request)
+        target = self._validate(request, source)
+        if isinstance(target, ForwardRefused):
+            return self._refuse(request, leg, target)
+        received_uri = request.uri
+        refused = leg.forward_incoming(request)
         if refused is not None:
             return self._refuse(request, leg, refused)
         preferred = self._strip_own_routes(request) or leg
-        if self.registrar is not None:
-            if self.registrar.is_registration(request, self.is_own_uri):
-                answer = self.registrar.register(request)
-                self.stats.answered[answer.code] += 1
-                return self._send_response(answer, [leg])
-            if not request.get_headers("route"):
-                # RFC 3261 §16.5: an address of record of ours is retargeted
-                # to its best binding (a Route set is followed first, §16.4).
-                found = self.registrar.lookup(parse_uri(request.uri), self.is_own_uri)
-                if found is not None:
-                    if found.code is not None:
-                        return self._refuse(request, leg, ForwardRefused(found.code, REASONS[found.code]))
-                    request.uri = found.contacts[0]
         try:
-            next_hop = self._next_hop(request)
+            if request.uri != received_uri:
+                # A strict router's Record-Route was restored (§16.4).
+                target = parse_uri(request.uri)
+            if self.registrar is not None:
+                if self.registrar.is_registration(request, self.is_own_uri):
+                    answer = self.registrar.register(request)
+                    self.stats.answered[answer.code] += 1
+                    return self._send_response(answer, [leg])
+                found = self._locate(request, target)
+                if isinstance(found, ForwardRefused):
+                    return self._refuse(request, leg, found)
+                target = found
+            next_hop = self._next_hop(request, target)
         except SIPParseError as e:
             return self._refuse(request, leg, ForwardRefused(400, e.reason))
         legs = [preferred] + [other for other in self.dispatcher.legs if other is not preferred]
@@ -187,6 +189,24 @@ class StatelessProxy:
         d.addCallback(self._forward_to, request, leg)
         d.addErrback(self._unreachable, request, leg)
         return d
+
+    def _locate(self, request: Request, target: URI) -> URI | ForwardRefused:
+        """
+        RFC 3261 §16.5: a request for an address of record of ours goes to
+        its best binding (a Route set is followed first, §16.4).
+
+        @return: the (possibly new) Request-URI, or the refusal (480, 404).
+        """
+        assert self.registrar is not None
+        if request.get_headers("route"):
+            return target
+        found = self.registrar.lookup(target, self.is_own_uri)
+        if found is None:
+            return target
+        if found.code is not None:
+            return ForwardRefused(found.code, REASONS[found.code])
+        request.uri = found.contacts[0]
+        return parse_uri(request.uri)
 
     def _strip_own_routes(self, request: Request) -> Leg | None:
         """
@@ -203,7 +223,7 @@ class StatelessProxy:
         routes = request.get_headers("route")
         while routes:
             try:
-                uri = parse_name_addr(routes[0]).uri
+                uri = route_uri(routes[0])
             except SIPParseError:
                 break
             owner = self.route_leg(uri)
@@ -232,7 +252,12 @@ class StatelessProxy:
         """
         return any(leg.is_local_uri(uri) for leg in self.dispatcher.legs)
 
-    def _validate(self, request: Request, source: Address) -> ForwardRefused | None:
+    def _validate(self, request: Request, source: Address) -> URI | ForwardRefused:
+        """
+        RFC 3261 §16.3 checks and the access policy.
+
+        @return: the parsed Request-URI, or why the request is refused.
+        """
         # RFC 3261 §16.3 item 2: a URI scheme we cannot route.
         try:
             target = parse_uri(request.uri)
@@ -245,15 +270,17 @@ class StatelessProxy:
             return ForwardRefused(420, "Bad Extension")
         if not self.access.allows(request, target, source):
             return ForwardRefused(403, "Forbidden")
-        return None
+        return target
 
-    def _next_hop(self, request: Request) -> URI:
+    def _next_hop(self, request: Request, target: URI) -> URI:
         """
         Where the request goes next (RFC 3261 §16.6 items 4-7, §16.5).
+
+        @param target: the parsed Request-URI.
         """
         routes = request.get_headers("route")
         if routes:
-            first = parse_name_addr(routes[0]).uri
+            first = route_uri(routes[0])
             if "lr" in first.params:
                 return first
             # §16.6 item 6: the next hop is a strict router.
@@ -261,40 +288,46 @@ class StatelessProxy:
             request.remove_header("route", 0)
             request.uri = str(first)
             return first
-        target = parse_uri(request.uri)
         static = self.routes.next_hop(target)
         return static if static is not None else target
 
-    def _forward_to(self, pairs: list[tuple[Leg, Address]], request: Request, in_leg: Leg) -> Deferred[Any]:
-        result: Deferred[Any] = Deferred()
+    def _forward_to(
+        self, pairs: list[tuple[Leg, Address]], request: Request, in_leg: Leg, first: int = 0
+    ) -> Deferred[Any] | None:
+        """
+        Send the request to the first of C{pairs} that takes it.  Each
+        attempt works on its own copy: the request itself stays as it was
+        received, for an error response built from it.
 
-        def attempt(index: int, last: Failure | None) -> None:
-            if index >= len(pairs):
-                result.errback(last or Failure(DeliveryError(None, "no target")))
-                return
-            out_leg, dst = pairs[index]
-            packet = request.copy() if index + 1 < len(pairs) else request
-            if out_leg is not in_leg:
-                # Our Via for the incoming leg: the response finds its way
-                # back out of the leg the request came in on.
-                in_leg.add_via(packet)
-            refused = out_leg.forward_outgoing(packet, in_leg)
-            if refused is not None:
-                self._refuse(request, in_leg, refused)
-                result.callback(None)
-                return
-            d = out_leg.deliver(packet, dst)
-            d.addCallbacks(
-                lambda _: self._forwarded(result, request, out_leg, dst),
-                lambda f: attempt(index + 1, f) if f.check(DeliveryError) else result.errback(f),
-            )
+        @return: a L{Deferred} firing with the C{(leg, address)} used, or
+            L{None} when the outgoing leg refused the request (answered).
+        """
+        if first >= len(pairs):
+            return fail(DeliveryError(ENOPROTOOPT, "no leg can reach the destination"))
+        out_leg, dst = pairs[first]
+        last = first + 1 == len(pairs)
+        packet = request.copy()
+        if out_leg is not in_leg:
+            # Our Via for the incoming leg: the response finds its way
+            # back out of the leg the request came in on.
+            in_leg.add_via(packet)
+        refused = out_leg.forward_outgoing(packet, in_leg)
+        if refused is not None:
+            self._refuse(request, in_leg, refused)
+            return None
+        d = out_leg.deliver(packet, dst, copy=False)
+        if last:
+            return d.addCallback(self._forwarded, request, out_leg, dst)
 
-        attempt(0, None)
-        return result
+        def failed(reason: Failure) -> Deferred[Any] | None:
+            reason.trap(DeliveryError)
+            return self._forward_to(pairs, request, in_leg, first + 1)
 
-    def _forwarded(self, result: Deferred[Any], request: Request, leg: Leg, dst: Address) -> None:
+        return d.addCallbacks(self._forwarded, failed, (request, out_leg, dst))
+
+    def _forwarded(self, _: object, request: Request, leg: Leg, dst: Address) -> tuple[Leg, Address]:
         self.stats.forwarded[request.method] += 1
-        result.callback((leg, dst))
+        return leg, dst
 
     def _unreachable(self, reason: Failure, request: Request, leg: Leg) -> None:
         error = reason.value

@@ -147,6 +147,13 @@ class Resolver:
         @raise ValueError: C{transports} names an unknown transport.
         """
         allowed = self.transports if transports is None else _checked(transports)
+        try:
+            numeric = _numeric(host, port, transport, secure, maddr, allowed)
+        except DeliveryError as e:
+            return defer.fail(e)
+        if numeric is not None:
+            # The common case on a proxy: no DNS, no coroutine.
+            return defer.succeed(numeric)
         located = self._locate(host, port, transport, secure, maddr, allowed, seed)
         return Deferred.fromCoroutine(located)
 
@@ -192,11 +199,9 @@ class Resolver:
         seed: str | None,
     ) -> list[Address]:
         # RFC 3263 §4: TARGET is the maddr parameter when the URI has one,
-        # else its host (maddr overrides the host, RFC 3261 §19.1.1).
-        target = (maddr or host).strip("[]").lower()
-        numeric = ip_family(target) is not None
-        if not numeric:
-            target = target.rstrip(".")
+        # else its host (maddr overrides the host, RFC 3261 §19.1.1).  A
+        # numeric one was answered by _numeric() already.
+        target = (maddr or host).strip("[]").lower().rstrip(".")
         if not target:
             raise DeliveryError(EHOSTUNREACH, "no host to send to")
         if not allowed or (secure and "tls" not in allowed):
@@ -205,19 +210,14 @@ class Resolver:
         if transport is not None:
             forced = _forced_transport(transport, secure, allowed)
 
-        if numeric or port is not None:
-            # RFC 3263 §4.1: a numeric TARGET or an explicit port means no
-            # NAPTR and no SRV; the transport is the URI's or the default.
+        if port is not None:
+            # RFC 3263 §4.1: an explicit port means no NAPTR and no SRV; the
+            # transport is the URI's or the default.  §4.2: "the client
+            # performs an A or AAAA record lookup of the domain name" and
+            # uses the port from the URI.
             proto = forced or _default_transport(secure, allowed)
-            found_port = default_port(proto) if port is None else port
-            if numeric:
-                return [Address(target, found_port, proto)]
-            # RFC 3263 §4.2: "the client performs an A or AAAA record lookup
-            # of the domain name" and uses the port from the URI.
             ips = await self._addresses(_query_name(target), {})
-            return _finish(
-                target, [Address(target, found_port, proto, addr=ip) for ip in ips]
-            )
+            return _finish(target, [Address(target, port, proto, addr=ip) for ip in ips])
 
         name = _query_name(target)
         glue: _Glue = {}
@@ -401,6 +401,30 @@ def _checked(transports: Sequence[str]) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown transports {sorted(unknown)}, not in {PROTOCOLS}")
     return tuple(transports)
+
+
+def _numeric(
+    host: str,
+    port: int | None,
+    transport: str | None,
+    secure: bool,
+    maddr: str | None,
+    allowed: tuple[str, ...],
+) -> list[Address] | None:
+    """
+    RFC 3263 §4.1-§4.2 for a numeric target: the one address to use, or
+    L{None} when the target is a name (DNS is needed).
+
+    @raise DeliveryError: C{ENOPROTOOPT} when no allowed transport fits.
+    """
+    target = (maddr or host).strip("[]")
+    if ip_family(target) is None:
+        return None
+    if not allowed or (secure and "tls" not in allowed):
+        raise DeliveryError(ENOPROTOOPT, "no allowed transport for this URI")
+    proto = _forced_transport(transport, secure, allowed) if transport else None
+    proto = proto or _default_transport(secure, allowed)
+    return [Address(target, default_port(proto) if port is None else port, proto)]
 
 
 def _forced_transport(transport: str, secure: bool, allowed: tuple[str, ...]) -> str:

@@ -37,6 +37,10 @@ LOOPBACK_NETWORKS: tuple[Network, ...] = (
 )
 
 
+#: How many source addresses a policy remembers its verdict for.
+_TRUST_MEMORY = 4096
+
+
 class IAccessPolicy(Interface):
     """
     Decides whether the proxy forwards a request for its sender.
@@ -76,6 +80,7 @@ class NetworkAccessPolicy:
             n if not isinstance(n, str) else ipaddress.ip_network(n, strict=False) for n in networks
         )
         self.domains = frozenset(d.lower().strip("[]") for d in domains)
+        self._trusted: dict[str, bool] = {}
 
     def trusts(self, source: Address) -> bool:
         """
@@ -83,10 +88,16 @@ class NetworkAccessPolicy:
         """
         if source.addr is None:
             return False
-        ip = ipaddress.ip_address(source.addr)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in network for network in self.networks)
+        known = self._trusted.get(source.addr)
+        if known is None:
+            ip = ipaddress.ip_address(source.addr)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped
+            known = any(ip in network for network in self.networks)
+            if len(self._trusted) >= _TRUST_MEMORY:
+                self._trusted.clear()
+            self._trusted[source.addr] = known
+        return known
 
     def allows(self, request: Request, target: URI, source: Address) -> bool:
         return target.host in self.domains or self.trusts(source)

@@ -25,6 +25,7 @@ This module is part of the sans-IO core: it never touches the network.
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 from dataclasses import dataclass, field
@@ -36,13 +37,16 @@ __all__ = [
     "URI",
     "NameAddr",
     "Via",
+    "header_tag",
     "normalise_escapes",
     "parse_name_addr",
     "parse_params",
     "parse_uri",
     "parse_via",
+    "route_uri",
     "same_hop",
     "uri_equal",
+    "via_branch",
 ]
 
 # --- character classes (RFC 3261 §25.1) -------------------------------------
@@ -821,6 +825,16 @@ class Via:
         return f"{self.protocol}/{self.transport} {self.sent_by}{_format_params(self.params)}"
 
 
+# The plain form nearly every Via on the wire has: upper-case transport, a
+# host name or IPv4 sent-by, unquoted parameters, no blanks.  Anchored and
+# unambiguous (";" and "=" are not in the character classes), so matching
+# is linear.
+_VIA_PLAIN = re.compile(
+    r"SIP/2\.0/([A-Z]+) ([A-Za-z0-9._-]+)(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[A-Za-z0-9\-.!%*_+`'~:\[\]]+)?)*)"
+)
+
+
 def parse_via(text: str) -> Via:
     """
     Parse one Via value, such as C{SIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bK1;rport}.
@@ -830,6 +844,23 @@ def parse_via(text: str) -> Via:
     @return: the parsed value.
     @raise SIPParseError: C{text} is malformed, including a malformed
         C{branch}, C{received}, C{rport}, C{maddr} or C{ttl} value.
+    """
+    plain = _VIA_PLAIN.fullmatch(text)
+    if plain is None:
+        return _parse_via(text)
+    transport, host, port_text, param_text = plain.groups()
+    params: dict[str, str | None] = {}
+    for param in param_text.split(";")[1:]:
+        name, equal, value = param.partition("=")
+        params[name.lower()] = value if equal else None
+    _check_via_params(params, text)
+    port = None if port_text is None else _check_port(port_text)
+    return Via("SIP/2.0", transport, _check_host(host), port, params)
+
+
+def _parse_via(text: str) -> Via:
+    """
+    L{parse_via} for any form the grammar allows.
     """
     # via-parm       =  sent-protocol LWS sent-by *( SEMI via-params )
     # sent-protocol  =  protocol-name SLASH protocol-version SLASH transport
@@ -907,3 +938,74 @@ def _check_via_params(params: dict[str, str | None], text: str) -> None:
     rport = params.get("rport")
     if rport is not None:
         _check_port(rport)
+
+
+# --- fast reads for the forwarding hot path ---------------------------------
+#
+# A proxy asks of most Via and From/To values one thing only (the branch,
+# the tag).  These find it without building the whole value when the value
+# is in its plain form (no quoted string, the parameter written as
+# ";name="), and otherwise fall back to the full parser.  On a value the
+# parser accepts they answer what it would; the fast path does not check
+# the rest of the value, so a malformed one may still yield its parameter.
+
+_BRANCH_END = re.compile(r"[;,\s]")
+
+
+def _plain_param(text: str, lower: str, marker: str) -> str | None:
+    index = lower.find(marker)
+    if index < 0:
+        return None
+    start = index + len(marker)
+    end = _BRANCH_END.search(text, start)
+    return text[start : end.start() if end else len(text)]
+
+
+def via_branch(text: str) -> str | None:
+    """
+    The C{branch} parameter of one Via value, or L{None} when it has none.
+
+    @raise SIPParseError: the value is malformed (only detected when the
+        fast path does not apply).
+    """
+    lower = text.lower()
+    if '"' not in text and lower.count("branch") == 1:
+        found = _plain_param(text, lower, ";branch=")
+        if found:
+            return found
+    return parse_via(text).branch
+
+
+def header_tag(text: str) -> str | None:
+    """
+    The C{tag} parameter of a From or To value, or L{None}.
+
+    @raise SIPParseError: the value is malformed (only detected when the
+        fast path does not apply).
+    """
+    if '"' not in text:
+        close = text.rfind(">")
+        if close >= 0:
+            rest = text[close + 1 :]
+            lower = rest.lower()
+            if lower.count("tag") == 1:
+                found = _plain_param(rest, lower, ";tag=")
+                if found:
+                    return found
+            elif "tag" not in lower:
+                return None
+    return parse_name_addr(text).tag
+
+
+@functools.lru_cache(maxsize=4096)
+def route_uri(text: str) -> URI:
+    """
+    The URI of a Route or Record-Route value (or any name-addr).
+
+    In-dialog requests carry the same Route values over and over, so the
+    results are cached: the URI returned is shared and must not be
+    changed.
+
+    @raise SIPParseError: the value is malformed.
+    """
+    return parse_name_addr(text).uri

@@ -174,7 +174,14 @@ class TwistdTestCase(unittest.TestCase):
         for _ in range(int(READY_TIMEOUT / READY_POLL)):
             if proc.poll() is not None:
                 return False
-            if listening(proc.pid, "udp", port) and listening(proc.pid, "tcp", port):
+            # The sockets are bound before the reactor runs (so a port in
+            # use is an immediate error); twistd handles SIGTERM only once
+            # the reactor started, when the legs log that they listen.
+            if (
+                listening(proc.pid, "udp", port)
+                and listening(proc.pid, "tcp", port)
+                and f"starting on {port}" in self.output()[0]
+            ):
                 return True
             yield deferLater(reactor, READY_POLL, lambda: None)
         self.fail(f"twistd not listening on udp and tcp port {port} after {READY_TIMEOUT} s")

@@ -13,12 +13,14 @@ from sipleg.uri import (
     URI,
     NameAddr,
     Via,
+    header_tag,
     parse_name_addr,
     parse_params,
     parse_uri,
     parse_via,
     same_hop,
     uri_equal,
+    via_branch,
 )
 
 
@@ -172,9 +174,7 @@ class ParseURITests(TestCase):
         C{?h=v&h2=v2}: order kept, an empty value allowed.
         """
         uri = parse_uri("sip:alice@atlanta.com?subject=project%20x&priority=urgent&x=")
-        self.assertEqual(
-            uri.headers, [("subject", "project%20x"), ("priority", "urgent"), ("x", "")]
-        )
+        self.assertEqual(uri.headers, [("subject", "project%20x"), ("priority", "urgent"), ("x", "")])
 
     def test_port_range(self) -> None:
         """
@@ -182,8 +182,15 @@ class ParseURITests(TestCase):
         """
         self.assertEqual(parse_uri("sip:h:0").port, 0)
         self.assertEqual(parse_uri("sip:h:65535").port, 65535)
-        for text in ("sip:h:65536", "sip:h:", "sip:h:123456", "sip:h:50a",
-                     "sip:h:\u0665\u0660", "sip:h:-1", "sip:[::1]:99999"):
+        for text in (
+            "sip:h:65536",
+            "sip:h:",
+            "sip:h:123456",
+            "sip:h:50a",
+            "sip:h:\u0665\u0660",
+            "sip:h:-1",
+            "sip:[::1]:99999",
+        ):
             self.assertRaises(SIPParseError, parse_uri, text)
 
     def test_other_schemes_opaque(self) -> None:
@@ -207,15 +214,52 @@ class ParseURITests(TestCase):
         Malformed URIs raise L{SIPParseError} with status 400.
         """
         for text in [
-            "", "alice@atlanta.com", ":foo", "1sip:x", "s p:x", "sip:", "sips:",
-            "sip:@host", "sip::pw@host", "sip:a@", "sip:a@@b", "sip:a b@c", "sip:a@b c",
-            "sip:[::1", "sip:[::1]x", "sip:[192.0.2.1]", "sip:[not:v6]", "sip:[]",
-            "sip:host;", "sip:host;=x", "sip:host;a=", "sip:host;a=b=c", "sip:host;a b",
-            "sip:host?", "sip:host?a", "sip:host?=v", "sip:host?a=b&", "sip:host?a=b;c",
-            "sip:ho_st-.com", "sip:-host.com", "sip:ho..st", "sip:1.2.3",
-            "sip:256.1.1.1", "sip:1.2.3.4.5", "sip:h%41st", "sip:a%4@b", "sip:a%zz@b",
-            "sip:host;maddr=bad..host", "sip:host;ttl=256", "sip:host;ttl=x",
-            "sip:h\u00e9st", "sip:host\r\n", "tel:", "tel:a b", "tel:<x>", "sip:a\"b@c",
+            "",
+            "alice@atlanta.com",
+            ":foo",
+            "1sip:x",
+            "s p:x",
+            "sip:",
+            "sips:",
+            "sip:@host",
+            "sip::pw@host",
+            "sip:a@",
+            "sip:a@@b",
+            "sip:a b@c",
+            "sip:a@b c",
+            "sip:[::1",
+            "sip:[::1]x",
+            "sip:[192.0.2.1]",
+            "sip:[not:v6]",
+            "sip:[]",
+            "sip:host;",
+            "sip:host;=x",
+            "sip:host;a=",
+            "sip:host;a=b=c",
+            "sip:host;a b",
+            "sip:host?",
+            "sip:host?a",
+            "sip:host?=v",
+            "sip:host?a=b&",
+            "sip:host?a=b;c",
+            "sip:ho_st-.com",
+            "sip:-host.com",
+            "sip:ho..st",
+            "sip:1.2.3",
+            "sip:256.1.1.1",
+            "sip:1.2.3.4.5",
+            "sip:h%41st",
+            "sip:a%4@b",
+            "sip:a%zz@b",
+            "sip:host;maddr=bad..host",
+            "sip:host;ttl=256",
+            "sip:host;ttl=x",
+            "sip:h\u00e9st",
+            "sip:host\r\n",
+            "tel:",
+            "tel:a b",
+            "tel:<x>",
+            'sip:a"b@c',
         ]:
             with self.assertRaises(SIPParseError, msg=repr(text)) as caught:
                 parse_uri(text)
@@ -366,8 +410,7 @@ class URIEqualTests(TestCase):
         user, ttl, method, maddr and transport must match when either URI
         has them; values compare case-insensitively.
         """
-        for param in ("user=phone", "ttl=1", "method=INVITE", "maddr=192.0.2.1",
-                      "transport=tcp"):
+        for param in ("user=phone", "ttl=1", "method=INVITE", "maddr=192.0.2.1", "transport=tcp"):
             self.assertFalse(uri_equal(f"sip:h;{param}", "sip:h"), param)
             self.assertFalse(uri_equal("sip:h", f"sip:h;{param}"), param)
             self.assertTrue(uri_equal(f"sip:h;{param}", f"sip:h;{param.upper()}"), param)
@@ -512,8 +555,20 @@ class ParseParamsTests(TestCase):
         """
         Malformed parameters raise L{SIPParseError}.
         """
-        for text in ["a=b", ";", ";;a", ";a=", ";a=b c", ';a="open', ";a=<x>", ";a@b",
-                     ";a=b,", ";a=\u00e9", ';a="\\\n"', ";a=b;"]:
+        for text in [
+            "a=b",
+            ";",
+            ";;a",
+            ";a=",
+            ";a=b c",
+            ';a="open',
+            ";a=<x>",
+            ";a@b",
+            ";a=b,",
+            ";a=\u00e9",
+            ';a="\\\n"',
+            ";a=b;",
+        ]:
             self.assertRaises(SIPParseError, parse_params, text)
 
 
@@ -587,14 +642,12 @@ class NameAddrTests(TestCase):
         (RFC 5626 +sip.instance), in both forms.
         """
         text = (
-            '<sip:a@[2001:db8::1]:5070;ob>;reg-id=1;'
+            "<sip:a@[2001:db8::1]:5070;ob>;reg-id=1;"
             '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>";expires=60'
         )
         value = parse_name_addr(text)
         self.assertEqual(value.uri.host, "2001:db8::1")
-        self.assertEqual(
-            value.params["+sip.instance"], '"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'
-        )
+        self.assertEqual(value.params["+sip.instance"], '"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"')
         self.assertEqual(str(value), text)
         value = parse_name_addr('sip:a@h;+sip.instance="<urn:x>";q=0.7')
         self.assertEqual(value.params, {"+sip.instance": '"<urn:x>"', "q": "0.7"})
@@ -618,16 +671,12 @@ class NameAddrTests(TestCase):
         An unbracketed value is still written in brackets when it needs
         them: a display name, or a URI with parameters, headers or ";".
         """
-        self.assertEqual(
-            str(NameAddr(parse_uri("sip:h"), display="A", bracketed=False)), '"A" <sip:h>'
-        )
+        self.assertEqual(str(NameAddr(parse_uri("sip:h"), display="A", bracketed=False)), '"A" <sip:h>')
         self.assertEqual(
             str(NameAddr(parse_uri("sip:h;lr"), params={"tag": "1"}, bracketed=False)),
             "<sip:h;lr>;tag=1",
         )
-        self.assertEqual(
-            str(NameAddr(parse_uri("tel:+1;x=y"), bracketed=False)), "<tel:+1;x=y>"
-        )
+        self.assertEqual(str(NameAddr(parse_uri("tel:+1;x=y"), bracketed=False)), "<tel:+1;x=y>")
         self.assertEqual(str(NameAddr(parse_uri("sip:h"))), "<sip:h>")
 
     def test_wildcard(self) -> None:
@@ -643,11 +692,29 @@ class NameAddrTests(TestCase):
         Malformed values raise L{SIPParseError}.
         """
         for text in [
-            "", "   ", "<>", "<sip:h", "sip:h>", '"Bob <sip:h>', '"Bob" sip:h',
-            "Bob sip:h", "<sip:h> junk", "<sip:h>;", "<sip:h>;ta g=1", "<sip:h>;tag=",
-            "<sip:a@>", "< sip:h>", "<sip:h >", "Bob@x <sip:h>", "B\u00f6b <sip:h>",
-            "sip:a@b junk", "sip:2001:db8::1", "<sip:h>,<sip:i>", '"a" "b" <sip:h>',
-            "<sip:h>>", "nothing",
+            "",
+            "   ",
+            "<>",
+            "<sip:h",
+            "sip:h>",
+            '"Bob <sip:h>',
+            '"Bob" sip:h',
+            "Bob sip:h",
+            "<sip:h> junk",
+            "<sip:h>;",
+            "<sip:h>;ta g=1",
+            "<sip:h>;tag=",
+            "<sip:a@>",
+            "< sip:h>",
+            "<sip:h >",
+            "Bob@x <sip:h>",
+            "B\u00f6b <sip:h>",
+            "sip:a@b junk",
+            "sip:2001:db8::1",
+            "<sip:h>,<sip:i>",
+            '"a" "b" <sip:h>',
+            "<sip:h>>",
+            "nothing",
         ]:
             with self.assertRaises(SIPParseError, msg=repr(text)):
                 parse_name_addr(text)
@@ -744,7 +811,7 @@ class ViaTests(TestCase):
         """
         maddr, ttl, alias (RFC 5923) and extension parameters.
         """
-        via = parse_via("SIP/2.0/UDP h;maddr=[FF02::1];ttl=16;alias;comp=sigcomp;sigcomp-id=\"x;y\"")
+        via = parse_via('SIP/2.0/UDP h;maddr=[FF02::1];ttl=16;alias;comp=sigcomp;sigcomp-id="x;y"')
         self.assertEqual(via.maddr, "ff02::1")
         self.assertEqual(via.ttl, 16)
         self.assertTrue(via.alias)
@@ -789,16 +856,37 @@ class ViaTests(TestCase):
         Malformed Via values raise L{SIPParseError} with status 400.
         """
         for text in [
-            "", "SIP/2.0", "SIP/2.0/UDP", "SIP/2.0/UDP ", "SIP/2.0 UDP h", "SIP//UDP h",
-            "SIP/2.0/UDPh", "SIP/2.0/UDP2.0.0.1", "SIP/2.0/UDP 2001:db8::1",
-            "SIP/2.0/UDP [2001:db8::1", "SIP/2.0/UDP [h]", "SIP/2.0/UDP h:", "SIP/2.0/UDP h:70000",
-            "SIP/2.0/UDP h:50x", "SIP/2.0/UDP h;branch", "SIP/2.0/UDP h;branch=",
-            "SIP/2.0/UDP h;branch=\"x\"", "SIP/2.0/UDP h;received=host.com",
-            "SIP/2.0/UDP h;received", "SIP/2.0/UDP h;received=[192.0.2.1",
-            "SIP/2.0/UDP h;rport=x", "SIP/2.0/UDP h;rport=70000", "SIP/2.0/UDP h;ttl=256",
-            "SIP/2.0/UDP h;ttl", "SIP/2.0/UDP h;maddr", "SIP/2.0/UDP h;maddr=a..b",
-            "SIP/2.0/UDP h, SIP/2.0/UDP i", "SIP/2.0/UDP h junk", "SIP/2.0/UDP h;",
-            "SIP/2.0/UDP h\u00e9", "SIP/2.0/UDP 1.2.3",
+            "",
+            "SIP/2.0",
+            "SIP/2.0/UDP",
+            "SIP/2.0/UDP ",
+            "SIP/2.0 UDP h",
+            "SIP//UDP h",
+            "SIP/2.0/UDPh",
+            "SIP/2.0/UDP2.0.0.1",
+            "SIP/2.0/UDP 2001:db8::1",
+            "SIP/2.0/UDP [2001:db8::1",
+            "SIP/2.0/UDP [h]",
+            "SIP/2.0/UDP h:",
+            "SIP/2.0/UDP h:70000",
+            "SIP/2.0/UDP h:50x",
+            "SIP/2.0/UDP h;branch",
+            "SIP/2.0/UDP h;branch=",
+            'SIP/2.0/UDP h;branch="x"',
+            "SIP/2.0/UDP h;received=host.com",
+            "SIP/2.0/UDP h;received",
+            "SIP/2.0/UDP h;received=[192.0.2.1",
+            "SIP/2.0/UDP h;rport=x",
+            "SIP/2.0/UDP h;rport=70000",
+            "SIP/2.0/UDP h;ttl=256",
+            "SIP/2.0/UDP h;ttl",
+            "SIP/2.0/UDP h;maddr",
+            "SIP/2.0/UDP h;maddr=a..b",
+            "SIP/2.0/UDP h, SIP/2.0/UDP i",
+            "SIP/2.0/UDP h junk",
+            "SIP/2.0/UDP h;",
+            "SIP/2.0/UDP h\u00e9",
+            "SIP/2.0/UDP 1.2.3",
         ]:
             with self.assertRaises(SIPParseError, msg=repr(text)) as caught:
                 parse_via(text)
@@ -807,10 +895,50 @@ class ViaTests(TestCase):
 
 # Fragments that steer random text into the parsers' deeper branches.
 _FRAGMENTS = st.sampled_from(
-    ["sip:", "sips:", "tel:", "SIP/2.0/UDP ", "[", "]", "[::1]", "<", ">", '"', "\\",
-     ";", "=", "@", "?", "&", "%", "%4", "%41", ":", "::", " ", "\t", ",", ".", "-",
-     "a", "Z", "0", "5060", "65536", "lr", "branch=z9hG4bK", "received=", "rport",
-     "maddr=", "ttl=", "tag=", "*", "\u00e9", "\x00", "\r\n"]
+    [
+        "sip:",
+        "sips:",
+        "tel:",
+        "SIP/2.0/UDP ",
+        "[",
+        "]",
+        "[::1]",
+        "<",
+        ">",
+        '"',
+        "\\",
+        ";",
+        "=",
+        "@",
+        "?",
+        "&",
+        "%",
+        "%4",
+        "%41",
+        ":",
+        "::",
+        " ",
+        "\t",
+        ",",
+        ".",
+        "-",
+        "a",
+        "Z",
+        "0",
+        "5060",
+        "65536",
+        "lr",
+        "branch=z9hG4bK",
+        "received=",
+        "rport",
+        "maddr=",
+        "ttl=",
+        "tag=",
+        "*",
+        "\u00e9",
+        "\x00",
+        "\r\n",
+    ]
 )
 _TEXT = st.one_of(st.text(max_size=80), st.lists(_FRAGMENTS, max_size=30).map("".join))
 
@@ -855,3 +983,109 @@ class FuzzTests(TestCase):
             parse_params(text)
         except SIPParseError:
             pass
+
+
+_VIA_TEXT = st.one_of(
+    _TEXT,
+    st.lists(_FRAGMENTS, max_size=12).map(lambda parts: "SIP/2.0/UDP h" + "".join(parts)),
+)
+_NAME_TEXT = st.one_of(
+    _TEXT,
+    st.lists(_FRAGMENTS, max_size=12).map(lambda parts: "<sip:a@b>" + "".join(parts)),
+)
+
+
+class FastReadTests(TestCase):
+    """
+    L{via_branch} and L{header_tag} agree with the full parsers on every
+    value those accept, and raise only L{SIPParseError}.
+    """
+
+    def test_examples(self) -> None:
+        self.assertEqual(via_branch("SIP/2.0/UDP h:5060;branch=z9hG4bKab;rport"), "z9hG4bKab")
+        self.assertEqual(via_branch("SIP/2.0/UDP h ; BRANCH = z9hG4bKab"), "z9hG4bKab")
+        self.assertIsNone(via_branch("SIP/2.0/UDP h;received=1.2.3.4"))
+        self.assertEqual(header_tag('"A" <sip:a@b>;tag=x1'), "x1")
+        self.assertEqual(header_tag("<sip:a@b;tag=uri>;tag=hdr"), "hdr")
+        self.assertIsNone(header_tag("<sip:a@b;tag=uri>"))
+        self.assertEqual(header_tag("sip:a@b;tag=bare"), "bare")
+
+    @settings(max_examples=400, deadline=None, database=None)
+    @given(_VIA_TEXT)
+    def test_via_branch(self, text: str) -> None:
+        try:
+            expected = parse_via(text).branch
+        except SIPParseError:
+            try:
+                via_branch(text)
+            except SIPParseError:
+                pass
+            return
+        self.assertEqual(via_branch(text), expected)
+
+    @settings(max_examples=400, deadline=None, database=None)
+    @given(_NAME_TEXT)
+    def test_header_tag(self, text: str) -> None:
+        try:
+            expected = parse_name_addr(text).tag
+        except SIPParseError:
+            try:
+                header_tag(text)
+            except SIPParseError:
+                pass
+            return
+        self.assertEqual(header_tag(text), expected)
+
+
+_PLAIN_VIA = st.builds(
+    lambda transport, host, port, params: f"SIP/2.0/{transport} {host}{port}{params}",
+    st.sampled_from(["UDP", "TCP", "TLS", "SCTP", "XYZ"]),
+    st.sampled_from(
+        ["127.0.0.1", "h.example", "H-1.Example.COM", "1.2.3", "999.1.1.1", "a_b", "-x", "1.2.3.4."]
+    ),
+    st.sampled_from(["", ":5060", ":0", ":65535", ":65536", ":99999", ":007"]),
+    st.lists(
+        st.sampled_from(
+            [
+                ";branch=z9hG4bKa",
+                ";BRANCH=z9hG4bKB",
+                ";branch",
+                ";rport",
+                ";rport=5",
+                ";rport=x",
+                ";received=127.0.0.1",
+                ";received=::1",
+                ";received=[::1]",
+                ";received=nope",
+                ";maddr=h.x",
+                ";maddr=[::1]",
+                ";ttl=1",
+                ";ttl=300",
+                ";alias",
+                ";x=y",
+                ";X=Y",
+                ";x=y",
+            ]
+        ),
+        max_size=5,
+    ).map("".join),
+)
+
+
+class ViaFastPathTests(TestCase):
+    """
+    The plain-form fast path of L{parse_via} gives exactly what the full
+    parser gives, errors included.
+    """
+
+    @settings(max_examples=500, deadline=None, database=None)
+    @given(_PLAIN_VIA)
+    def test_same_as_full_parser(self, text: str) -> None:
+        from sipleg.uri import _parse_via
+
+        try:
+            expected = _parse_via(text)
+        except SIPParseError:
+            self.assertRaises(SIPParseError, parse_via, text)
+            return
+        self.assertEqual(parse_via(text), expected)

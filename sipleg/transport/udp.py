@@ -179,6 +179,10 @@ class UDPSocketPool:
         port = self._port
         if port is None:
             return defer.fail(DeliveryError(None, "UDP socket is not listening"))
+        if self.peer is None and dst.family == self.local.family and dst.addr is not None:
+            # The hot path: an IP of our family (Address checked it), so
+            # Twisted's per-write address checks in Port.write are skipped.
+            return _sendto(port.socket, data, (dst.addr, dst.port))
         sockaddr = None if self.peer is not None else dst.sockaddr
         reader = self._protocol
         reader.sending = True
@@ -242,3 +246,22 @@ class UDPSocketPool:
             self._receiver(data, source, None)
         except Exception:  # noqa: BLE001 - a receiver bug must not kill the socket
             _log.failure("UDP receiver failed on a datagram from {source}", source=source)
+
+
+def _sendto(sock: socket.socket, data: bytes, sockaddr: tuple[str, int]) -> Deferred[None]:
+    """
+    C{sendto} on an unconnected socket, errors mapped as C{Port.write}
+    maps them (EINTR retried; ECONNREFUSED, an ICMP error left over from
+    an earlier datagram, ignored).
+    """
+    while True:
+        try:
+            sock.sendto(data, sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            if exc.errno == errno.ECONNREFUSED:
+                break
+            return defer.fail(DeliveryError(exc.errno))
+        break
+    return defer.succeed(None)
