@@ -393,6 +393,10 @@ def _sipleg(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
     return argv
 
 
+def _sipleg_workers(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
+    return [*_sipleg(port, protos, workdir), "--workers", "2"]
+
+
 def _netsip(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
     return [
         "perl",
@@ -433,6 +437,7 @@ def _kamailio(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
 
 SYSTEMS = {
     "sipleg": System("sipleg", ("udp", "tcp"), _sipleg),
+    "sipleg-2w": System("sipleg-2w", ("udp", "tcp"), _sipleg_workers),
     "netsip": System("netsip", ("udp", "tcp"), _netsip),
     "twisted": System("twisted", ("udp",), _twisted),
     "kamailio": System("kamailio", ("udp", "tcp"), _kamailio),

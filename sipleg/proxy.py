@@ -159,7 +159,7 @@ class StatelessProxy:
         """
         Validate, route and forward a request (RFC 3261 §16.3-§16.6).
         """
-        self.stats.requests[request.method] += 1
+        self.stats.requests[self.stats.method(request.method)] += 1
         target = self._validate(request, source)
         if isinstance(target, ForwardRefused):
             return self._refuse(request, leg, target)
@@ -326,7 +326,7 @@ class StatelessProxy:
         return d.addCallbacks(self._forwarded, failed, (request, out_leg, dst))
 
     def _forwarded(self, _: object, request: Request, leg: Leg, dst: Address) -> tuple[Leg, Address]:
-        self.stats.forwarded[request.method] += 1
+        self.stats.forwarded[self.stats.method(request.method)] += 1
         return leg, dst
 
     def _unreachable(self, reason: Failure, request: Request, leg: Leg) -> None:
@@ -346,7 +346,9 @@ class StatelessProxy:
 
     def _refuse(self, request: Request, leg: Leg, refused: ForwardRefused) -> Deferred[Any] | None:
         if refused.code is None or request.method == "ACK":
-            self.stats.dropped[refused.reason] += 1
+            # An ACK refused with a code, or a leg's own (fixed) reason:
+            # the counter keys stay a small set whatever peers send.
+            self.stats.dropped[f"ACK {refused.code}" if refused.code else refused.reason] += 1
             log.info(
                 "dropping {method} {uri}: {reason}",
                 method=request.method,

@@ -170,6 +170,10 @@ def _sort_key(binding: Binding) -> tuple[float, int]:
     return (-binding.q, binding.order)
 
 
+#: Default cap on the bindings a registrar keeps.
+DEFAULT_MAX_BINDINGS = 100_000
+
+
 class BindingTable:
     """
     The location service's bindings, with RFC 3261 §10.3 REGISTER
@@ -189,10 +193,14 @@ class BindingTable:
         min_expires: int = 60,
         max_expires: int = 3600,
         default_expires: int = 3600,
+        max_bindings: int = DEFAULT_MAX_BINDINGS,
     ) -> None:
         """
         @param domains: the domains whose AORs we keep.
         @param default_expires: clamped into C{[min_expires, max_expires]}.
+        @param max_bindings: the most bindings kept at once; a REGISTER
+            that would add more is answered 503 (memory and the file stay
+            bounded whoever registers).
         @raise ValueError: C{min_expires} negative, C{max_expires} zero or
             below C{min_expires}.
         """
@@ -205,8 +213,10 @@ class BindingTable:
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.default_expires = min(max(default_expires, min_expires), max_expires)
+        self.max_bindings = max_bindings
         self.changes = 0
         self._bindings: dict[str, list[Binding]] = {}
+        self._total = 0
         self._known: set[str] = set()
         self._next_order = 0
 
@@ -263,8 +273,9 @@ class BindingTable:
             remaining seconds; 400 (malformed To, Contact, Call-ID, CSeq,
             C{expires} or C{q}; C{*} with other contacts or a non-zero
             Expires), 404 (To is not an AOR of ours), 420 (a Require),
-            423 with Min-Expires (too short), or 500 (a CSeq below the one
-            stored for a binding of the same Call-ID).
+            423 with Min-Expires (too short), 500 (a CSeq below the one
+            stored for a binding of the same Call-ID), or 503 with
+            Retry-After (the table holds L{max_bindings} already).
         """
         try:
             aor, bindings, changed, next_order = self._process(request, now)
@@ -277,9 +288,15 @@ class BindingTable:
                     response.add_header("Unsupported", option)
             return response
         if changed:
+            before = len(self._bindings.get(aor, ()))
+            if len(bindings) > before and self.count() - before + len(bindings) > self.max_bindings:
+                response = make_response(request, 503, "Service Unavailable (registrar full)")
+                response.add_header("Retry-After", str(self.min_expires or 60))
+                return response
+            self._total += len(bindings) - before
             if bindings:
                 self._bindings[aor] = bindings
-                self._known.add(aor)
+                self._remember(aor)
             else:
                 self._bindings.pop(aor, None)
             self._next_order = next_order
@@ -294,6 +311,21 @@ class BindingTable:
             response.add_header("Contact", value)
         response.add_header("Date", formatdate(now, usegmt=True))
         return response
+
+    def count(self) -> int:
+        """
+        How many bindings the table holds.
+        """
+        return self._total
+
+    def _remember(self, aor: str) -> None:
+        """
+        Note that C{aor} had a binding (404 versus 480); past a few times
+        L{max_bindings} entries the users without a binding are forgotten.
+        """
+        self._known.add(aor)
+        if len(self._known) > 4 * self.max_bindings:
+            self._known = {known for known in self._known if known in self._bindings}
 
     @staticmethod
     def _remaining(binding: Binding, now: float) -> int:
@@ -487,6 +519,7 @@ class BindingTable:
             live = [binding for binding in bindings if binding.expires_at > now]
             if len(live) != len(bindings):
                 dropped = True
+                self._total -= len(bindings) - len(live)
                 if live:
                     self._bindings[aor] = live
                 else:
@@ -508,10 +541,11 @@ class BindingTable:
         """
         An independent copy (the bindings themselves are immutable).
         """
-        other = BindingTable((), self.min_expires, self.max_expires, self.default_expires)
+        other = BindingTable((), self.min_expires, self.max_expires, self.default_expires, self.max_bindings)
         other.domains = self.domains
         other.changes = self.changes
         other._bindings = {aor: bindings[:] for aor, bindings in self._bindings.items()}
+        other._total = self._total
         other._known = set(self._known)
         other._next_order = self._next_order
         return other
@@ -554,6 +588,7 @@ class BindingTable:
         min_expires: int = 60,
         max_expires: int = 3600,
         default_expires: int = 3600,
+        max_bindings: int = DEFAULT_MAX_BINDINGS,
     ) -> BindingTable:
         """
         Rebuild a table saved by L{to_json}, without the bindings expired
@@ -561,7 +596,7 @@ class BindingTable:
 
         @raise RegistrationFileError: C{data} is not such a document.
         """
-        table = cls(domains, min_expires, max_expires, default_expires)
+        table = cls(domains, min_expires, max_expires, default_expires, max_bindings)
         try:
             document = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as e:
@@ -587,6 +622,7 @@ class BindingTable:
             table._known.add(binding.aor)
             if binding.expires_at > now:
                 table._bindings.setdefault(binding.aor, []).append(binding)
+                table._total += 1
         return table
 
 
@@ -651,6 +687,7 @@ class Registrar:
         min_expires: int = 60,
         max_expires: int = 3600,
         default_expires: int = 3600,
+        max_bindings: int = DEFAULT_MAX_BINDINGS,
     ) -> None:
         """
         @raise RegistrationFileError: C{path} cannot be loaded (see L{load}).
@@ -658,7 +695,7 @@ class Registrar:
         """
         self.clock = clock
         self.path = path
-        self.table = BindingTable(domains, min_expires, max_expires, default_expires)
+        self.table = BindingTable(domains, min_expires, max_expires, default_expires, max_bindings)
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         if path is not None:
@@ -745,6 +782,7 @@ class Registrar:
                     old.min_expires,
                     old.max_expires,
                     old.default_expires,
+                    old.max_bindings,
                 )
             except RegistrationFileError as e:
                 raise RegistrationFileError(f"{self.path}: corrupt registrations file: {e}") from None

@@ -22,7 +22,7 @@ from sipleg.dispatcher import Dispatcher
 from sipleg.errors import SIPError
 from sipleg.leg import DEFAULT_MAX_FORWARDS, Leg
 from sipleg.proxy import StatelessProxy
-from sipleg.registrar import Registrar, RegistrationFileError
+from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileError
 from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
 from sipleg.status import StatusPage
 from sipleg.transport.tls import TLSConfig
@@ -96,6 +96,7 @@ class ProxyConfig:
     registrations: str | None = None
     min_expires: int = 60
     max_expires: int = 3600
+    max_bindings: int = DEFAULT_MAX_BINDINGS
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -223,6 +224,7 @@ def make_registrar(config: ProxyConfig, reactor: Any) -> Registrar | None:
             path=config.registrations,
             min_expires=config.min_expires,
             max_expires=config.max_expires,
+            max_bindings=config.max_bindings,
         )
     except RegistrationFileError as e:
         raise ConfigError(str(e)) from None

@@ -22,6 +22,12 @@ from twisted.web.server import Request as HTTPRequest
 __all__ = ["ProxyStats", "StatusPage"]
 
 
+#: The methods counted under their own name (RFC 3261 and its extensions).
+_METHODS = frozenset(
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER MESSAGE UPDATE".split()
+)
+
+
 class ProxyStats:
     """
     Counters kept by a L{sipleg.proxy.StatelessProxy}.
@@ -41,6 +47,15 @@ class ProxyStats:
         self.responses: Counter[str] = Counter()
         self.answered: Counter[int] = Counter()
         self.dropped: Counter[str] = Counter()
+
+    @staticmethod
+    def method(name: str) -> str:
+        """
+        The counter key of a request method: the method itself when it is
+        one of the standard ones, else C{"other"}, so that peers sending
+        invented methods cannot grow the counters without bound.
+        """
+        return name if name in _METHODS else "other"
 
     def snapshot(self) -> dict[str, Any]:
         """

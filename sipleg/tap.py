@@ -57,6 +57,7 @@ class Options(usage.Options):
         ["registrations", None, None, "File keeping the registrar's bindings across restarts."],
         ["min-expires", None, 60, "Shortest registration accepted (shorter: 423).", int],
         ["max-expires", None, 3600, "Longest registration granted.", int],
+        ["max-bindings", None, 100_000, "Most registrations kept (beyond: 503).", int],
         ["workers", None, 1, "Run N proxy processes sharing the ports (SO_REUSEPORT).", int],
         [
             "status",
@@ -158,6 +159,7 @@ class Options(usage.Options):
             registrations=self["registrations"],
             min_expires=self["min-expires"],
             max_expires=self["max-expires"],
+            max_bindings=self["max-bindings"],
             reuse_port=bool(self["reuse-port"]) or self["workers"] > 1,
             status=self["status"],
         )

@@ -504,13 +504,9 @@ class RegistrarTests(unittest.TestCase):
         self.assertFalse(registrar.is_registration(make_register(uri="sip:example.org"), never))
         self.assertFalse(registrar.is_registration(make_register(uri="sip:127.0.0.1:5099"), never))
         self.assertTrue(
-            registrar.is_registration(
-                make_register(uri="sip:127.0.0.1:5099"), lambda uri: uri.port == 5099
-            )
+            registrar.is_registration(make_register(uri="sip:127.0.0.1:5099"), lambda uri: uri.port == 5099)
         )
-        self.assertTrue(
-            registrar.is_registration(make_register(uri="sip:192.0.2.1"), lambda uri: True)
-        )
+        self.assertTrue(registrar.is_registration(make_register(uri="sip:192.0.2.1"), lambda uri: True))
         invite = Request("INVITE", "sip:example.com", make_register().headers)
         self.assertFalse(registrar.is_registration(invite, lambda uri: True))
         self.assertFalse(registrar.is_registration(make_register(uri="tel:123"), lambda uri: True))
@@ -646,3 +642,38 @@ class RegistrarTests(unittest.TestCase):
         registrar.register(make_register(contacts=[], call_id="query"))
         registrar.register(make_register(expires=10, cseq=2))  # 423
         self.assertEqual(os.stat(self.path).st_ino, before)
+
+
+class BoundedTableTests(unittest.TestCase):
+    """
+    Whoever registers, the table (and so memory and the file) stays bounded.
+    """
+
+    def register(self, table: BindingTable, user: str, cseq: int = 1, expires: int | None = None) -> int:
+        request = make_register(
+            [f"<sip:{user}@192.0.2.10:5071>"],
+            to=f"<sip:{user}@example.com>",
+            expires=expires,
+            call_id=f"call-{user}",
+            cseq=cseq,
+        )
+        return table.register(request, 1000.0).code
+
+    def test_full_table_answers_503(self) -> None:
+        table = BindingTable(["example.com"], max_bindings=2)
+        self.assertEqual([self.register(table, user) for user in "abc"], [200, 200, 503])
+        self.assertEqual(table.count(), 2)
+        # Refreshing or removing an existing binding still works when full.
+        self.assertEqual(self.register(table, "a", cseq=2), 200)
+        self.assertEqual(self.register(table, "a", cseq=3, expires=0), 200)
+        self.assertEqual(table.count(), 1)
+        self.assertEqual(self.register(table, "c"), 200)
+        self.assertTrue(table.expire(10_000.0))
+        self.assertEqual(table.count(), 0)
+
+    def test_count_survives_a_round_trip(self) -> None:
+        table = BindingTable(["example.com"], max_bindings=5)
+        for user in "abc":
+            self.register(table, user)
+        again = BindingTable.from_json(table.to_json(), 1000.0, ["example.com"], max_bindings=5)
+        self.assertEqual((again.count(), again.copy().count()), (3, 3))

@@ -91,3 +91,11 @@ class StatusServiceTests(unittest.TestCase):
         data = json.loads((yield treq.content(response)))
         self.assertEqual(len(data["legs"]), 1)
         self.assertTrue(data["legs"][0].startswith("Leg udp:127.0.0.1:"))
+
+
+class BoundedCountersTests(unittest.TestCase):
+    def test_invented_methods_share_one_key(self) -> None:
+        stats = ProxyStats()
+        for method in ("INVITE", "FOO", "BAR", "X" * 100):
+            stats.requests[stats.method(method)] += 1
+        self.assertEqual(dict(stats.requests), {"INVITE": 1, "other": 3})

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
-from zope.interface.verify import verifyObject  # type: ignore[import-untyped]
+from zope.interface.verify import verifyObject
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
@@ -214,3 +215,18 @@ class UDPSocketPoolTests(TestCase):
             Collector(),
             peer=Address("example.com", 5060),
         )
+
+
+class BufferTests(TestCase):
+    @defer.inlineCallbacks
+    def test_receive_buffer_enlarged(self) -> Any:
+        from sipleg.transport.udp import SOCKET_BUFFER
+
+        pool = UDPSocketPool(Address("127.0.0.1", 0), lambda *a: None)
+        yield pool.listen()
+        self.addCleanup(pool.stop)
+        size = pool._port.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with open("/proc/sys/net/core/rmem_max") as f:
+            cap = int(f.read())
+        # Linux doubles the value asked for (bookkeeping overhead).
+        self.assertGreaterEqual(size, min(SOCKET_BUFFER, cap))

@@ -156,6 +156,7 @@ class UDPSocketPool:
                 )
             if self.peer is not None:
                 self._port.connect(self.peer.addr, self.peer.port)
+            _enlarge_buffers(self._port.socket)
         except (OSError, ValueError, error.CannotListenError):
             return defer.fail()
         self.local = dataclasses.replace(self.local, port=self._port.getHost().port)
@@ -265,3 +266,18 @@ def _sendto(sock: socket.socket, data: bytes, sockaddr: tuple[str, int]) -> Defe
             return defer.fail(DeliveryError(exc.errno))
         break
     return defer.succeed(None)
+
+
+#: Socket buffer size asked for: a burst of datagrams while the reactor is
+#: busy waits in the kernel instead of being dropped (the kernel caps it at
+#: net.core.rmem_max / wmem_max).
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+
+def _enlarge_buffers(sock: socket.socket) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, option) < SOCKET_BUFFER:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        except OSError:
+            _log.debug("could not enlarge the UDP socket buffers")
