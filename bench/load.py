@@ -490,9 +490,17 @@ def achieved_rate(rows: list[dict[str, str]]) -> float:
     return calls / seconds if seconds > 0 else 0.0
 
 
-def _sipp_common(proto: str, port: int) -> list[str]:
+#: SIPp transport mode of the UAC: "1" = one socket for all calls, "n" =
+#: one socket per call (many source ports, as many phones would be; this
+#: is what lets SO_REUSEPORT spread the load over --workers).
+UAC_SOCKETS = "1"
+
+
+def _sipp_common(proto: str, port: int, sockets: str = "1") -> list[str]:
     return [
-        "-t", "t1" if proto == "tcp" else "u1", "-i", HOST, "-p", str(port), "-bind_local", "-nostdin",
+        "-t", ("t" if proto == "tcp" else "u") + sockets,
+        *(["-max_socket", "10000"] if sockets == "n" else []),
+        "-i", HOST, "-p", str(port), "-bind_local", "-nostdin",
         # SIPp's default 64 KiB socket buffers overflow in bursts long
         # before the proxy does.
         "-buff_size", str(SIPP_BUFFER),
@@ -509,7 +517,7 @@ def uac_argv(
     ruri = f"sip:service@{HOST}:{uas_port}" + (";transport=tcp" if proto == "tcp" else "")
     return [
         "sipp", f"{HOST}:{uas_port}", "-sf", str(UAC_SCENARIO),
-        *_sipp_common(proto, port),
+        *_sipp_common(proto, port, UAC_SOCKETS),
         "-rsa", f"{HOST}:{proxy_port}", "-key", "ruri", ruri,
         "-r", str(rate), "-m", str(calls),
         "-timeout", f"{timeout}s",
@@ -878,6 +886,8 @@ def environment(args: argparse.Namespace) -> str:
     twisted_version = _first_line([sys.executable, "-c", "import twisted; print(twisted.__version__)"])
     netsip = _first_line(["perl", "-MNet::SIP", "-e", "print $Net::SIP::VERSION"])
     pin = "proxy pinned to CPU 1, both SIPp processes to CPU 0" if args.pin else "no CPU pinning"
+    if args.uac_sockets == "n":
+        pin += "; SIPp UAC with one socket per call"
     return "\n".join(
         [
             f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} CPUs ({model}), "
@@ -1030,6 +1040,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--grace", type=int, default=None, help="seconds SIPp waits after a step (default 6)")
     parser.add_argument("--quick", action="store_true", help="2 rates, 2 s steps")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin processes to CPUs")
+    parser.add_argument(
+        "--uac-sockets",
+        choices=("1", "n"),
+        default="1",
+        help="SIPp UAC: one socket for all calls (1) or one per call (n, many source ports)",
+    )
     parser.add_argument("--reference", type=int, default=1600, help="rate for the us/msg summary column")
     parser.add_argument("--profile", action="store_true", help="py-spy on sipleg at --reference cps UDP")
     parser.add_argument(
@@ -1061,6 +1077,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    global UAC_SOCKETS
+    UAC_SOCKETS = args.uac_sockets
     if not Path("/proc/net/udp").exists():
         print("needs Linux /proc", file=sys.stderr)
         return 2

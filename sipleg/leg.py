@@ -714,13 +714,7 @@ class Leg(Service):
             conn = self._tid_connections.get(packet.tid)
         data = bytes(packet)
         if self.trace:
-            log.info(
-                "{leg} sends {size} bytes to {dst}:\n{text}",
-                leg=self.dump(),
-                size=len(data),
-                dst=dst,
-                text=data.decode("utf-8", "replace"),
-            )
+            self._trace("sends", "to", dst, data)
         return self._pool.send(data, dst, conn)
 
     def receive(self, packet: Message, from_addr: Address) -> tuple[Message, Address] | None:
@@ -737,13 +731,7 @@ class Leg(Service):
         request, run L{receive}, hand up.  Never raises.
         """
         if self.trace:
-            log.info(
-                "{leg} received {size} bytes from {source}:\n{text}",
-                leg=self.dump(),
-                size=len(data),
-                source=source,
-                text=data.decode("utf-8", "replace"),
-            )
+            self._trace("received", "from", source, data)
         try:
             try:
                 packet = parse_message(data, datagram=conn is None)
@@ -765,6 +753,17 @@ class Leg(Service):
                 self.receiver(passed[0], passed[1], self)
         except Exception:
             log.failure("unexpected error handling a packet from {source}", source=source)
+
+    def _trace(self, verb: str, preposition: str, peer: Address, data: bytes) -> None:
+        log.info(
+            "{leg} {verb} {size} bytes {preposition} {peer}:\n{text}",
+            leg=self.dump(),
+            verb=verb,
+            size=len(data),
+            preposition=preposition,
+            peer=peer,
+            text=data.decode("utf-8", "replace"),
+        )
 
     def _remember_connection(self, tid: str, conn: object) -> None:
         memory = self._tid_connections

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from unittest import SkipTest
 
 from twisted.internet import defer, protocol
@@ -186,6 +186,9 @@ def _uri(user: str, address: Address) -> str:
     """
     uri = f"sip:{user}@{address.hostport}"
     return uri if address.proto == "udp" else f"{uri};transport={address.proto}"
+
+
+_O = TypeVar("_O")
 
 
 class _Outcome:
@@ -449,12 +452,15 @@ def _sipp_run(
     return _spawn(reactor, argv, timeout + KILL_GRACE, cwd=str(rundir))
 
 
-class SippServer:
+class _PeerServer(Generic[_O]):
     """
-    A running SIPp server scenario (by default the UAS).
+    A running peer process that serves calls (a SIPp or Net::SIP UAS).
 
     @ivar address: where it listens.
     """
+
+    #: The user part of L{uri}.
+    user = "service"
 
     def __init__(self, address: Address, proc: _PeerProcess, outcome: _Outcome) -> None:
         self.address = address
@@ -464,23 +470,30 @@ class SippServer:
     @property
     def uri(self) -> str:
         """
-        C{sip:service@host:port}, with C{;transport=tcp} on TCP.
+        C{sip:USER@host:port}, with C{;transport=tcp} on TCP.
         """
-        return _uri("service", self.address)
+        return _uri(self.user, self.address)
 
-    def result(self) -> defer.Deferred[SippOutcome]:
+    def result(self) -> defer.Deferred[_O]:
         """
-        @return: fires with the outcome once SIPp exited (after its C{calls}
-            calls, its timeout, or L{stop}).
+        @return: fires with the outcome once the process exited.
         """
         return self._outcome.wait()
 
-    def stop(self) -> defer.Deferred[SippOutcome]:
+    def stop(self) -> defer.Deferred[_O]:
         """
-        End SIPp (it still writes its statistics) and wait for it.
+        End the process and wait for it.
         """
         self._proc.stop()
         return self.result()
+
+
+class SippServer(_PeerServer["SippOutcome"]):
+    """
+    A running SIPp server scenario (by default the UAS), serving
+    C{sip:service@...}; it exits after its C{calls} calls, its timeout, or
+    L{stop} (it still writes its statistics then).
+    """
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -779,37 +792,13 @@ def _port_taken(outcome: NetSipOutcome) -> bool:
     return not outcome.result and "Address already in use" in outcome.stderr
 
 
-class NetSipServer:
+class NetSipServer(_PeerServer["NetSipOutcome"]):
     """
-    A running C{netsip_uas.pl}: takes one call, then exits.
-
-    @ivar address: where it listens.
+    A running C{netsip_uas.pl}, serving C{sip:uas@...}: takes one call,
+    then exits (after L{stop}, without a C{RESULT} line).
     """
 
-    def __init__(self, address: Address, proc: _PeerProcess, outcome: _Outcome) -> None:
-        self.address = address
-        self._proc = proc
-        self._outcome = outcome
-
-    @property
-    def uri(self) -> str:
-        """
-        C{sip:uas@host:port}, with C{;transport=tcp} on TCP.
-        """
-        return _uri("uas", self.address)
-
-    def result(self) -> defer.Deferred[NetSipOutcome]:
-        """
-        @return: fires with the outcome once the script exited.
-        """
-        return self._outcome.wait()
-
-    def stop(self) -> defer.Deferred[NetSipOutcome]:
-        """
-        End the script (no C{RESULT} then) and wait for it.
-        """
-        self._proc.stop()
-        return self.result()
+    user = "uas"
 
 
 @defer.inlineCallbacks
