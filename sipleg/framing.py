@@ -109,6 +109,9 @@ class StreamFramer:
         self.max_header = max_header
         self.max_body = max_body
         self.error: SIPParseError | None = None
+        #: The header block of a message refused for the size of its body
+        #: (so the caller can still answer a request with 513).
+        self.refused_head: bytes | None = None
         self._buffer = bytearray()
         # Offset up to which the buffer was searched for the end of the
         # header block without finding it.
@@ -209,7 +212,11 @@ class StreamFramer:
             self._scanned = len(buffer)
             return None
         header_length = end + len(_END_OF_HEADERS)
-        body_length = self._content_length(end + len(_CRLF))
+        try:
+            body_length = self._content_length(end + len(_CRLF))
+        except MessageTooLarge:
+            self.refused_head = bytes(buffer[:header_length])
+            raise
         return header_length + body_length
 
     def _content_length(self, header_end: int) -> int:

@@ -343,3 +343,16 @@ class ErrorStateTests(TestCase):
         framer = StreamFramer(max_body=1)
         self.assertRaises(MessageTooLarge, framer.feed, make_message(b"12"))
         self.assertRaises(MessageTooLarge, framer.feed, make_message(b""))
+
+
+class RefusedHeadTests(TestCase):
+    def test_header_of_an_oversized_body_is_kept(self) -> None:
+        framer = StreamFramer(max_body=10)
+        head = b"INVITE sip:x SIP/2.0\r\nContent-Length: 11\r\n\r\n"
+        self.assertRaises(MessageTooLarge, framer.feed, head + b"x")
+        self.assertEqual(framer.refused_head, head)
+
+    def test_no_head_for_an_oversized_header(self) -> None:
+        framer = StreamFramer(max_header=64)
+        self.assertRaises(MessageTooLarge, framer.feed, b"INVITE sip:x SIP/2.0\r\n" + b"X: y\r\n" * 20)
+        self.assertIsNone(framer.refused_head)

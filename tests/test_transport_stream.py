@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from zope.interface.verify import verifyObject  # type: ignore[import-untyped]
+from zope.interface.verify import verifyObject
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
@@ -334,6 +334,25 @@ class KeepaliveAndFramingTests(StreamTestBase):
         assert client.transport is not None
         client.transport.write(b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 70000\r\n\r\n")
         await client.lost
+        self.assertEqual(b.connections(), [])
+
+    async def test_too_large_request_answered_513(self) -> None:
+        """
+        A request whose header block is complete but whose body is too
+        large is answered 513 before the connection closes.
+        """
+        b, b_got = await self.make_pool()
+        client = await self.raw_client(b.local)
+        assert client.transport is not None
+        client.transport.write(
+            b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:9;branch=z9hG4bKbig\r\n"
+            b"From: <sip:a@b>;tag=1\r\nTo: <sip:x@y>\r\nCall-ID: big@x\r\nCSeq: 1 INVITE\r\n"
+            b"Content-Length: 70000\r\n\r\n"
+        )
+        await client.lost
+        self.assertTrue(client.data.startswith(b"SIP/2.0 513 "), client.data)
+        self.assertIn(b"Call-ID: big@x\r\n", client.data)
+        self.assertEqual(b_got.received, [])
         self.assertEqual(b.connections(), [])
 
     def test_split_reads_in_memory(self) -> None:

@@ -48,6 +48,7 @@ from zope.interface import implementer
 from sipleg.address import Address
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.framing import StreamFramer
+from sipleg.message import salvage_response
 from sipleg.transport.base import ISocketPool, Receiver, delivery_error
 from sipleg.transport.tls import TLSConfig, describe_tls_failure
 
@@ -315,11 +316,19 @@ class StreamConnection(Protocol):
 
     def _broken(self, reason: SIPParseError) -> None:
         """
-        The stream cannot be framed any more: close the connection.
+        The stream cannot be framed any more: close the connection, after
+        answering 513 when it was a request whose body is too large (its
+        header block is complete, so it can be answered).
         """
         _log.warn(
             "Closing {conn}: broken SIP stream: {reason}", conn=self, reason=reason.reason
         )
+        head = self._framer.refused_head
+        if head is not None and self.ready:
+            answer = salvage_response(head, reason.status, reason.reason)
+            if answer is not None:
+                transport: Any = self.transport
+                transport.write(bytes(answer))
         self.close(DeliveryError(None, f"broken SIP stream: {reason.reason}"))
 
     def _finish(self, error: DeliveryError) -> None:
