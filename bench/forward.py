@@ -44,6 +44,7 @@ class MemoryPool:
     def __init__(self, local: Address) -> None:
         self.local = local
         self.peer = None
+        self.receiver = None
         self.sent: list[tuple[bytes, Address]] = []
 
     def listen(self) -> Deferred[Address]:

@@ -163,7 +163,8 @@ class Leg(Service):
         @param tls: a L{TLSConfig} or a mapping of its arguments (C{cert},
             C{key}, C{ca}, C{verify_client}).
         @param sock: an already bound socket to adopt.
-        @param socketpool: a socket pool to share with another leg.
+        @param socketpool: a socket pool to share with another leg; this
+            leg becomes the one its packets are handed to.
         @param reactor: the reactor doing the I/O (default: the global one).
         @param clock: the L{IReactorTime} for timers (default: C{reactor}).
         @param branch: replaces the hash part of the branch prefix.
@@ -251,7 +252,10 @@ class Leg(Service):
         self._tid_connections: OrderedDict[str, object] = OrderedDict()
 
         if socketpool is not None:
+            # Sharing a pool (Net::SIP's socketpool argument): this leg
+            # sends through the same socket and now receives what it reads.
             self._pool: ISocketPool = socketpool
+            socketpool.receiver = self._pool_received
         elif proto == "udp":
             self._pool = UDPSocketPool(
                 self._local, self._pool_received, peer=self.dst, sock=sock, reactor=reactor

@@ -571,3 +571,21 @@ class StrictRouteThenOwnRouteTests(unittest.TestCase):
         leg().forward_incoming(packet)
         self.assertEqual(packet.uri, "sip:bob@10.0.0.7")
         self.assertEqual(packet.get_headers("route"), ["<sip:10.0.0.9;lr>"])
+
+
+class SharedPoolTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_leg_on_a_shared_pool(self) -> Any:
+        first = Leg(port=0)
+        yield first.listen()
+        self.addCleanup(first.stop)
+        got = PacketCollector()
+        second = Leg(socketpool=first.socketpool, receiver=got, host="shared.example")
+        self.assertEqual(second.local, first.local)
+        self.assertEqual(second.contact, f"sip:shared.example:{first.local.port}")
+        sender = Leg(port=0)
+        yield sender.listen()
+        self.addCleanup(sender.stop)
+        yield sender.deliver(options("sip:x@127.0.0.1"), first.local)
+        yield got.wait()
+        self.assertIs(got.packets[0][2], second)

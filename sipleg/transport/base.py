@@ -45,6 +45,10 @@ class ISocketPool(Interface):
         "every send goes there and packets or connections from elsewhere are "
         "dropped."
     )
+    receiver = Attribute(
+        "The L{Receiver} every datagram or framed message goes to; settable, "
+        "so that a leg built on a shared pool takes over what it receives."
+    )
 
     def listen() -> Deferred[Address]:
         """

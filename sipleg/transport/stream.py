@@ -476,7 +476,7 @@ class StreamSocketPool:
         self.local = local
         self.peer = peer
         self.tls = tls
-        self._receiver = receiver
+        self.receiver = receiver
         self._sock = sock
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
@@ -644,7 +644,7 @@ class StreamSocketPool:
         """
         self._touch(connection)
         try:
-            self._receiver(data, connection.peer, connection)
+            self.receiver(data, connection.peer, connection)
         except Exception:  # noqa: BLE001 - a receiver bug must not kill the connection
             _log.failure("Stream receiver failed on a message from {conn}", conn=connection)
 

@@ -120,7 +120,7 @@ class UDPSocketPool:
             raise ValueError(f"peer {peer} is not resolved")
         self.local = local
         self.peer = peer
-        self._receiver = receiver
+        self.receiver = receiver
         self._sock = sock
         self._reactor = reactor
         self._protocol = _DatagramReader(self)
@@ -244,7 +244,7 @@ class UDPSocketPool:
                 self._sources.clear()
             source = self._sources[key] = Address(host, port, "udp")
         try:
-            self._receiver(data, source, None)
+            self.receiver(data, source, None)
         except Exception:  # noqa: BLE001 - a receiver bug must not kill the socket
             _log.failure("UDP receiver failed on a datagram from {source}", source=source)
 
