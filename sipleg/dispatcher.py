@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sipleg.address import Address
+from sipleg.address import Address, ip_family
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request
@@ -213,9 +213,12 @@ class Dispatcher:
                 return fail(DeliveryError(EHOSTUNREACH, f"bad target {dst!r}: {e.reason}"))
             transports = tuple(dict.fromkeys(leg.proto for leg in legs))
             # RFC 3261 §16.11: the same transaction always reaches the same
-            # server, whatever the SRV weights draw.
-            cseq = (packet.get_header("cseq") or "").split(None, 1)[:1]
-            seed = f"{packet.get_header('call-id')} {''.join(cseq)}"
+            # server, whatever the SRV weights draw (only a DNS name needs
+            # the seed).
+            seed = None
+            if ip_family((uri.maddr or uri.host).strip("[]")) is None:
+                cseq = (packet.get_header("cseq") or "").split(None, 1)[:1]
+                seed = f"{packet.get_header('call-id')} {''.join(cseq)}"
             found = self.resolver.resolve_uri(uri, transports=transports, seed=seed)
         else:
             found = succeed(list(dst))

@@ -858,7 +858,13 @@ class Message:
         it: an INVITE, its CANCEL and its ACK share it, and responses have
         the tid of their request.
         """
-        return f"{self.call_id} {self.cseq[0]}"
+        call_id = self.call_id
+        # The common case without the full CSeq parse (checked at parse
+        # time): "digits SP method".
+        number = (self.get_header("cseq") or "").partition(" ")[0]
+        if number.isascii() and number.isdigit() and len(number) <= 9:
+            return f"{call_id} {int(number)}"
+        return f"{call_id} {self.cseq[0]}"
 
     # -- copying and output -------------------------------------------------
 

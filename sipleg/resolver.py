@@ -24,6 +24,7 @@ parts of the URI it routes on.
 
 from __future__ import annotations
 
+import itertools
 import random as _random
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -391,12 +392,23 @@ class Resolver:
         return ips
 
 
+#: Transport tuples already known to be valid (every ordered subset).
+_KNOWN_SETS = frozenset(
+    tuple(p for p in order if p in chosen)
+    for order in itertools.permutations(PROTOCOLS)
+    for size in range(1, len(PROTOCOLS) + 1)
+    for chosen in itertools.combinations(order, size)
+)
+
+
 def _checked(transports: Sequence[str]) -> tuple[str, ...]:
     """
     C{transports} as a tuple.
 
     @raise ValueError: one of them is not a transport sipleg speaks.
     """
+    if type(transports) is tuple and transports in _KNOWN_SETS:
+        return transports
     unknown = set(transports) - set(PROTOCOLS)
     if unknown:
         raise ValueError(f"unknown transports {sorted(unknown)}, not in {PROTOCOLS}")
