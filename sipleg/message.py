@@ -1448,7 +1448,11 @@ def salvage_response(data: bytes, code: int, reason: str | None = None) -> Respo
     ]
     for phrase in (reason, None):
         try:
-            return Response(code, phrase, headers)
+            response = Response(code, phrase, headers)
+            # What was salvaged must make a valid message, or nobody can
+            # use the answer.
+            parse_message(bytes(response))
         except (ValueError, TypeError, SIPParseError):
             continue
+        return response
     return None

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IResolver
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.names import client, dns, error
 from twisted.python.failure import Failure
 
@@ -271,8 +271,11 @@ class Resolver:
         """
 
         def no_answer(reason: Failure) -> _Answer:
-            reason.trap(*_NO_ANSWER)
-            self.log.debug(
+            # Any other failure of a lookup (a malformed answer, a bug in
+            # the resolver chain) is no answer either, but worth a warning:
+            # resolution goes on with the next step, never stops on it.
+            self.log.emit(
+                LogLevel.debug if reason.check(*_NO_ANSWER) else LogLevel.warn,
                 "DNS {lookup} {name} gave no answer: {reason}",
                 lookup=lookup.__name__,
                 name=name,
@@ -304,9 +307,7 @@ class Resolver:
             if isinstance(payload, dns.Record_NAPTR):
                 naptrs.append(payload)
         records = [
-            record
-            for record in naptrs
-            if record.service.string.lower().startswith(_SIP_NAPTR_PREFIXES)
+            record for record in naptrs if record.service.string.lower().startswith(_SIP_NAPTR_PREFIXES)
         ]
         if not records:
             return None
@@ -350,7 +351,9 @@ class Resolver:
             [self._query(self._names.lookupService, srv) for _, srv in services],
             consumeErrors=True,
         )
-        pick = self._random if seed is None else _random.Random(seed).random
+        pick = (
+            self._random if seed is None else _random.Random(seed.encode("utf-8", "surrogateescape")).random
+        )
         hops: list[tuple[str, bytes, int]] = []
         found = False
         for (proto, _), (records, additional) in zip(services, answers, strict=False):
@@ -540,9 +543,7 @@ def _remember(glue: _Glue, additional: list[dns.RRHeader]) -> None:
         glue[owner] = ips
 
 
-def _srv_order(
-    records: list[dns.Record_SRV], random: Callable[[], float]
-) -> list[dns.Record_SRV]:
+def _srv_order(records: list[dns.Record_SRV], random: Callable[[], float]) -> list[dns.Record_SRV]:
     """
     Order SRV records as RFC 2782 asks: by ascending priority, and within
     one priority by repeated weighted random choice.

@@ -1,0 +1,123 @@
+"""
+Nothing a peer sends makes the proxy fail: every torture message, and
+random mutations of them, through a real StatelessProxy whose legs have
+in-memory socket pools, is forwarded, answered or dropped, and no
+unexpected error is logged.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from sipleg.address import Address
+from sipleg.dispatcher import Dispatcher
+from sipleg.leg import Leg
+from sipleg.message import parse_message
+from sipleg.proxy import StatelessProxy
+from sipleg.transport.base import ISocketPool
+
+TORTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torture")
+MESSAGES = [
+    open(os.path.join(TORTURE, folder, name), "rb").read()
+    for folder in sorted(os.listdir(TORTURE))
+    if os.path.isdir(os.path.join(TORTURE, folder))
+    for name in sorted(os.listdir(os.path.join(TORTURE, folder)))
+]
+PEER = Address("127.0.0.1", 5099)
+
+
+@implementer(ISocketPool)
+class MemoryPool:
+    """
+    A socket pool that keeps what is sent instead of sending it.
+    """
+
+    def __init__(self, local: Address) -> None:
+        self.local = local
+        self.peer = None
+        self.receiver: Any = None
+        self.sent: list[tuple[bytes, Address]] = []
+
+    def listen(self) -> Deferred[Address]:
+        return succeed(self.local)
+
+    def send(self, data: bytes, dst: Address, conn: object = None) -> Deferred[None]:
+        self.sent.append((data, dst))
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        return succeed(None)
+
+    def connections(self) -> list[object]:
+        return []
+
+
+class RobustnessTests(TestCase):
+    def setUp(self) -> None:
+        self.udp = MemoryPool(Address("127.0.0.1", 5060, "udp"))
+        self.tcp = MemoryPool(Address("127.0.0.1", 5060, "tcp"))
+        legs = [Leg(socketpool=self.udp), Leg(socketpool=self.tcp)]
+        # Names resolve to nothing here (tests/conftest.py keeps DNS off
+        # the network): requests for them are answered 503.
+        self.proxy = StatelessProxy(Dispatcher(legs))
+        self.failures: list[dict[str, Any]] = []
+
+        def observe(event: dict[str, Any]) -> None:
+            if "log_failure" in event:
+                self.failures.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def feed(self, data: bytes) -> None:
+        self.udp.sent.clear()
+        self.udp.receiver(data, PEER, None)
+        self.assertEqual([e["log_failure"].getTraceback() for e in self.failures], [], data[:300])
+        for sent, _ in self.udp.sent:
+            # Whatever leaves the proxy is itself a valid message.
+            parse_message(sent)
+
+    def test_torture_messages(self) -> None:
+        self.assertGreater(len(MESSAGES), 60)
+        for data in MESSAGES:
+            self.feed(data)
+
+    def test_torture_messages_over_a_stream(self) -> None:
+        for data in MESSAGES:
+            self.tcp.receiver(data, Address("127.0.0.1", 40000, "tcp"), object())
+            self.assertEqual([e["log_failure"].getTraceback() for e in self.failures], [], data[:300])
+
+    def test_bad_requests_are_answered(self) -> None:
+        # As RFC 4475 badvers.dat, but from a sent-by that needs no DNS: an
+        # unsupported SIP-Version is answered 505, to that Via.
+        data = open(os.path.join(TORTURE, "rfc4475", "badvers.dat"), "rb").read()
+        self.feed(data.replace(b"c.example.com", b"127.0.0.1:5099"))
+        self.assertEqual(len(self.udp.sent), 1)
+        answer, dst = self.udp.sent[0]
+        self.assertTrue(answer.startswith(b"SIP/2.0 505 "), answer[:40])
+        self.assertEqual(dst, PEER)
+
+    @settings(
+        max_examples=300,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        st.sampled_from(MESSAGES),
+        st.lists(st.tuples(st.integers(0, 2000), st.binary(max_size=8)), max_size=6),
+    )
+    def test_mutated_messages(self, data: bytes, edits: list[tuple[int, bytes]]) -> None:
+        mutated = bytearray(data)
+        for position, replacement in edits:
+            at = position % (len(mutated) + 1)
+            mutated[at : at + len(replacement)] = replacement
+        self.feed(bytes(mutated))
