@@ -125,9 +125,7 @@ class ForwardingTests(ProxyTestCase):
         self.assertTrue(self.tcp.owns_branch(vias[0].branch))
         self.assertTrue(self.udp.owns_branch(vias[1].branch))
         # Design item 1: double Record-Route naming each transport.
-        self.assertEqual(
-            request.get_headers("record-route"), [self.tcp.record_route, self.udp.record_route]
-        )
+        self.assertEqual(request.get_headers("record-route"), [self.tcp.record_route, self.udp.record_route])
         yield self.answer(self.uas_tcp, self.uas_tcp_got, 180)
         yield self.uac_got.wait()
         response = self.only(self.uac_got)
@@ -439,3 +437,68 @@ class RegistrarTests(ProxyTestCase):
         assert isinstance(forwarded, Request)
         self.assertEqual(forwarded.method, "REGISTER")
         self.assertEqual(forwarded.get_headers("record-route"), [])
+
+
+class BridgingTests(unittest.TestCase):
+    """
+    Transport and family bridging: IPv4 in, IPv6 out; TLS in, UDP out.
+    """
+
+    @inlineCallbacks
+    def start(self, **kw: Any) -> Any:
+        leg = Leg(port=0, **kw)
+        yield leg.listen()
+        self.addCleanup(leg.stop)
+        return leg
+
+    @inlineCallbacks
+    def exchange(
+        self, proxy_legs: list[Leg], uac: Leg, uac_got: PacketCollector, uas: Leg, uas_got: PacketCollector
+    ) -> Any:
+        StatelessProxy(Dispatcher(proxy_legs))
+        entry = next(leg for leg in proxy_legs if leg.proto == uac.proto and leg.family == uac.family)
+        transport = "" if uas.proto == "udp" else f";transport={uas.proto}"
+        yield uac.deliver(options(f"sip:bob@{uas.local.hostport}{transport}"), entry.local)
+        yield uas_got.wait()
+        request = uas_got.messages()[0]
+        assert isinstance(request, Request)
+        response = make_response(request, 200)
+        target = response_target(parse_via(request.get_header("via") or ""))
+        assert target is not None
+        yield uas.deliver(response, target)
+        yield uac_got.wait()
+        answer = uac_got.messages()[0]
+        assert isinstance(answer, Response)
+        self.assertEqual(answer.code, 200)
+        self.assertEqual(len(answer.get_headers("via")), 1)
+        return request
+
+    @inlineCallbacks
+    def test_ipv4_in_ipv6_out(self) -> Any:
+        v4 = yield self.start()
+        v6 = yield self.start(addr="::1")
+        uac_got, uas_got = PacketCollector(), PacketCollector()
+        uac = yield self.start(receiver=uac_got)
+        uas = yield self.start(addr="::1", receiver=uas_got)
+        request = yield self.exchange([v4, v6], uac, uac_got, uas, uas_got)
+        self.assertEqual(request.get_headers("record-route"), [v6.record_route, v4.record_route])
+        self.assertTrue(v6.record_route.startswith("<sip:[::1]:"))
+
+    @inlineCallbacks
+    def test_tls_in_udp_out(self) -> Any:
+        from sipleg.transport.tls import TLSConfig
+        from tests.certs import CertificateAuthority
+
+        ca = CertificateAuthority()
+        leaf = ca.issue("localhost", ("localhost",), ("127.0.0.1",))
+        tls = TLSConfig(leaf.cert, leaf.key, ca.cert)
+        proxy_tls = yield self.start(proto="tls", tls=tls)
+        proxy_udp = yield self.start()
+        uac_got, uas_got = PacketCollector(), PacketCollector()
+        uac = yield self.start(proto="tls", tls=tls, receiver=uac_got)
+        uas = yield self.start(receiver=uas_got)
+        request = yield self.exchange([proxy_tls, proxy_udp], uac, uac_got, uas, uas_got)
+        self.assertEqual(
+            request.get_headers("record-route"), [proxy_udp.record_route, proxy_tls.record_route]
+        )
+        self.assertIn(";transport=tls", proxy_tls.record_route)
