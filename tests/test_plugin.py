@@ -343,6 +343,23 @@ class BadOptionTests(TwistdTestCase):
         """
         self.assertIn("http:", self.refused("--route", "example.com=http://example.org/"))
 
+    def test_corrupt_registrations_file(self) -> None:
+        """
+        A corrupt C{--registrations} file stops the start with a clear
+        reason instead of an empty binding table.
+        """
+        path = (self.rundir / "bindings.json").resolve()
+        path.write_text("garbage{")
+        reason = self.refused(
+            "--registrar", "--domain", "example.test", "--registrations", str(path),
+            "--listen", "udp:127.0.0.1:0",
+        )  # fmt: skip
+        self.assertIn("corrupt registrations file", reason)
+        self.assertEqual(path.read_text(), "garbage{")
+
+    def test_registrar_needs_a_domain(self) -> None:
+        self.assertIn("--domain", self.refused("--registrar", "--listen", "udp:127.0.0.1:0"))
+
 
 class ProxyProcessTestCase(TwistdTestCase):
     """
