@@ -64,12 +64,6 @@ def stamp_received(request: Request, source: Address) -> None:
     top = request.get_header("via")
     if top is None:
         raise SIPParseError("missing Via")
-    if source.addr is not None and "rport" not in top.lower():
-        # The common case needs no change: the sent-by host is the source
-        # address and no rport was asked for.
-        sent_by = top.partition(" ")[2].partition(";")[0]
-        if sent_by.rpartition(":")[0] == source.addr or sent_by == source.addr:
-            return
     via = parse_via(top)
     changed = False
     if via.rport == "":

@@ -81,7 +81,7 @@ class StatelessProxy:
         Forward one packet that arrived on C{leg} from C{source}.
         """
         if isinstance(packet, BadMessage):
-            self._answer_bad(packet, leg)
+            self._answer_bad(packet, leg, source)
         elif isinstance(packet, Response):
             self.forward_response(packet, leg)
         else:
@@ -126,13 +126,25 @@ class StatelessProxy:
         self.stats.responses[f"{response.code // 100}xx"] += 1
         return self._send_response(response, [pinned] if pinned else None)
 
-    def _send_response(self, response: Response, legs: list[Leg] | None) -> Deferred[Any] | None:
+    def _send_response(
+        self, response: Response, legs: list[Leg] | None, source: Address | None = None
+    ) -> Deferred[Any] | None:
+        """
+        Send a response where its top Via says (RFC 3261 §18.2.2).
+
+        @param source: where the request came from: the answer goes there
+            when the Via cannot be used (an answer to a malformed request).
+        """
         top = response.get_header("via")
         try:
             via = parse_via(top) if top is not None else None
         except SIPParseError:
             via = None
         target = response_target(via) if via is not None else None
+        if target is None and source is not None:
+            d = self.dispatcher.deliver(response, legs, source)
+            d.addErrback(self._log_failure, "response", response.code)
+            return d
         if target is None:
             self.stats.dropped["no-usable-via"] += 1
             log.info(
@@ -363,13 +375,13 @@ class StatelessProxy:
                 response.add_header("Unsupported", value)
         return self._send_response(response, [leg])
 
-    def _answer_bad(self, bad: BadMessage, leg: Leg) -> None:
+    def _answer_bad(self, bad: BadMessage, leg: Leg, source: Address) -> None:
         response = salvage_response(bad.data, bad.error.status, bad.error.reason)
         if response is None:
             self.stats.dropped["unparsable"] += 1
             return
         self.stats.answered[response.code] += 1
-        self._send_response(response, [leg])
+        self._send_response(response, [leg], source)
 
     @staticmethod
     def _log_failure(reason: Failure, what: str, code: object) -> None:

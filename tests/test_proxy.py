@@ -502,3 +502,22 @@ class BridgingTests(unittest.TestCase):
             request.get_headers("record-route"), [proxy_udp.record_route, proxy_tls.record_route]
         )
         self.assertIn(";transport=tls", proxy_tls.record_route)
+
+
+class MalformedViaTests(ProxyTestCase):
+    @inlineCallbacks
+    def test_request_with_a_malformed_top_via_gets_400(self) -> Any:
+        # A branch parameter without a value (RFC 3261 §20.42: via-branch =
+        # "branch" EQUAL token), from the address the Via names.
+        raw = (
+            f"OPTIONS sip:bob@{self.uas.local.hostport} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.uac.local.hostport};branch\r\n"
+            "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: badvia@x\r\n"
+            "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        yield self.uac.socketpool.send(raw, self.udp.local)
+        yield self.uac_got.wait()
+        response = self.only(self.uac_got)
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(self.uas_got.packets, [])
