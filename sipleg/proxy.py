@@ -124,7 +124,13 @@ class StatelessProxy:
         if pinned is not None:
             response.remove_header("via", 0)
         self.stats.responses[f"{response.code // 100}xx"] += 1
-        return self._send_response(response, [pinned] if pinned else None)
+        if pinned is not None:
+            legs = [pinned]
+        else:
+            # The request left by the leg it came in on (one Via of ours):
+            # that leg holds its connection, so it is tried first.
+            legs = [owner] + [other for other in self.dispatcher.legs if other is not owner]
+        return self._send_response(response, legs)
 
     def _send_response(
         self, response: Response, legs: list[Leg] | None, source: Address | None = None

@@ -521,3 +521,39 @@ class MalformedViaTests(ProxyTestCase):
         assert isinstance(response, Response)
         self.assertEqual(response.code, 400)
         self.assertEqual(self.uas_got.packets, [])
+
+
+class SameTransportLegsTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_response_leaves_by_the_leg_of_the_request(self) -> Any:
+        # Two TCP legs of one family: a request that comes in and goes out
+        # by the second one has its response sent back by that leg too, on
+        # the connection the request came in on.
+        legs = []
+        for _ in range(2):
+            leg = Leg(port=0, proto="tcp")
+            yield leg.listen()
+            self.addCleanup(leg.stop)
+            legs.append(leg)
+        first, second = legs
+        StatelessProxy(Dispatcher(legs))
+        uac_got, uas_got = PacketCollector(), PacketCollector()
+        uac = Leg(port=0, proto="tcp", receiver=uac_got)
+        uas = Leg(port=0, proto="tcp", receiver=uas_got)
+        for leg in (uac, uas):
+            yield leg.listen()
+            self.addCleanup(leg.stop)
+        request = options(f"sip:bob@{uas.local.hostport};transport=tcp")
+        # The UAC's Via names its listening port, so any new connection
+        # would reach it too: the connection counts tell the difference.
+        yield uac.deliver(request, second.local)
+        yield uas_got.wait()
+        forwarded = uas_got.messages()[0]
+        assert isinstance(forwarded, Request)
+        target = response_target(parse_via(forwarded.get_header("via") or ""))
+        assert target is not None
+        yield uas.deliver(make_response(forwarded, 200), target)
+        yield uac_got.wait()
+        self.assertEqual(uac_got.messages()[0].get_header("call-id"), "opt-1@127.0.0.1")
+        self.assertEqual(first.socketpool.connections(), [])
+        self.assertEqual(len(uac.socketpool.connections()), 1)
