@@ -130,6 +130,24 @@ class TLSPoolTests(TestCase):
         self.assertEqual(server_got.received, [])
         self.assertEqual(client.connections(), [])
 
+    async def test_no_reuse_for_another_name(self) -> None:
+        """
+        A connection verified for one name does not carry a send for
+        another name at the same address: that one gets its own handshake
+        (and fails, the certificate not naming it).
+        """
+        server, server_got = await self.make_pool(config(pki().server))
+        client, _ = await self.make_pool(config(pki().client))
+        good = Address("localhost", server.local.port, "tls", addr="127.0.0.1")
+        self.assertIsNone(await client.send(sip(b"one"), good))
+        self.assertIsNone(await client.send(sip(b"two"), good))
+        self.assertEqual(len(client.connections()), 1)
+        other = Address("wrong.example", server.local.port, "tls", addr="127.0.0.1")
+        error = await self.assertFailure(client.send(sip(b"three"), other), DeliveryError)
+        self.assertIn("wrong.example", error.reason)
+        await server_got.wait(2)
+        self.assertEqual([item[0] for item in server_got.received], [sip(b"one"), sip(b"two")])
+
     async def test_untrusted_server(self) -> None:
         rogue, rogue_got = await self.make_pool(config(pki().rogue, ca=pki().rogue_ca.cert))
         client, _ = await self.make_pool(config(pki().client))

@@ -553,7 +553,7 @@ class StreamSocketPool:
             return conn.write(data)
         target = self.peer if self.peer is not None else dst
         existing = self._by_peer.get(target.sockaddr)
-        if existing is not None:
+        if existing is not None and self._may_reuse(existing, target):
             return existing.write(data)
         if self._stopping:
             return defer.fail(DeliveryError(errno.ESHUTDOWN, "socket pool stopped"))
@@ -681,6 +681,16 @@ class StreamSocketPool:
         self._port = port
         self.local = dataclasses.replace(self.local, port=port.getHost().port)
         return self.local
+
+    def _may_reuse(self, connection: StreamConnection, target: Address) -> bool:
+        """
+        Whether C{connection} may carry data for C{target}: always over TCP
+        or to an IP address; over TLS to a host name, only a connection
+        whose server certificate was verified for that very name.
+        """
+        if self.tls is None or target.host == target.addr:
+            return True
+        return connection._tls_hostname == target.host
 
     def _register(self, connection: StreamConnection) -> None:
         self._conns[connection] = None
