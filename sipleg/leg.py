@@ -36,7 +36,7 @@ from sipleg.transport.base import ISocketPool
 from sipleg.transport.stream import StreamSocketPool
 from sipleg.transport.tls import TLSConfig
 from sipleg.transport.udp import UDPSocketPool
-from sipleg.uri import URI, header_tag, parse_uri, route_uri, same_hop, uri_equal, via_branch
+from sipleg.uri import URI, header_tag, parse_uri, parse_via, route_uri, same_hop, uri_equal, via_branch
 
 __all__ = ["Leg", "ForwardRefused", "BadMessage", "MAGIC_COOKIE"]
 
@@ -750,6 +750,7 @@ class Leg(Service):
                 return
             if conn is not None and isinstance(packet, Request):
                 self._remember_connection(packet.tid, conn)
+                self._alias(packet, source, conn)
             passed = self.receive(packet, source)
             if passed is None:
                 return
@@ -768,6 +769,26 @@ class Leg(Service):
             peer=peer,
             text=data.decode("utf-8", "replace"),
         )
+
+    def _alias(self, request: Request, source: Address, conn: object) -> None:
+        """
+        RFC 5923: a top Via with C{;alias} asks us to send requests for
+        its sent-by over the connection the request came on.
+        """
+        top = request.get_header("via") or ""
+        if "alias" not in top.lower():
+            return
+        try:
+            via = parse_via(top)
+        except SIPParseError:
+            return
+        alias = getattr(self._pool, "alias", None)
+        if via.alias and alias is not None:
+            port = via.port if via.port is not None else default_port(self.proto)
+            try:
+                alias(conn, Address(via.host, port, self.proto))
+            except ValueError:
+                return
 
     def _remember_connection(self, tid: str, conn: object) -> None:
         memory = self._tid_connections

@@ -9,7 +9,9 @@ import socket
 from errno import ECONNREFUSED, EMSGSIZE
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from sipleg.address import Address
@@ -589,3 +591,52 @@ class SharedPoolTests(unittest.TestCase):
         yield sender.deliver(options("sip:x@127.0.0.1"), first.local)
         yield got.wait()
         self.assertIs(got.packets[0][2], second)
+
+
+class AliasTests(unittest.TestCase):
+    """
+    RFC 5923: a Via with ;alias lets us send requests for its sent-by over
+    the connection the request came on.
+    """
+
+    @inlineCallbacks
+    def aliased_send(self, sent_by_host: str) -> Any:
+        from sipleg.transport.stream import StreamSocketPool
+
+        got = PacketCollector()
+        leg = Leg(port=0, proto="tcp", receiver=got)
+        yield leg.listen()
+        self.addCleanup(leg.stop)
+        client_got: list[bytes] = []
+        client = StreamSocketPool(Address("127.0.0.1", 0, "tcp"), lambda data, *rest: client_got.append(data))
+        yield client.listen()
+        self.addCleanup(client.stop)
+        # A port nothing listens on: only the alias can reach the client.
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        request = options(f"sip:x@{leg.local.hostport};transport=tcp")
+        request.insert_header("via", f"SIP/2.0/TCP {sent_by_host}:{port};branch=z9hG4bKalias;alias")
+        yield client.send(bytes(request), leg.local)
+        yield got.wait()
+        return leg, Address(sent_by_host, port, "tcp"), client_got
+
+    @inlineCallbacks
+    def test_alias_carries_requests_to_the_sent_by(self) -> Any:
+        leg, target, client_got = yield self.aliased_send("127.0.0.1")
+        yield leg.deliver(options(f"sip:client@{target.hostport};transport=tcp"), target)
+        for _ in range(50):
+            if client_got:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(len(client_got), 1)
+        self.assertTrue(client_got[0].startswith(b"OPTIONS sip:client@"))
+
+    @inlineCallbacks
+    def test_no_alias_for_another_address(self) -> Any:
+        leg, target, _ = yield self.aliased_send("127.0.0.2")
+        error = yield self.assertFailure(
+            leg.deliver(options(f"sip:client@{target.hostport};transport=tcp"), target), DeliveryError
+        )
+        self.assertEqual(error.errno, ECONNREFUSED)

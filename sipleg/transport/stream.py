@@ -108,6 +108,8 @@ class StreamConnection(Protocol):
         """
         self.peer = peer
         self.inbound = inbound
+        #: Other C{(ip, port)} keys this connection carries (RFC 5923).
+        self.aliases: list[tuple[str, int]] = []
         self.ready = False
         self.last_activity = 0.0
         self._pool = pool
@@ -603,6 +605,28 @@ class StreamSocketPool:
         """
         return [connection for connection in self._conns if connection.connected]
 
+    def alias(self, conn: object, address: Address) -> bool:
+        """
+        Let an inbound connection also carry what is sent to C{address}
+        (RFC 5923 connection reuse: its peer asked with C{;alias} in its
+        Via).  Only the peer's own IP may be aliased, so a peer cannot
+        capture traffic meant for another host.
+
+        @return: whether the alias was made.
+        """
+        if not (
+            isinstance(conn, StreamConnection)
+            and conn._pool is self
+            and conn.is_open
+            and address.addr == conn.peer.addr
+        ):
+            return False
+        key = address.sockaddr
+        if key not in self._by_peer:
+            self._by_peer[key] = conn
+            conn.aliases.append(key)
+        return True
+
     # Used by StreamConnection
 
     def _accept(self, host: str, port: int) -> StreamConnection | None:
@@ -662,8 +686,9 @@ class StreamSocketPool:
         """
         self._conns.pop(connection, None)
         self._lru.pop(connection, None)
-        if self._by_peer.get(connection.key) is connection:
-            del self._by_peer[connection.key]
+        for key in (connection.key, *connection.aliases):
+            if self._by_peer.get(key) is connection:
+                del self._by_peer[key]
         self._closing[connection] = None
         if not self._lru:
             self._cancel_idle_timer()
