@@ -22,43 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet.defer import Deferred, succeed  # noqa: E402
-from zope.interface import implementer  # noqa: E402
 
 from sipleg.address import Address  # noqa: E402
 from sipleg.dispatcher import Dispatcher  # noqa: E402
 from sipleg.leg import Leg  # noqa: E402
 from sipleg.proxy import StatelessProxy  # noqa: E402
-from sipleg.transport.base import ISocketPool  # noqa: E402
+from sipleg.transport.memory import MemorySocketPool  # noqa: E402
 
 UAC = Address("127.0.0.1", 5061)
 UAS = Address("127.0.0.1", 5062)
-
-
-@implementer(ISocketPool)
-class MemoryPool:
-    """
-    A socket pool that keeps what is sent.
-    """
-
-    def __init__(self, local: Address) -> None:
-        self.local = local
-        self.peer = None
-        self.receiver = None
-        self.sent: list[tuple[bytes, Address]] = []
-
-    def listen(self) -> Deferred[Address]:
-        return succeed(self.local)
-
-    def send(self, data: bytes, dst: Address, conn: object = None) -> Deferred[None]:
-        self.sent.append((data, dst))
-        return succeed(None)
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
-
-    def connections(self) -> list[object]:
-        return []
 
 
 INVITE = (
@@ -107,12 +79,12 @@ def in_dialog(method: str, cseq: int) -> bytes:
     ).encode()
 
 
-def build() -> tuple[Leg, MemoryPool, list[tuple[bytes, Address]]]:
+def build() -> tuple[Leg, MemorySocketPool, list[tuple[bytes, Address]]]:
     """
     A one-leg proxy on 127.0.0.1:5060 and the six messages of a call, each
     with where it comes from.
     """
-    pool = MemoryPool(Address("127.0.0.1", 5060))
+    pool = MemorySocketPool(Address("127.0.0.1", 5060))
     leg = Leg(socketpool=pool)
     StatelessProxy(Dispatcher([leg]))
     leg._pool_received(INVITE, UAC, None)
@@ -133,7 +105,7 @@ def build() -> tuple[Leg, MemoryPool, list[tuple[bytes, Address]]]:
     return leg, pool, messages
 
 
-def run(calls: int, leg: Leg, pool: MemoryPool, messages: list[tuple[bytes, Address]]) -> float:
+def run(calls: int, leg: Leg, pool: MemorySocketPool, messages: list[tuple[bytes, Address]]) -> float:
     """
     Forward C{calls} calls; return CPU seconds.
     """

@@ -21,6 +21,19 @@ from sipleg.uri import parse_uri, parse_via
 from tests.collector import PacketCollector, options
 
 
+@inlineCallbacks
+def answer_to_via(uas: Leg, request: Request, code: int) -> Any:
+    """
+    C{uas} answers C{request} with C{code}, to its top Via (RFC 3261
+    §18.2.2); fires with the response.
+    """
+    response = make_response(request, code)
+    target = response_target(parse_via(request.get_header("via") or ""))
+    assert target is not None
+    yield uas.deliver(response, target)
+    return response
+
+
 def closed_port(kind: int = socket.SOCK_STREAM) -> int:
     probe = socket.socket(socket.AF_INET, kind)
     probe.bind(("127.0.0.1", 0))
@@ -71,10 +84,27 @@ class ProxyTestCase(unittest.TestCase):
         """
         request = got.messages()[index]
         assert isinstance(request, Request)
-        response = make_response(request, code)
-        target = response_target(parse_via(request.get_header("via") or ""))
-        assert target is not None
-        yield uas.deliver(response, target)
+        return (yield answer_to_via(uas, request, code))
+
+    @inlineCallbacks
+    def refused_raw(self, via: str, call_id: str, cseq: str) -> Any:
+        """
+        Raw bytes from the UAC's socket, with the given top Via and CSeq,
+        must be answered 400 (to the UAC) and go no further.
+        """
+        raw = (
+            f"OPTIONS sip:bob@{self.uas.local.hostport} SIP/2.0\r\n"
+            f"Via: {via}\r\n"
+            f"From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: {cseq}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+        yield self.uac.socketpool.send(raw, self.udp.local)
+        yield self.uac_got.wait()
+        response = self.only(self.uac_got)
+        assert isinstance(response, Response)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(response.get_header("call-id"), call_id)
+        self.assertEqual(self.uas_got.packets, [])
         return response
 
     def only(self, got: PacketCollector) -> Message:
@@ -261,21 +291,11 @@ class RefusalTests(ProxyTestCase):
 
     @inlineCallbacks
     def test_bad_request_gets_400(self) -> Any:
-        raw = (
-            f"OPTIONS sip:bob@{self.uas.local.hostport} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {self.uac.local.hostport};branch=z9hG4bKraw\r\n"
-            "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: raw@x\r\n"
-            "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
-        ).encode()
-        # Raw bytes from the UAC's socket: its Via says where to answer.
-        yield self.uac.socketpool.send(raw, self.udp.local)
-        yield self.uac_got.wait()
-        response = self.only(self.uac_got)
-        assert isinstance(response, Response)
-        self.assertEqual(response.code, 400)
-        self.assertEqual(response.get_header("call-id"), "raw@x")
+        # The CSeq method is not the request's: unparsable, answered from
+        # the raw lines to the Via.
+        via = f"SIP/2.0/UDP {self.uac.local.hostport};branch=z9hG4bKraw"
+        response = yield self.refused_raw(via, "raw@x", "1 INVITE")
         self.assertIn("tag=", response.get_header("to") or "")
-        self.assertEqual(self.uas_got.packets, [])
 
 
 class AccessTests(ProxyTestCase):
@@ -462,10 +482,7 @@ class BridgingTests(unittest.TestCase):
         yield uas_got.wait()
         request = uas_got.messages()[0]
         assert isinstance(request, Request)
-        response = make_response(request, 200)
-        target = response_target(parse_via(request.get_header("via") or ""))
-        assert target is not None
-        yield uas.deliver(response, target)
+        yield answer_to_via(uas, request, 200)
         yield uac_got.wait()
         answer = uac_got.messages()[0]
         assert isinstance(answer, Response)
@@ -505,22 +522,11 @@ class BridgingTests(unittest.TestCase):
 
 
 class MalformedViaTests(ProxyTestCase):
-    @inlineCallbacks
     def test_request_with_a_malformed_top_via_gets_400(self) -> Any:
         # A branch parameter without a value (RFC 3261 §20.42: via-branch =
-        # "branch" EQUAL token), from the address the Via names.
-        raw = (
-            f"OPTIONS sip:bob@{self.uas.local.hostport} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {self.uac.local.hostport};branch\r\n"
-            "From: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\nCall-ID: badvia@x\r\n"
-            "CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        ).encode()
-        yield self.uac.socketpool.send(raw, self.udp.local)
-        yield self.uac_got.wait()
-        response = self.only(self.uac_got)
-        assert isinstance(response, Response)
-        self.assertEqual(response.code, 400)
-        self.assertEqual(self.uas_got.packets, [])
+        # "branch" EQUAL token), from the address the Via names: the answer
+        # goes to the source.
+        return self.refused_raw(f"SIP/2.0/UDP {self.uac.local.hostport};branch", "badvia@x", "1 OPTIONS")
 
 
 class SameTransportLegsTests(unittest.TestCase):
@@ -550,9 +556,7 @@ class SameTransportLegsTests(unittest.TestCase):
         yield uas_got.wait()
         forwarded = uas_got.messages()[0]
         assert isinstance(forwarded, Request)
-        target = response_target(parse_via(forwarded.get_header("via") or ""))
-        assert target is not None
-        yield uas.deliver(make_response(forwarded, 200), target)
+        yield answer_to_via(uas, forwarded, 200)
         yield uac_got.wait()
         self.assertEqual(uac_got.messages()[0].get_header("call-id"), "opt-1@127.0.0.1")
         self.assertEqual(first.socketpool.connections(), [])

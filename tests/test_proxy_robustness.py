@@ -12,17 +12,15 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, succeed
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from sipleg.address import Address
 from sipleg.dispatcher import Dispatcher
 from sipleg.leg import Leg
 from sipleg.message import parse_message
 from sipleg.proxy import StatelessProxy
-from sipleg.transport.base import ISocketPool
+from sipleg.transport.memory import MemorySocketPool
 
 TORTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torture")
 MESSAGES = [
@@ -34,36 +32,10 @@ MESSAGES = [
 PEER = Address("127.0.0.1", 5099)
 
 
-@implementer(ISocketPool)
-class MemoryPool:
-    """
-    A socket pool that keeps what is sent instead of sending it.
-    """
-
-    def __init__(self, local: Address) -> None:
-        self.local = local
-        self.peer = None
-        self.receiver: Any = None
-        self.sent: list[tuple[bytes, Address]] = []
-
-    def listen(self) -> Deferred[Address]:
-        return succeed(self.local)
-
-    def send(self, data: bytes, dst: Address, conn: object = None) -> Deferred[None]:
-        self.sent.append((data, dst))
-        return succeed(None)
-
-    def stop(self) -> Deferred[None]:
-        return succeed(None)
-
-    def connections(self) -> list[object]:
-        return []
-
-
 class RobustnessTests(TestCase):
     def setUp(self) -> None:
-        self.udp = MemoryPool(Address("127.0.0.1", 5060, "udp"))
-        self.tcp = MemoryPool(Address("127.0.0.1", 5060, "tcp"))
+        self.udp = MemorySocketPool(Address("127.0.0.1", 5060, "udp"))
+        self.tcp = MemorySocketPool(Address("127.0.0.1", 5060, "tcp"))
         legs = [Leg(socketpool=self.udp), Leg(socketpool=self.tcp)]
         # Names resolve to nothing here (tests/conftest.py keeps DNS off
         # the network): requests for them are answered 503.
