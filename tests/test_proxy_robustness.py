@@ -93,3 +93,7 @@ class RobustnessTests(TestCase):
             at = position % (len(mutated) + 1)
             mutated[at : at + len(replacement)] = replacement
         self.feed(bytes(mutated))
+        # The same bytes as one framed stream message (parsed without the
+        # datagram rules).
+        self.tcp.deliver(bytes(mutated), Address("127.0.0.1", 40000, "tcp"), object())
+        self.assertEqual([e["log_failure"].getTraceback() for e in self.failures], [])
