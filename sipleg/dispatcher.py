@@ -103,7 +103,6 @@ class Dispatcher:
         self.legs: list[Leg] = []
         self.receiver = receiver
         self._resolver = resolver
-        self._reactor = reactor
         for leg in legs:
             self.add_leg(leg)
 

@@ -17,6 +17,7 @@ we deliberately differ from Net::SIP.
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -243,8 +244,6 @@ class Leg(Service):
             if port == 0 and existing is None:
                 # RFC 3261 §8.1.1.7: unique; an ephemeral port is not known
                 # yet, so a random tag stands in for it.
-                import os
-
                 branch = os.urandom(16).hex()
             else:
                 branch = md5(f"{ip}{port}{proto}".encode(), usedforsecurity=False).hexdigest()
@@ -307,17 +306,12 @@ class Leg(Service):
     def _dst_address(self, dst: Spec) -> Address | None:
         if dst is None or isinstance(dst, Address):
             return dst
-        if isinstance(dst, URI):
-            uri: URI = dst
-        elif ":" in dst.split(";")[0] and dst.split(":", 1)[0].lower() in ("sip", "sips"):
-            uri = parse_uri(dst)
+        uri = _sip_uri(dst)
+        if uri is None:
+            found = Address.parse(str(dst), self.proto)
         else:
-            found = Address.parse(dst, self.proto)
-            if not found.is_ip:
-                raise ValueError(f"dst must be an IP address: {dst!r}")
-            return found
-        port = uri.port if uri.port is not None else default_port(self.proto)
-        found = Address(uri.maddr or uri.host, port, self.proto)
+            port = uri.port if uri.port is not None else default_port(self.proto)
+            found = Address(uri.maddr or uri.host, port, self.proto)
         if not found.is_ip:
             raise ValueError(f"dst must be an IP address: {dst!r}")
         return found
@@ -411,12 +405,11 @@ class Leg(Service):
         if isinstance(addr, Address):
             proto, host, family = addr.proto, addr.addr or addr.host, addr.family
         elif addr is not None:
-            text = str(addr)
-            if isinstance(addr, URI) or text[:4].lower() in ("sip:", "sips"):
-                try:
-                    uri = addr if isinstance(addr, URI) else parse_uri(text)
-                except SIPParseError:
-                    return False
+            try:
+                uri = _sip_uri(addr)
+            except SIPParseError:
+                return False
+            if uri is not None:
                 if uri.is_secure:
                     proto = "tls"
                 elif uri.transport is not None:
@@ -424,7 +417,7 @@ class Leg(Service):
                 host = uri.maddr or uri.host
             else:
                 try:
-                    host, _ = split_hostport(text)
+                    host, _ = split_hostport(str(addr))
                 except ValueError:
                     return False
         if proto is not None and proto.lower() != self.proto:
@@ -796,6 +789,19 @@ class Leg(Service):
         memory.move_to_end(tid)
         if len(memory) > _TID_MEMORY:
             memory.popitem(last=False)
+
+
+def _sip_uri(spec: URI | str) -> URI | None:
+    """
+    C{spec} as a SIP URI when it is one (a L{URI}, or text starting with
+    C{sip:} or C{sips:}); L{None} for C{host[:port]} text.
+
+    @raise SIPParseError: text with a SIP scheme that is malformed.
+    """
+    if isinstance(spec, URI):
+        return spec
+    scheme = spec.partition(":")[0].lower()
+    return parse_uri(spec) if scheme in ("sip", "sips") and ":" in spec else None
 
 
 def _bare_uri(text: str) -> URI | None:
