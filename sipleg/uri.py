@@ -28,7 +28,9 @@ from __future__ import annotations
 import functools
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from sipleg.address import bracket, ip_family
 from sipleg.errors import SIPParseError
@@ -179,7 +181,7 @@ def _check_port(text: str) -> int:
     return int(text)
 
 
-def _format_params(params: dict[str, str | None]) -> str:
+def _format_params(params: Mapping[str, str | None]) -> str:
     return "".join(f";{name}" if value is None else f";{name}={value}"
                    for name, value in params.items())
 
@@ -187,10 +189,14 @@ def _format_params(params: dict[str, str | None]) -> str:
 # --- URI ----------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class URI:
     """
     A SIP or SIPS URI, or an opaque URI of any other scheme.
+
+    URIs are values: frozen, their parameters a read-only mapping and their
+    headers a tuple, so a parsed URI can be cached and shared (use
+    L{dataclasses.replace} for a changed copy).
 
     @ivar scheme: the scheme, lower-cased: C{"sip"}, C{"sips"} or another
         scheme whose rest is kept in C{opaque}.
@@ -211,9 +217,15 @@ class URI:
     password: str | None = None
     host: str = ""
     port: int | None = None
-    params: dict[str, str | None] = field(default_factory=dict)
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    params: Mapping[str, str | None] = field(default_factory=dict)
+    headers: tuple[tuple[str, str], ...] = ()
     opaque: str | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.params) is not MappingProxyType:
+            object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        if type(self.headers) is not tuple:
+            object.__setattr__(self, "headers", tuple(self.headers))
 
     @property
     def is_sip(self) -> bool:
@@ -282,9 +294,15 @@ class URI:
         return "".join(parts)
 
 
+#: Texts longer than this are parsed every time instead of cached, so the
+#: caches stay small whatever peers send (4096 entries of at most this).
+_CACHED_TEXT = 256
+
+
 def parse_uri(text: str) -> URI:
     """
-    Parse a URI.
+    Parse a URI.  URIs are frozen values, so the results for the last few
+    thousand short texts are cached and shared.
 
     C{sip:} and C{sips:} URIs are parsed in full; a URI of any other
     scheme is accepted as C{scheme} plus C{opaque} (the proxy, not the
@@ -295,6 +313,12 @@ def parse_uri(text: str) -> URI:
     @raise SIPParseError: C{text} has no C{scheme:} or is a malformed SIP
         or SIPS URI.
     """
+    if len(text) <= _CACHED_TEXT:
+        return _parse_uri_cached(text)
+    return _parse_uri(text)
+
+
+def _parse_uri(text: str) -> URI:
     colon = text.find(":")
     if colon <= 0 or _SCHEME.fullmatch(text, 0, colon) is None:
         raise SIPParseError(f"no URI scheme in {_show(text)}")
@@ -306,6 +330,9 @@ def parse_uri(text: str) -> URI:
             raise SIPParseError(f"malformed {scheme} URI: {_show(text)}")
         return URI(scheme=scheme, opaque=rest)
     return _parse_sip_uri(scheme, rest, text)
+
+
+_parse_uri_cached = functools.lru_cache(maxsize=4096)(_parse_uri)
 
 
 def _parse_sip_uri(scheme: str, rest: str, text: str) -> URI:
@@ -338,7 +365,7 @@ def _parse_sip_uri(scheme: str, rest: str, text: str) -> URI:
         end = qmark
     host, port = _parse_hostport(rest[:end], text)
     params: dict[str, str | None] = {}
-    headers: list[tuple[str, str]] = []
+    headers: tuple[tuple[str, str], ...] = ()
     if end < len(rest):
         tail = rest[end:]
         qmark = tail.find("?")
@@ -349,7 +376,7 @@ def _parse_sip_uri(scheme: str, rest: str, text: str) -> URI:
         if param_text:
             params = _parse_uri_params(param_text)
         if header_text is not None:
-            headers = _parse_uri_headers(header_text)
+            headers = tuple(_parse_uri_headers(header_text))
     return URI(scheme, user, password, host, port, params, headers)
 
 
@@ -466,7 +493,7 @@ def _as_uri(uri: URI | str) -> URI:
     return parse_uri(uri) if isinstance(uri, str) else uri
 
 
-def _comparable_params(params: dict[str, str | None]) -> dict[str, str | None]:
+def _comparable_params(params: Mapping[str, str | None]) -> dict[str, str | None]:
     return {
         name.lower(): None if value is None else normalise_escapes(value).lower()
         for name, value in params.items()
@@ -997,15 +1024,20 @@ def header_tag(text: str) -> str | None:
     return parse_name_addr(text).tag
 
 
-@functools.lru_cache(maxsize=4096)
 def route_uri(text: str) -> URI:
     """
     The URI of a Route or Record-Route value (or any name-addr).
 
     In-dialog requests carry the same Route values over and over, so the
-    results are cached: the URI returned is shared and must not be
-    changed.
+    results for short values are cached.
 
     @raise SIPParseError: the value is malformed.
     """
+    if len(text) <= _CACHED_TEXT:
+        return _route_uri_cached(text)
+    return parse_name_addr(text).uri
+
+
+@functools.lru_cache(maxsize=4096)
+def _route_uri_cached(text: str) -> URI:
     return parse_name_addr(text).uri
