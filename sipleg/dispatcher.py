@@ -16,20 +16,29 @@ transport and family, and tries them in order until one takes the packet.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from errno import EHOSTUNREACH, ENOPROTOOPT
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sipleg.address import Address, ip_family
+from sipleg.address import Address
+from sipleg.decision import stamp_via
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request
 from sipleg.resolver import Resolver
 from sipleg.uri import URI, parse_name_addr, parse_uri, parse_via
+
+#: What L{Dispatcher.send_in_order} builds for each leg it tries: the bytes
+#: and the connection to prefer (L{None}: any).
+Build = Callable[[Leg], tuple[bytes, object | None]]
+
+_T = TypeVar("_T")
+#: A resolution or a send done at once, or the L{Deferred} of one that waits.
+Maybe: TypeAlias = _T | Deferred[_T]
 
 __all__ = ["Dispatcher", "IReceiver", "Destination", "stamp_received"]
 
@@ -65,14 +74,7 @@ def stamp_received(request: Request, source: Address) -> None:
     if top is None:
         raise SIPParseError("missing Via")
     via = parse_via(top)
-    changed = False
-    if via.rport == "":
-        via.params["rport"] = str(source.port)
-        changed = True
-    if source.addr is not None and (changed or via.host != source.addr):
-        via.params["received"] = source.addr
-        changed = True
-    if changed:
+    if stamp_via(via, source):
         request.set_header("via", str(via), 0)
 
 
@@ -102,6 +104,10 @@ class Dispatcher:
         """
         self.legs: list[Leg] = []
         self.receiver = receiver
+        #: Whether requests get C{received} / C{rport} stamped before they
+        #: reach the receiver; a receiver that parses the top Via itself
+        #: (the proxy's request pass) turns it off and stamps it there.
+        self.stamps = True
         self._resolver = resolver
         for leg in legs:
             self.add_leg(leg)
@@ -139,7 +145,7 @@ class Dispatcher:
         return [leg for leg in self.legs if leg.match(spec)]
 
     def _leg_received(self, packet: Message | BadMessage, source: Address, leg: Leg) -> None:
-        if isinstance(packet, Request):
+        if self.stamps and isinstance(packet, Request):
             try:
                 stamp_received(packet, source)
             except SIPParseError as e:
@@ -180,8 +186,11 @@ class Dispatcher:
         if not legs:
             return fail(DeliveryError(ENOPROTOOPT, "no legs"))
 
-        def send(pairs: list[tuple[Leg, Address]]) -> Deferred[tuple[Leg, Address]]:
-            return self.deliver_in_order(packet, pairs)
+        def build(leg: Leg) -> tuple[bytes, object | None]:
+            return leg.wire(packet)
+
+        def send(pairs: list[tuple[Leg, Address]]) -> Maybe[tuple[Leg, Address]]:
+            return self.send_in_order(pairs, build)
 
         return self.destinations(packet, dst, legs).addCallback(send)
 
@@ -198,51 +207,79 @@ class Dispatcher:
             routes = packet.get_headers("route")
             dst = routes[0] if routes else packet.uri
         if isinstance(dst, Address):
-            found: Deferred[list[Address]] = succeed([dst])
-        elif isinstance(dst, (URI, str)):
-            try:
-                uri = dst if isinstance(dst, URI) else _target_uri(dst)
-            except SIPParseError as e:
-                return fail(DeliveryError(EHOSTUNREACH, f"bad target {dst!r}: {e.reason}"))
-            transports = tuple(dict.fromkeys(leg.proto for leg in legs))
-            # RFC 3261 §16.11: the same transaction always reaches the same
-            # server, whatever the SRV weights draw (only a DNS name needs
-            # the seed).
-            seed = None
-            if ip_family((uri.maddr or uri.host).strip("[]")) is None:
-                cseq = (packet.get_header("cseq") or "").split(None, 1)[:1]
-                seed = f"{packet.get_header('call-id')} {''.join(cseq)}"
-            found = self.resolver.resolve_uri(uri, transports=transports, seed=seed)
-        else:
-            found = succeed(list(dst))
-        return found.addCallback(pair_legs, legs)
+            return succeed(pair_legs([dst], legs))
+        if not isinstance(dst, (URI, str)):
+            return succeed(pair_legs(dst, legs))
+        try:
+            uri = dst if isinstance(dst, URI) else _target_uri(dst)
+            found = self.resolve(uri, legs, packet)
+        except SIPParseError as e:
+            return fail(DeliveryError(EHOSTUNREACH, f"bad target {dst!r}: {e.reason}"))
+        except DeliveryError:
+            return fail()
+        if isinstance(found, Deferred):
+            return found
+        return succeed(found)
 
-    def deliver_in_order(
-        self, packet: Message, pairs: Sequence[tuple[Leg, Address]], first: int = 0
-    ) -> Deferred[tuple[Leg, Address]]:
+    def resolve(self, uri: URI, legs: Sequence[Leg], packet: Message) -> Maybe[list[tuple[Leg, Address]]]:
         """
-        Try C{pairs} in order until one delivery succeeds (RFC 3263 §4:
-        a transport error moves on to the next target).
+        Resolve C{uri} (RFC 3263) and pair every address with the first of
+        C{legs} that can send to it: at once for an IP literal, through DNS
+        otherwise.
 
+        @param packet: the message to send: a stateless proxy seeds the SRV
+            choice with its transaction (RFC 3261 §16.11).
+        @return: the pairs, or a L{Deferred} firing with them.
+        @raise DeliveryError: no leg fits the URI.
+        """
+        transports = tuple(dict.fromkeys(leg.proto for leg in legs))
+        resolver = self.resolver
+        numeric = resolver.resolve_now(uri, transports)
+        if numeric is not None:
+            return pair_legs(numeric, legs)
+        # RFC 3261 §16.11: the same transaction always reaches the same
+        # server, whatever the SRV weights draw.
+        cseq = (packet.get_header("cseq") or "").split(None, 1)[:1]
+        seed = f"{packet.get_header('call-id')} {''.join(cseq)}"
+        return resolver.resolve_uri(uri, transports=transports, seed=seed).addCallback(pair_legs, legs)
+
+    def send_in_order(
+        self, pairs: Sequence[tuple[Leg, Address]], build: Build, first: int = 0
+    ) -> Maybe[tuple[Leg, Address]]:
+        """
+        Try C{pairs} in order until one leg takes its packet (RFC 3263 §4:
+        a transport error moves on to the next target).  This is the one
+        failover loop: L{deliver} and the proxy both use it.
+
+        @param build: makes the bytes (and the preferred connection) for the
+            leg about to be tried.
         @param first: the index of the pair to try first.
+        @return: the C{(leg, address)} that took the packet, at once when
+            the send did not wait, else a L{Deferred} firing with it.
+        @raise DeliveryError: every pair failed at once (the last error;
+            C{ENOPROTOOPT} when there was no pair).
         """
-        if first >= len(pairs):
-            return fail(DeliveryError(ENOPROTOOPT, "no leg can reach the destination"))
-        leg, address = pairs[first]
-        d = leg.deliver(packet, address)
-        if first + 1 == len(pairs):
-            return d.addCallback(lambda _: (leg, address))
+        error: DeliveryError = DeliveryError(ENOPROTOOPT, "no leg can reach the destination")
+        for index in range(first, len(pairs)):
+            pair = pairs[index]
+            leg, address = pair
+            data, conn = build(leg)
+            try:
+                waiting = leg.send_now(data, address, conn)
+            except DeliveryError as e:
+                log.debug("delivery to {dst} failed ({why})", dst=address, why=e)
+                error = e
+                continue
+            if waiting is None:
+                return pair
 
-        def failed(reason: Failure) -> Deferred[tuple[Leg, Address]]:
-            reason.trap(DeliveryError)
-            log.debug(
-                "delivery to {dst} failed ({why}); trying the next target",
-                dst=address,
-                why=reason.value,
-            )
-            return self.deliver_in_order(packet, pairs, first + 1)
+            def failed(reason: Failure, after: int = index + 1) -> Maybe[tuple[Leg, Address]]:
+                reason.trap(DeliveryError)
+                log.debug("delivery failed ({why}); trying the next target", why=reason.value)
+                return self.send_in_order(pairs, build, after)
 
-        return d.addCallbacks(lambda _: (leg, address), failed)
+            return waiting.addCallbacks(lambda _, pair=pair: pair, failed)
+        raise error
 
 
 def pair_legs(addresses: Iterable[Address], legs: Sequence[Leg]) -> list[tuple[Leg, Address]]:

@@ -22,8 +22,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from hashlib import md5
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
@@ -31,20 +30,26 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from sipleg.address import Address, bracket, default_port, ip_family, split_hostport
+from sipleg.branch import MAGIC_COOKIE, leg_prefix, loop_hash, tid_hash, transaction_hash
+from sipleg.decision import (
+    LegIdentity,
+    LegSet,
+    carries_loop,
+    next_max_forwards,
+    restore_strict_route,
+    strip_own_routes,
+)
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.message import Message, Request, Response, parse_message
-from sipleg.transport.base import ISocketPool
-from sipleg.transport.stream import StreamSocketPool
-from sipleg.transport.tls import TLSConfig
-from sipleg.transport.udp import UDPSocketPool
-from sipleg.uri import URI, header_tag, parse_uri, parse_via, route_uri, same_hop, uri_equal, via_branch
+from sipleg.transport.base import ISocketPool, send_deferred
+from sipleg.uri import URI, header_tag, parse_uri, parse_via, route_uri, uri_equal, via_branch
+
+if TYPE_CHECKING:
+    from sipleg.transport.tls import TLSConfig
 
 __all__ = ["Leg", "ForwardRefused", "BadMessage", "MAGIC_COOKIE"]
 
 log = Logger()
-
-#: RFC 3261 §8.1.1.7: every branch we make starts with this.
-MAGIC_COOKIE = "z9hG4bK"
 
 #: How many request transaction ids a stream leg remembers, to send the
 #: response back on the connection its request arrived on.
@@ -90,11 +95,6 @@ class BadMessage:
 LegReceiver = Callable[[Message | BadMessage, Address, "Leg"], None]
 
 Spec = Address | str | URI | None
-
-
-def _hash15(*parts: str) -> str:
-    data = "\0".join(parts).encode("utf-8", "surrogateescape")
-    return md5(data, usedforsecurity=False).hexdigest()[:15]
 
 
 def _route_uri(value: str) -> URI | None:
@@ -187,6 +187,8 @@ class Leg(Service):
         if sock is not None and socketpool is not None:
             raise TypeError("sock and socketpool cannot be used together")
         if isinstance(tls, Mapping):
+            from sipleg.transport.tls import TLSConfig
+
             tls = TLSConfig(**tls)
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -195,7 +197,7 @@ class Leg(Service):
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
         self.receiver = receiver
-        self.max_forwards = max_forwards
+        self._max_forwards = max_forwards
         self.trace = trace
         self._tls = tls
 
@@ -246,7 +248,7 @@ class Leg(Service):
                 # yet, so a random tag stands in for it.
                 branch = os.urandom(16).hex()
             else:
-                branch = md5(f"{ip}{port}{proto}".encode(), usedforsecurity=False).hexdigest()
+                branch = leg_prefix(ip, port, proto)[len(MAGIC_COOKIE):]
         self.branch: str = MAGIC_COOKIE + branch
         self._tid_connections: OrderedDict[str, object] = OrderedDict()
 
@@ -256,10 +258,16 @@ class Leg(Service):
             self._pool: ISocketPool = socketpool
             socketpool.receiver = self._pool_received
         elif proto == "udp":
+            from sipleg.transport.udp import UDPSocketPool
+
             self._pool = UDPSocketPool(
                 self._local, self._pool_received, peer=self.dst, sock=sock, reactor=reactor
             )
         else:
+            # The stream pool (and TLS with it) is imported only by a
+            # configuration that has a stream leg.
+            from sipleg.transport.stream import StreamSocketPool
+
             self._pool = StreamSocketPool(
                 self._local,
                 self._pool_received,
@@ -302,6 +310,34 @@ class Leg(Service):
         self.record_route_uri = parse_uri(f"sip:{bracket(host)}:{port}{transport};lr")
         self.record_route = f"<{self.record_route_uri}>"
         self._via_prefix = f"SIP/2.0/{self.proto.upper()} {bracket(host)}:{port};branch="
+        #: What the request pass splices in: this leg's header lines.
+        self.via_line = f"Via: {self._via_prefix}{self.branch}".encode()
+        self.record_route_line = f"Record-Route: {self.record_route}\r\n".encode()
+        self.identity = LegIdentity(
+            self.proto,
+            self.family,
+            local.host,
+            self.host,
+            port,
+            self.branch,
+            self._via_prefix,
+            self.record_route,
+            self.record_route_uri,
+            self._max_forwards,
+        )
+        self._self_set = LegSet((self.identity,))
+
+    @property
+    def max_forwards(self) -> int:
+        """
+        The cap applied to Max-Forwards of forwarded requests.
+        """
+        return self._max_forwards
+
+    @max_forwards.setter
+    def max_forwards(self, value: int) -> None:
+        self._max_forwards = value
+        self._identity()
 
     def _dst_address(self, dst: Spec) -> Address | None:
         if dst is None or isinstance(dst, Address):
@@ -448,12 +484,15 @@ class Leg(Service):
             From and the Request-URI; followed by the loop hash (see
             L{loop_hash}).  To is left out: it differs between an INVITE and
             the ACK of its error response.
+
+        The hashes are L{sipleg.branch}'s, the ones the proxy's request
+        pass computes.
         """
         if level == 1:
             return self.branch
         tid = packet.tid
         if level == 2:
-            return self.branch + _hash15(tid)
+            return self.branch + tid_hash(tid)
         if level != 3:
             raise ValueError(f"branch level must be 1, 2 or 3, not {level!r}")
         top = packet.get_header("via") or ""
@@ -461,35 +500,36 @@ class Leg(Service):
             top_branch = via_branch(top) or top
         except SIPParseError:
             top_branch = top
-        auth = sorted(_auth_constants(value) for value in packet.get_headers("proxy-authorization"))
-        parts = [top_branch, *auth, "|", *sorted(packet.get_headers("proxy-require"))]
-        parts += ["|", *packet.get_headers("route"), "|", packet.get_header("from") or ""]
-        parts.append(packet.uri)
-        return self.branch + _hash15(tid) + _hash15(*parts) + self._loop_hash(packet, tid)
+        return self.branch + transaction_hash(
+            tid,
+            top_branch,
+            packet.get_headers("proxy-authorization"),
+            packet.get_headers("proxy-require"),
+            packet.get_headers("route"),
+            packet.get_header("from") or "",
+            packet.uri,
+            self._loop_hash(packet, tid),
+        )
 
     def loop_hash(self, packet: Request) -> str:
         """
         The part of the branch used for RFC 3261 §16.3 item 4 loop
-        detection: a hash of the fields that stay the same when a request
-        comes back to us unchanged (Request-URI, From tag, Call-ID, CSeq
-        number, Route, Proxy-Require), and no Via.  The To tag RFC 3261
-        §16.6 item 8 lists is left out, as it is from the whole branch, so
-        that the ACK of an error response keeps the INVITE's branch.  A request that
-        returns with the same loop hash as one of our Vias is looping; one
-        that returns with another hash is spiralling (RFC 3261 §16.3).
+        detection (L{sipleg.branch.loop_hash}): a hash of the fields that
+        stay the same when a request comes back to us unchanged
+        (Request-URI, From tag, Call-ID, CSeq number, Route,
+        Proxy-Require), and no Via.
         """
         return self._loop_hash(packet, packet.tid)
 
     @staticmethod
     def _loop_hash(packet: Request, tid: str) -> str:
-        return _hash15(
+        return loop_hash(
             packet.uri,
             _tag(packet.get_header("from")),
             tid,
-            *packet.get_headers("route"),
-            "|",
-            *sorted(packet.get_headers("proxy-require")),
-        )[:10]
+            packet.get_headers("route"),
+            packet.get_headers("proxy-require"),
+        )
 
     def add_via(self, packet: Request) -> None:
         """
@@ -506,14 +546,13 @@ class Leg(Service):
         branch = self._top_branch(packet)
         if branch is None or not isinstance(packet, (Request, Response)):
             return False
-        prefix = self.branch + _hash15(packet.tid)
-        return branch.startswith(prefix)
+        return branch.startswith(self.branch + tid_hash(packet.tid))
 
     def owns_branch(self, branch: str | None) -> bool:
         """
         Whether a branch was made by this leg (starts with L{branch}).
         """
-        return branch is not None and branch.startswith(self.branch)
+        return self._self_set.owner(branch) is not None
 
     @staticmethod
     def _top_branch(packet: Message) -> str | None:
@@ -543,6 +582,10 @@ class Leg(Service):
          - else a first Route naming this leg is removed (§16.4);
          - our Record-Route is put on top (not for REGISTER, §10.2).
 
+        These are the rules of L{sipleg.decision}, applied to this leg
+        alone; L{sipleg.proxy.StatelessProxy} applies them to all its legs
+        at once.
+
         @return: L{None} when the packet may go on, else L{ForwardRefused}.
         """
         if isinstance(packet, Response):
@@ -551,20 +594,26 @@ class Leg(Service):
             packet.remove_header("via", 0)
             return None
         assert isinstance(packet, Request)
-        refused = self._decrement_max_forwards(packet)
-        if refused is not None:
-            return refused
-        routes = packet.get_headers("route")
-        if routes and self._is_me(_bare_uri(packet.uri)):
-            # RFC 3261 §16.4: the previous hop was a strict router.
-            last = _route_uri(routes[-1])
-            if last is not None:
-                packet.uri = str(last)
+        ack = packet.method == "ACK"
+        text = packet.get_header("max-forwards")
+        if text is not None and not text.strip().isdigit():
+            return ForwardRefused(None if ack else 400, "Bad Max-Forwards")
+        value = next_max_forwards(None if text is None else int(text), self._max_forwards)
+        if value is None:
+            # RFC 3261 §16.3 item 3.
+            return ForwardRefused(None if ack else 483, "Too Many Hops")
+        packet.set_header("max-forwards", str(value))
+        routes = tuple(packet.get_headers("route"))
+        if routes:
+            restored = restore_strict_route(_bare_uri(packet.uri), routes, self._self_set)
+            if restored is not None:
+                # RFC 3261 §16.4: the previous hop was a strict router; and
+                # then on as if it had received the restored request.
+                packet.uri = str(route_uri(routes[-1]))
                 packet.remove_header("route", len(routes) - 1)
-                # ... and then on as if it had received the restored request.
-                routes = packet.get_headers("route")
-        if routes and self._is_me(_route_uri(routes[0])):
-            packet.remove_header("route", 0)
+                routes = restored
+            if routes and strip_own_routes(routes[:1], self._self_set)[1] is not None:
+                packet.remove_header("route", 0)
         if packet.method != "REGISTER":
             packet.insert_header("record-route", self.record_route)
         return None
@@ -594,54 +643,26 @@ class Leg(Service):
                 or not uri_equal(top_uri, self.record_route_uri)
             ):
                 packet.insert_header("record-route", self.record_route)
-        routes = packet.get_headers("route")
-        if routes and self._is_me(_route_uri(routes[0])):
+        routes = tuple(packet.get_headers("route"))
+        if routes and strip_own_routes(routes[:1], self._self_set)[1] is not None:
             packet.remove_header("route", 0)
         # The loop hash is taken on the request as it will leave, which is
         # what the Via we add in deliver() hashed on the previous pass; it
         # is only needed when one of the Vias is ours (a spiral or a loop).
-        ours = []
-        for value in packet.get_headers("via"):
-            try:
-                branch = via_branch(value)
-            except SIPParseError:
-                continue
-            if branch is not None and branch.startswith(self.branch):
-                ours.append(branch)
-        if ours:
-            loop = self.loop_hash(packet)
-            if any(branch.endswith(loop) for branch in ours):
+        vias = tuple(packet.get_headers("via"))
+        if any(self.branch in value for value in vias):
+            if carries_loop(vias, self._self_set, self.loop_hash(packet)):
                 return ForwardRefused(None if packet.method == "ACK" else 482, "Loop Detected")
-        return None
-
-    def _decrement_max_forwards(self, packet: Request) -> ForwardRefused | None:
-        text = packet.get_header("max-forwards")
-        if text is None:
-            value = self.max_forwards
-        elif text.strip().isdigit():
-            value = min(int(text), self.max_forwards)
-        else:
-            return ForwardRefused(None if packet.method == "ACK" else 400, "Bad Max-Forwards")
-        if value <= 0:
-            # RFC 3261 §16.3 item 3.
-            code = None if packet.method == "ACK" else 483
-            return ForwardRefused(code, "Too Many Hops")
-        packet.set_header("max-forwards", str(value - 1))
         return None
 
     def is_local_uri(self, uri: URI) -> bool:
         """
         Whether C{uri} names this leg's address: its host is the leg's IP
         or host name and its port (or the default port) the leg's port.
-        The user part and the parameters are not looked at.
+        The user part and the parameters are not looked at
+        (L{sipleg.decision.LegSet.hop}).
         """
-        host = uri.maddr or uri.host
-        return host in (self._local.host, self.host) and uri.effective_port == self._local.port
-
-    def _is_me(self, uri: URI | None) -> bool:
-        if uri is None:
-            return False
-        return same_hop(uri, self._contact_uri) or same_hop(uri, self.record_route_uri)
+        return self._self_set.hop(uri) is not None
 
     # -- I/O ---------------------------------------------------------------
 
@@ -686,8 +707,7 @@ class Leg(Service):
             the leg's), C{"ip:port"} text, or a SIP URI with an IP host.
             Ignored when the leg has a fixed C{dst}.
         @param copy: C{False} puts the Via on C{packet} itself instead of on
-            a copy: for a caller that will not send the same object again
-            (a stateless proxy forwarding what it received).
+            a copy: for a caller that will not send the same object again.
         @return: a L{Deferred} that fires with L{None} once the packet is
             handed to the kernel (UDP) or written to an established
             connection (TCP, TLS), or fails with L{DeliveryError}.
@@ -702,17 +722,52 @@ class Leg(Service):
             return fail(DeliveryError(None, f"target transport {dst.proto} does not match leg {self.proto}"))
         if not dst.is_ip:
             return fail(DeliveryError(None, f"{dst.host} is not resolved"))
+        data, conn = self.wire(packet, copy=copy)
+        return send_deferred(self.send_now, data, dst, conn)
+
+    def wire(self, packet: Message, *, copy: bool = True) -> tuple[bytes, object | None]:
+        """
+        The bytes L{deliver} sends for C{packet}, and the connection a
+        response goes back on (L{None}: any).
+
+        @param copy: see L{deliver}.
+        """
         conn = None
         if isinstance(packet, Request):
             if copy:
                 packet = packet.copy()
             self.add_via(packet)
-        elif self._tid_connections:
-            conn = self._tid_connections.get(packet.tid)
-        data = bytes(packet)
+        elif isinstance(packet, Response):
+            conn = self.connection_of(packet)
+        return bytes(packet), conn
+
+    def connection_of(self, response: Response) -> object | None:
+        """
+        The stream connection the request of C{response} arrived on, while
+        this leg remembers it (L{None} on UDP, or when forgotten).
+        """
+        if not self._tid_connections:
+            return None
+        try:
+            return self._tid_connections.get(response.tid)
+        except SIPParseError:
+            return None
+
+    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None] | None:
+        """
+        Hand bytes to the socket pool (L{ISocketPool.send_now}): the hot
+        path of the proxy, with no L{Deferred} unless a connection must be
+        made first.
+
+        @param dst: a resolved address of the leg's transport (the leg's
+            fixed C{dst} wins).
+        @return: L{None} once sent; a L{Deferred} while a connection is
+            being made.
+        @raise DeliveryError: the send failed at once.
+        """
         if self.trace:
-            self._trace("sends", "to", dst, data)
-        return self._pool.send(data, dst, conn)
+            self._trace("sends", "to", self.dst or dst, data)
+        return self._pool.send_now(data, dst, conn)
 
     def receive(self, packet: Message, from_addr: Address) -> tuple[Message, Address] | None:
         """
@@ -818,22 +873,6 @@ def _tag(value: str | None) -> str:
         return header_tag(value) or ""
     except SIPParseError:
         return value
-
-
-def _auth_constants(value: str) -> str:
-    """
-    The parts of a Proxy-Authorization value that stay the same between an
-    INVITE and its CANCEL: the scheme and the realm, username, domain,
-    qop and algorithm parameters (not nonce counts or responses).
-    """
-    scheme, _, rest = value.strip().partition(" ")
-    wanted = {"realm", "username", "domain", "qop", "algorithm"}
-    kept = [scheme]
-    for item in rest.split(","):
-        name, _, val = item.strip().partition("=")
-        if name.strip().lower() in wanted:
-            kept.append(f"{name.strip().lower()}={val.strip()}")
-    return " ".join(kept)
 
 
 def _sock_address(sock: socket.socket, proto: str | None, tls: Any) -> Address:

@@ -1,41 +1,58 @@
 """
 L{StatelessProxy}: RFC 3261 §16 forwarding without transaction state.
 
-The proxy is the receiver of a L{sipleg.dispatcher.Dispatcher}.  For each
-request it validates (§16.3), asks the access policy, lets the incoming
-leg do its header work, picks the next hop (Route set, static routes,
-outbound proxy or Request-URI), resolves it (RFC 3263) and hands the
-request to the outgoing leg, failing over to the next target on a
-transport error.  Every refusal a request can be answered for is answered
-statelessly (400, 403, 416, 420, 482, 483, 503 ...); ACKs are never
-answered.  Responses are forwarded only through a Via of our own.
+The proxy is the receiver of a L{sipleg.dispatcher.Dispatcher} and the
+executor of the request pass (C{docs/design.md}, "The request pass"):
+for each packet it builds one view (L{sipleg.decision.request_view},
+L{sipleg.decision.response_view}), asks the pure decision functions of
+L{sipleg.decision} what to do, and does it:
+
+ - L{Forward}: apply the edits once, resolve the next hop (at once for an
+   IP literal, through RFC 3263 DNS otherwise) and try the targets in
+   order (L{Dispatcher.send_in_order}), splicing the outgoing leg's Via and
+   Record-Route on top of the edited bytes;
+ - L{Answer}: a stateless response, sent where the request's top Via
+   says, or to the source address when no Via can be used (one place
+   sends every answer: L{StatelessProxy._send_response});
+ - L{Register}: the registrar answers;
+ - L{Return}: a response goes back along the Via path;
+ - L{Drop}: counted and logged.
+
+Nothing waits on a L{Deferred} unless I/O does (DNS, a stream connect).
 """
 
 from __future__ import annotations
 
-from errno import ENOPROTOOPT
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipleg.address import Address
+from sipleg.decision import (
+    Answer,
+    Drop,
+    Forward,
+    LegIdentity,
+    LegSet,
+    Register,
+    RequestView,
+    Rules,
+    decide_request,
+    decide_response,
+    request_view,
+    response_targets,
+    response_view,
+)
 from sipleg.dispatcher import Dispatcher
 from sipleg.errors import DeliveryError, SIPParseError
-from sipleg.leg import BadMessage, ForwardRefused, Leg
-from sipleg.message import REASONS, Message, Request, Response, make_response, salvage_response
+from sipleg.leg import BadMessage, Leg
+from sipleg.message import Message, Request, Response, make_response, salvage_response
 from sipleg.registrar import Registrar
-from sipleg.routing import (
-    IAccessPolicy,
-    IRoutePolicy,
-    NetworkAccessPolicy,
-    StaticRoutes,
-    response_fallback,
-    response_target,
-)
+from sipleg.routing import IAccessPolicy, IRoutePolicy, NetworkAccessPolicy, StaticRoutes
 from sipleg.status import ProxyStats
-from sipleg.uri import URI, parse_uri, parse_via, route_uri, via_branch
+from sipleg.uri import URI, Via
 
 __all__ = ["StatelessProxy"]
 
@@ -74,7 +91,38 @@ class StatelessProxy:
         self.dispatcher = dispatcher
         self.access: IAccessPolicy = access if access is not None else NetworkAccessPolicy()
         self.routes: IRoutePolicy = routes if routes is not None else StaticRoutes()
+        self._rules_key: tuple[Any, ...] = ()
+        self._rules: Rules | None = None
+        self._legs: dict[LegIdentity, Leg] = {}
         dispatcher.receiver = self
+        # request_view() stamps received/rport on the top Via it parses.
+        dispatcher.stamps = False
+
+    @property
+    def rules(self) -> Rules:
+        """
+        The frozen L{Rules} the decisions are made with, rebuilt when the
+        legs (or a leg's identity), the policies or the registrar change.
+        """
+        identities = tuple(leg.identity for leg in self.dispatcher.legs)
+        key = (identities, self.access, self.routes, self.registrar)
+        rules = self._rules
+        if rules is None or key != self._rules_key:
+            legs = LegSet(identities)
+            registers = locate = None
+            if self.registrar is not None:
+                registers, locate = _registrar_rules(self.registrar, legs)
+            rules = self._rules = Rules(legs, self.access, self.routes, registers, locate)
+            self._rules_key = key
+            self._legs = {leg.identity: leg for leg in self.dispatcher.legs}
+        return rules
+
+    def is_own_uri(self, uri: URI) -> bool:
+        """
+        Whether C{uri} names one of our legs' addresses
+        (L{sipleg.decision.LegSet.hop}).
+        """
+        return self.rules.legs.hop(uri) is not None
 
     def receive(self, packet: Message | BadMessage, leg: Leg, source: Address) -> None:
         """
@@ -90,265 +138,149 @@ class StatelessProxy:
 
     # -- responses ---------------------------------------------------------
 
-    def _owner(self, via_value: str | None) -> Leg | None:
-        if via_value is None:
-            return None
-        try:
-            branch = via_branch(via_value)
-        except SIPParseError:
-            return None
-        for leg in self.dispatcher.legs:
-            if leg.owns_branch(branch):
-                return leg
-        return None
-
     def forward_response(self, response: Response, leg: Leg) -> Deferred[Any] | None:
         """
-        Route a response back along the Via path (RFC 3261 §16.7).
+        Route a response back along the Via path (RFC 3261 §16.7): see
+        L{sipleg.decision.decide_response}.
 
-        Only a response whose top Via is ours goes on (design item 3); our
-        second Via, added for the incoming leg when the request crossed
-        legs, pins the leg it leaves by.
+        @return: a L{Deferred} when the send waits on I/O, else L{None}.
         """
-        owner = self._owner(response.get_header("via"))
-        if owner is None:
-            self.stats.dropped["foreign-via"] += 1
+        rules = self.rules
+        decision = decide_response(response_view(response), rules.legs)
+        if isinstance(decision, Drop):
+            self.stats.dropped[decision.reason] += 1
             log.info(
-                "dropping response {code} {callid}: top Via is not ours",
+                "dropping response {code} {callid}: {reason}",
                 code=response.code,
                 callid=response.get_header("call-id"),
+                reason=decision.reason,
             )
             return None
-        owner.forward_incoming(response)
-        pinned = self._owner(response.get_header("via"))
-        if pinned is not None:
+        for _ in range(decision.vias):
             response.remove_header("via", 0)
         self.stats.responses[f"{response.code // 100}xx"] += 1
-        if pinned is not None:
-            legs = [pinned]
-        else:
-            # The request left by the leg it came in on (one Via of ours):
-            # that leg holds its connection, so it is tried first.
-            legs = [owner] + [other for other in self.dispatcher.legs if other is not owner]
-        return self._send_response(response, legs)
-
-    def _send_response(
-        self, response: Response, legs: list[Leg] | None, source: Address | None = None
-    ) -> Deferred[Any] | None:
-        """
-        Send a response where its top Via says (RFC 3261 §18.2.2).
-
-        @param source: where the request came from: the answer goes there
-            when the Via cannot be used (an answer to a malformed request).
-        """
-        top = response.get_header("via")
-        try:
-            via = parse_via(top) if top is not None else None
-        except SIPParseError:
-            via = None
-        target = response_target(via) if via is not None else None
-        if target is None and source is not None:
-            d = self.dispatcher.deliver(response, legs, source)
-            d.addErrback(self._log_failure, "response", response.code)
-            return d
-        if target is None:
-            self.stats.dropped["no-usable-via"] += 1
-            log.info(
-                "dropping response {code}: no usable Via ({via!r})",
-                code=response.code,
-                via=top,
-            )
-            return None
-        if legs is None:
-            legs = self.dispatcher.legs
-        assert via is not None
-        fallback = response_fallback(via)
-        if target.is_ip:
-            dst: list[Address] | URI = [target] if fallback is None else [target, fallback]
-        else:
-            dst = parse_uri(f"sip:{target.hostport};transport={target.proto}")
-        d = self.dispatcher.deliver(response, legs, dst)
-        d.addErrback(self._log_failure, "response", response.code)
-        return d
+        out = self._legs[decision.leg]
+        # Unpinned, the request left by the leg it came in on (one Via of
+        # ours): that leg holds its connection, so it is tried first.
+        legs = [out] if decision.pinned else self._legs_from(out)
+        return self._send(response, decision.targets, legs, _wire(response))
 
     # -- requests ----------------------------------------------------------
 
     def forward_request(self, request: Request, leg: Leg, source: Address) -> Deferred[Any] | None:
         """
-        Validate, route and forward a request (RFC 3261 §16.3-§16.6).
+        Decide about a request (RFC 3261 §16.3-§16.6) and do it.
+
+        @return: a L{Deferred} when the work waits on I/O, else L{None}.
         """
-        self.stats.requests[self.stats.method(request.method)] += 1
-        target = self._validate(request, source)
-        if isinstance(target, ForwardRefused):
-            return self._refuse(request, leg, target)
-        received_uri = request.uri
-        refused = leg.forward_incoming(request)
-        if refused is not None:
-            return self._refuse(request, leg, refused)
-        preferred = self._strip_own_routes(request) or leg
+        stats = self.stats
+        stats.requests[stats.method(request.method)] += 1
+        rules = self.rules
         try:
-            if request.uri != received_uri:
-                # A strict router's Record-Route was restored (§16.4).
-                target = parse_uri(request.uri)
-            if self.registrar is not None:
-                if self.registrar.is_registration(request, self.is_own_uri):
-                    answer = self.registrar.register(request)
-                    self.stats.answered[answer.code] += 1
-                    return self._send_response(answer, [leg])
-                found = self._locate(request, target)
-                if isinstance(found, ForwardRefused):
-                    return self._refuse(request, leg, found)
-                target = found
-            next_hop = self._next_hop(request, target)
+            view = request_view(request, leg.identity, source)
         except SIPParseError as e:
-            return self._refuse(request, leg, ForwardRefused(400, e.reason))
-        legs = [preferred] + [other for other in self.dispatcher.legs if other is not preferred]
-        d = self.dispatcher.destinations(request, next_hop, legs)
-        d.addCallback(self._forward_to, request, leg)
-        d.addErrback(self._unreachable, request, leg)
-        return d
-
-    def _locate(self, request: Request, target: URI) -> URI | ForwardRefused:
-        """
-        RFC 3261 §16.5: a request for an address of record of ours goes to
-        its best binding (a Route set is followed first, §16.4).
-
-        @return: the (possibly new) Request-URI, or the refusal (480, 404).
-        """
-        assert self.registrar is not None
-        if request.get_headers("route"):
-            return target
-        found = self.registrar.lookup(target, self.is_own_uri)
-        if found is None:
-            return target
-        if found.code is not None:
-            return ForwardRefused(found.code, REASONS[found.code])
-        request.uri = found.contacts[0]
-        return parse_uri(request.uri)
-
-    def _strip_own_routes(self, request: Request) -> Leg | None:
-        """
-        Remove every Route entry on top that names one of our legs.
-
-        A request that crossed legs carries two Record-Routes of ours
-        (design item 1), so its in-dialog requests carry two Routes of
-        ours: the incoming leg removed its own, and the next one names the
-        leg to leave by (RFC 3261 §16.4 applies to each of our addresses).
-
-        @return: the leg the last removed entry named, or L{None}.
-        """
-        found = None
-        routes = request.get_headers("route")
-        while routes:
-            try:
-                uri = route_uri(routes[0])
-            except SIPParseError:
-                break
-            owner = self.route_leg(uri)
-            if owner is None:
-                break
-            request.remove_header("route", 0)
-            found = owner
-            routes = request.get_headers("route")
-        return found
-
-    def route_leg(self, uri: URI) -> Leg | None:
-        """
-        The leg a Route / Record-Route URI names: its address and port,
-        and the transport of the URI (C{;transport=}, C{sips:} for TLS,
-        else UDP, as RFC 3263 §4.1 reads a URI).
-        """
-        proto = "tls" if uri.is_secure else (uri.transport or "udp")
-        for leg in self.dispatcher.legs:
-            if leg.proto == proto and leg.is_local_uri(uri):
-                return leg
+            self._answer_bad(BadMessage(e, bytes(request)), leg, source)
+            return None
+        decision = decide_request(view, rules)
+        if isinstance(decision, Forward):
+            return self._forward(view, decision, leg)
+        if isinstance(decision, Answer):
+            return self._answer(view, decision, leg)
+        if isinstance(decision, Register):
+            assert self.registrar is not None
+            answer = self.registrar.register(request)
+            stats.answered[answer.code] += 1
+            return self._send_response(answer, view.via, [leg], source)
+        assert isinstance(decision, Drop)
+        # An ACK refused, or a packet with nothing to answer: the counter
+        # keys are the decisions' fixed reasons, a small set whatever
+        # peers send.
+        stats.dropped[f"ACK {decision.reason}" if request.method == "ACK" else decision.reason] += 1
+        log.info(
+            "dropping {method} {uri}: {reason}",
+            method=request.method,
+            uri=request.uri,
+            reason=decision.reason,
+        )
         return None
 
-    def is_own_uri(self, uri: URI) -> bool:
+    def _forward(self, view: RequestView, forward: Forward, in_leg: Leg) -> Deferred[Any] | None:
         """
-        Whether C{uri} names one of our legs' addresses.
+        Execute a L{Forward}: edit a copy once, then splice the outgoing
+        leg's lines on top of its bytes for each target tried.  The request
+        itself stays as received, for an error answer built from it.
         """
-        return any(leg.is_local_uri(uri) for leg in self.dispatcher.legs)
-
-    def _validate(self, request: Request, source: Address) -> URI | ForwardRefused:
-        """
-        RFC 3261 §16.3 checks and the access policy.
-
-        @return: the parsed Request-URI, or why the request is refused.
-        """
-        # RFC 3261 §16.3 item 2: a URI scheme we cannot route.
-        try:
-            target = parse_uri(request.uri)
-        except SIPParseError as e:
-            return ForwardRefused(400, f"Bad Request-URI: {e.reason}")
-        if target.scheme not in ("sip", "sips"):
-            return ForwardRefused(416, "Unsupported URI Scheme")
-        # §16.3 item 5: we support no extension a proxy must understand.
-        if request.get_headers("proxy-require"):
-            return ForwardRefused(420, "Bad Extension")
-        if not self.access.allows(request, target, source):
-            return ForwardRefused(403, "Forbidden")
-        return target
-
-    def _next_hop(self, request: Request, target: URI) -> URI:
-        """
-        Where the request goes next (RFC 3261 §16.6 items 4-7, §16.5).
-
-        @param target: the parsed Request-URI.
-        """
-        routes = request.get_headers("route")
-        if routes:
-            first = route_uri(routes[0])
-            if "lr" in first.params:
-                return first
-            # §16.6 item 6: the next hop is a strict router.
-            request.add_header("route", f"<{request.uri}>")
-            request.remove_header("route", 0)
-            request.uri = str(first)
-            return first
-        static = self.routes.next_hop(target)
-        return static if static is not None else target
-
-    def _forward_to(
-        self, pairs: list[tuple[Leg, Address]], request: Request, in_leg: Leg, first: int = 0
-    ) -> Deferred[Any] | None:
-        """
-        Send the request to the first of C{pairs} that takes it.  Each
-        attempt works on its own copy: the request itself stays as it was
-        received, for an error response built from it.
-
-        @return: a L{Deferred} firing with the C{(leg, address)} used, or
-            L{None} when the outgoing leg refused the request (answered).
-        """
-        if first >= len(pairs):
-            return fail(DeliveryError(ENOPROTOOPT, "no leg can reach the destination"))
-        out_leg, dst = pairs[first]
-        last = first + 1 == len(pairs)
+        request = view.request
+        edits = forward.edits
         packet = request.copy()
-        if out_leg is not in_leg:
-            # Our Via for the incoming leg: the response finds its way
-            # back out of the leg the request came in on.
-            in_leg.add_via(packet)
-        refused = out_leg.forward_outgoing(packet, in_leg)
-        if refused is not None:
-            self._refuse(request, in_leg, refused)
+        packet.set_header("max-forwards", str(edits.max_forwards))
+        if edits.uri is not None:
+            packet.uri = edits.uri
+        if edits.routes is not None:
+            if edits.routes:
+                packet.set_header("route", ", ".join(edits.routes))
+            else:
+                packet.remove_header("route")
+        data = bytes(packet)
+        cut = data.index(b"\r\n") + 2
+        start, rest = data[:cut], data[cut:]
+        branch = edits.branch.encode()
+        record_route = edits.record_route
+
+        def build(out: Leg) -> tuple[bytes, object | None]:
+            # RFC 3261 §16.6 items 4 and 8: Record-Route and Via of the leg
+            # it leaves by on top; crossing legs, the incoming leg's too
+            # (design item 1), so responses and in-dialog requests find
+            # their way back out of the leg the request came in on.
+            if out is in_leg:
+                if record_route:
+                    return b"".join((start, out.via_line, branch, b"\r\n", out.record_route_line, rest)), None
+                return b"".join((start, out.via_line, branch, b"\r\n", rest)), None
+            lines = [start, out.via_line, branch, b"\r\n", in_leg.via_line, branch, b"\r\n"]
+            if record_route:
+                lines.append(out.record_route_line)
+                if out.record_route != in_leg.record_route:
+                    lines.append(in_leg.record_route_line)
+            lines.append(rest)
+            return b"".join(lines), None
+
+        legs = self._legs_from(self._legs[forward.prefer])
+        try:
+            found = self.dispatcher.resolve(forward.targets[0], legs, request)
+        except DeliveryError as e:
+            self._unreachable(Failure(e), view, in_leg)
             return None
-        d = out_leg.deliver(packet, dst, copy=False)
-        if last:
-            return d.addCallback(self._forwarded, request, out_leg, dst)
+        if isinstance(found, Deferred):
+            d = found.addCallback(self.dispatcher.send_in_order, build)
+            d.addCallbacks(self._forwarded, self._unreachable, (request,), errbackArgs=(view, in_leg))
+            return d
+        try:
+            sent = self.dispatcher.send_in_order(found, build)
+        except DeliveryError as e:
+            self._unreachable(Failure(e), view, in_leg)
+            return None
+        if isinstance(sent, Deferred):
+            sent.addCallbacks(self._forwarded, self._unreachable, (request,), errbackArgs=(view, in_leg))
+            return sent
+        self._forwarded(sent, request)
+        return None
 
-        def failed(reason: Failure) -> Deferred[Any] | None:
-            reason.trap(DeliveryError)
-            return self._forward_to(pairs, request, in_leg, first + 1)
+    def _legs_from(self, first: Leg) -> list[Leg]:
+        """
+        Every leg, C{first} first.
+        """
+        legs = self.dispatcher.legs
+        if legs[0] is first:
+            return legs
+        return [first] + [other for other in legs if other is not first]
 
-        return d.addCallbacks(self._forwarded, failed, (request, out_leg, dst))
-
-    def _forwarded(self, _: object, request: Request, leg: Leg, dst: Address) -> tuple[Leg, Address]:
+    def _forwarded(self, pair: tuple[Leg, Address], request: Request) -> tuple[Leg, Address]:
         self.stats.forwarded[self.stats.method(request.method)] += 1
-        return leg, dst
+        return pair
 
-    def _unreachable(self, reason: Failure, request: Request, leg: Leg) -> None:
+    def _unreachable(self, reason: Failure, view: RequestView, leg: Leg) -> None:
         error = reason.value
+        request = view.request
         if not isinstance(error, DeliveryError):
             log.failure("forwarding {method} failed", reason, method=request.method)
             error = DeliveryError(None, str(error))
@@ -358,37 +290,124 @@ class StatelessProxy:
             uri=request.uri,
             error=str(error),
         )
-        self._refuse(request, leg, ForwardRefused(503, "Service Unavailable"))
+        if request.method == "ACK":
+            self.stats.dropped["ACK Service Unavailable"] += 1
+        else:
+            self._answer(view, Answer(503, "Service Unavailable"), leg)
 
     # -- answers -------------------------------------------------------------
 
-    def _refuse(self, request: Request, leg: Leg, refused: ForwardRefused) -> Deferred[Any] | None:
-        if refused.code is None or request.method == "ACK":
-            # An ACK refused with a code, or a leg's own (fixed) reason:
-            # the counter keys stay a small set whatever peers send.
-            self.stats.dropped[f"ACK {refused.code}" if refused.code else refused.reason] += 1
-            log.info(
-                "dropping {method} {uri}: {reason}",
-                method=request.method,
-                uri=request.uri,
-                reason=refused.reason,
-            )
-            return None
-        self.stats.answered[refused.code] += 1
-        response = make_response(request, refused.code, refused.reason)
-        if refused.code == 420:
-            for value in request.get_headers("proxy-require"):
-                response.add_header("Unsupported", value)
-        return self._send_response(response, [leg])
+    def _answer(self, view: RequestView, answer: Answer, leg: Leg) -> Deferred[Any] | None:
+        """
+        Answer a request statelessly (RFC 3261 §8.2.6) where its (stamped)
+        top Via says.
+        """
+        self.stats.answered[answer.code] += 1
+        response = make_response(view.request, answer.code, answer.reason)
+        for name, value in answer.headers:
+            response.add_header(name, value)
+        return self._send_response(response, view.via, [leg], view.source)
 
     def _answer_bad(self, bad: BadMessage, leg: Leg, source: Address) -> None:
+        """
+        Answer bytes that did not parse, from what can be salvaged of
+        them, to the address they came from.
+        """
         response = salvage_response(bad.data, bad.error.status, bad.error.reason)
         if response is None:
             self.stats.dropped["unparsable"] += 1
             return
         self.stats.answered[response.code] += 1
-        self._send_response(response, [leg], source)
+        self._send(response, (source,), [leg], _wire(response))
+
+    def _send_response(
+        self, response: Response, via: Via, legs: list[Leg], source: Address
+    ) -> Deferred[Any] | None:
+        """
+        The one place an answer of ours is sent: where the request's top
+        Via says (RFC 3261 §18.2.2, with C{received} / C{rport} stamped
+        from the source), or to the source when that Via names nothing we
+        can send to.
+        """
+        targets = response_targets(via)
+        if targets is None:
+            targets = (source,)
+        return self._send(response, targets, legs, _wire(response))
+
+    def _send(
+        self,
+        response: Response,
+        targets: tuple[Address, ...] | URI,
+        legs: list[Leg],
+        build: Any,
+    ) -> Deferred[Any] | None:
+        """
+        Send a response to the first of C{targets} that takes it.
+        """
+        dispatcher = self.dispatcher
+        try:
+            if isinstance(targets, URI):
+                found = dispatcher.resolve(targets, legs, response)
+                if isinstance(found, Deferred):
+                    d = found.addCallback(dispatcher.send_in_order, build)
+                    return d.addErrback(self._log_failure, response.code)
+            else:
+                found = _pairs(targets, legs)
+            sent = dispatcher.send_in_order(found, build)
+        except DeliveryError as e:
+            self._log_failure(Failure(e), response.code)
+            return None
+        if isinstance(sent, Deferred):
+            return sent.addErrback(self._log_failure, response.code)
+        return None
 
     @staticmethod
-    def _log_failure(reason: Failure, what: str, code: object) -> None:
-        log.info("could not send {what} {code}: {why}", what=what, code=code, why=reason.value)
+    def _log_failure(reason: Failure, code: object) -> None:
+        log.info("could not send response {code}: {why}", code=code, why=reason.value)
+
+
+def _wire(response: Response) -> Any:
+    """
+    The build function of L{Dispatcher.send_in_order} for a response: its
+    bytes, made once, and the connection its request came on (per leg).
+    """
+    data = bytes(response)
+
+    def build(leg: Leg) -> tuple[bytes, object | None]:
+        return data, leg.connection_of(response)
+
+    return build
+
+
+def _pairs(addresses: tuple[Address, ...], legs: list[Leg]) -> list[tuple[Leg, Address]]:
+    """
+    Pair each address with the first leg that can send to it
+    (L{sipleg.dispatcher.pair_legs} for addresses known to be resolved).
+    """
+    pairs = []
+    for address in addresses:
+        for leg in legs:
+            if leg.proto == address.proto and leg.family == address.family:
+                pairs.append((leg, address))
+                break
+    return pairs
+
+
+def _registrar_rules(registrar: Registrar, legs: LegSet) -> tuple[Any, Any]:
+    """
+    The registrar's two questions, as the decisions ask them.
+    """
+
+    def own(uri: URI) -> bool:
+        return legs.hop(uri) is not None
+
+    def registers(uri: URI) -> bool:
+        return registrar.registers(uri, own)
+
+    def locate(uri: URI) -> int | list[str] | None:
+        found = registrar.lookup(uri, own)
+        if found is None:
+            return None
+        return found.code if found.code is not None else found.contacts
+
+    return registers, locate

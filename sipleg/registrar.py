@@ -714,6 +714,14 @@ class Registrar:
             uri = parse_uri(request.uri)
         except SIPParseError:
             return False
+        return self.registers(uri, own_uri)
+
+    def registers(self, uri: URI, own_uri: Callable[[URI], bool]) -> bool:
+        """
+        Whether a REGISTER with Request-URI C{uri} is ours to answer: it
+        names one of our domains or, as C{own_uri} tells, one of our own
+        addresses.
+        """
         return uri.is_sip and (self.table.addressed_to_us(uri) or own_uri(uri))
 
     def register(self, request: Request) -> Response:

@@ -183,6 +183,21 @@ class Resolver:
             seed=seed,
         )
 
+    def resolve_now(self, uri: URI, transports: Sequence[str] | None = None) -> list[Address] | None:
+        """
+        L{resolve_uri} for a URI that needs no DNS (an IP literal host or
+        C{maddr}): the common case on a proxy, answered with no
+        L{Deferred}.
+
+        @return: the one address to use, or L{None} when DNS is needed.
+        @raise DeliveryError: C{ENOPROTOOPT} when no allowed transport fits
+            (or the URI is not a SIP URI).
+        """
+        if not uri.is_sip:
+            raise DeliveryError(ENOPROTOOPT, f"cannot route to a {uri.scheme}: URI")
+        allowed = self.transports if transports is None else _checked(transports)
+        return _numeric(uri.host, uri.port, uri.transport, uri.is_secure, uri.maddr, allowed)
+
     @property
     def _names(self) -> IResolver:
         if self._resolver is None:

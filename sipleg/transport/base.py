@@ -22,7 +22,7 @@ from zope.interface import Attribute, Interface
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
 
-__all__ = ["ISocketPool", "Receiver", "delivery_error"]
+__all__ = ["ISocketPool", "Receiver", "delivery_error", "send_deferred"]
 
 #: Called by a pool for every received datagram or framed stream message:
 #: C{receiver(data, source, conn)}.  C{source} carries the transport of the
@@ -70,6 +70,17 @@ class ISocketPool(Interface):
             TLS); it errbacks with L{DeliveryError}.
         """
 
+    def send_now(data: bytes, dst: Address, conn: object | None = None) -> Deferred[None] | None:
+        """
+        L{send} without a L{Deferred} when none is needed: the hot path of
+        a forwarding proxy.
+
+        @return: L{None} when the data was handed to the kernel or written
+            to an established connection at once; a L{Deferred} (as from
+            L{send}) when the send waits for a connection to be made.
+        @raise DeliveryError: the send failed at once.
+        """
+
     def stop() -> Deferred[None]:
         """
         Close the listener and every connection.
@@ -81,6 +92,22 @@ class ISocketPool(Interface):
         """
         The open connection handles (always empty for UDP).
         """
+
+
+def send_deferred(
+    send_now: Callable[[bytes, Address, object | None], Deferred[None] | None],
+    data: bytes,
+    dst: Address,
+    conn: object | None,
+) -> Deferred[None]:
+    """
+    L{ISocketPool.send} in terms of L{ISocketPool.send_now}.
+    """
+    try:
+        waiting = send_now(data, dst, conn)
+    except DeliveryError:
+        return defer.fail()
+    return defer.succeed(None) if waiting is None else waiting
 
 
 def delivery_error(reason: BaseException) -> DeliveryError:

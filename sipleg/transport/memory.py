@@ -48,6 +48,9 @@ class MemorySocketPool:
         self.sent.append((data, dst))
         return succeed(None)
 
+    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> None:
+        self.sent.append((data, dst))
+
     def stop(self) -> Deferred[None]:
         return succeed(None)
 

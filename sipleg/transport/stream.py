@@ -49,7 +49,7 @@ from sipleg.address import Address
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.framing import StreamFramer
 from sipleg.message import salvage_response
-from sipleg.transport.base import ISocketPool, Receiver, delivery_error
+from sipleg.transport.base import ISocketPool, Receiver, delivery_error, send_deferred
 from sipleg.transport.tls import TLSConfig, describe_tls_failure
 
 __all__ = [
@@ -165,15 +165,27 @@ class StreamConnection(Protocol):
             to the established connection; errbacks L{DeliveryError} when
             the connection fails first.
         """
+        try:
+            waiting = self.write_now(data)
+        except DeliveryError:
+            return defer.fail()
+        return defer.succeed(None) if waiting is None else waiting
+
+    def write_now(self, data: bytes) -> Deferred[None] | None:
+        """
+        L{write} without a L{Deferred} when the connection is ready.
+
+        @return: L{None} once written; a L{Deferred} as from L{write} while
+            the connection is being made.
+        @raise DeliveryError: the connection is gone.
+        """
         if self._lost or self._closing:
-            return defer.fail(
-                self._final_error or self._failure or DeliveryError(errno.ECONNRESET)
-            )
+            raise self._final_error or self._failure or DeliveryError(errno.ECONNRESET)
         if self.ready:
             transport: Any = self.transport
             transport.write(data)
             self._pool._touch(self)
-            return defer.succeed(None)
+            return None
         waiter: Deferred[None] = Deferred()
         self._pending.append((data, waiter))
         return waiter
@@ -551,20 +563,27 @@ class StreamSocketPool:
             server's identity check fails).
         @raise ValueError: C{dst} is not resolved.
         """
+        return send_deferred(self.send_now, data, dst, conn)
+
+    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None] | None:
+        """
+        L{send} without a L{Deferred} on an established connection.
+
+        @return: L{None} once written; a L{Deferred} as from L{send} while
+            a connection is being made.
+        @raise DeliveryError: as L{send} fails, when it fails at once.
+        """
         if isinstance(conn, StreamConnection) and conn._pool is self and conn.is_open:
-            return conn.write(data)
+            return conn.write_now(data)
         target = self.peer if self.peer is not None else dst
         existing = self._by_peer.get(target.sockaddr)
         if existing is not None and self._may_reuse(existing, target):
-            return existing.write(data)
+            return existing.write_now(data)
         if self._stopping:
-            return defer.fail(DeliveryError(errno.ESHUTDOWN, "socket pool stopped"))
-        try:
-            endpoint = self._client_endpoint(target)
-        except DeliveryError:
-            return defer.fail()
+            raise DeliveryError(errno.ESHUTDOWN, "socket pool stopped")
+        endpoint = self._client_endpoint(target)
         if len(self._conns) >= self._max_connections and not self._evict():
-            return defer.fail(DeliveryError(errno.EMFILE, "connection limit reached"))
+            raise DeliveryError(errno.EMFILE, "connection limit reached")
         hostname = target.host if self.tls is not None else None
         if self.tls is not None:
             endpoint = wrapClientTLS(
@@ -577,7 +596,7 @@ class StreamSocketPool:
         connection.start_connect(
             endpoint.connect(_OutgoingFactory(connection)), self._connect_timeout
         )
-        return connection.write(data)
+        return connection.write_now(data)
 
     def stop(self) -> Deferred[None]:
         """

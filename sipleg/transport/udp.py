@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
-from sipleg.transport.base import ISocketPool, Receiver, delivery_error
+from sipleg.transport.base import ISocketPool, Receiver, delivery_error, send_deferred
 
 __all__ = ["MAX_DATAGRAM", "UDPSocketPool"]
 
@@ -177,13 +177,22 @@ class UDPSocketPool:
             a destination of the other address family, ...).
         @raise ValueError: C{dst} is not resolved.
         """
+        return send_deferred(self.send_now, data, dst, conn)
+
+    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> None:
+        """
+        L{send}, with failures raised: UDP never waits.
+
+        @raise DeliveryError: as L{send} fails.
+        """
         port = self._port
         if port is None:
-            return defer.fail(DeliveryError(None, "UDP socket is not listening"))
+            raise DeliveryError(None, "UDP socket is not listening")
         if self.peer is None and dst.family == self.local.family and dst.addr is not None:
             # The hot path: an IP of our family (Address checked it), so
             # Twisted's per-write address checks in Port.write are skipped.
-            return _sendto(port.socket, data, (dst.addr, dst.port))
+            _sendto(port.socket, data, (dst.addr, dst.port))
+            return
         sockaddr = None if self.peer is not None else dst.sockaddr
         reader = self._protocol
         reader.sending = True
@@ -194,12 +203,11 @@ class UDPSocketPool:
             else:
                 port.write(data, sockaddr)
         except (OSError, error.MessageLengthError, error.InvalidAddressError) as exc:
-            return defer.fail(delivery_error(exc))
+            raise delivery_error(exc) from None
         finally:
             reader.sending = False
         if reader.refused_during_send:
-            return defer.fail(DeliveryError(errno.ECONNREFUSED))
-        return defer.succeed(None)
+            raise DeliveryError(errno.ECONNREFUSED)
 
     def stop(self) -> Deferred[None]:
         """
@@ -249,11 +257,13 @@ class UDPSocketPool:
             _log.failure("UDP receiver failed on a datagram from {source}", source=source)
 
 
-def _sendto(sock: socket.socket, data: bytes, sockaddr: tuple[str, int]) -> Deferred[None]:
+def _sendto(sock: socket.socket, data: bytes, sockaddr: tuple[str, int]) -> None:
     """
     C{sendto} on an unconnected socket, errors mapped as C{Port.write}
     maps them (EINTR retried; ECONNREFUSED, an ICMP error left over from
     an earlier datagram, ignored).
+
+    @raise DeliveryError: any other error.
     """
     while True:
         try:
@@ -262,10 +272,9 @@ def _sendto(sock: socket.socket, data: bytes, sockaddr: tuple[str, int]) -> Defe
             if exc.errno == errno.EINTR:
                 continue
             if exc.errno == errno.ECONNREFUSED:
-                break
-            return defer.fail(DeliveryError(exc.errno))
-        break
-    return defer.succeed(None)
+                return
+            raise DeliveryError(exc.errno) from None
+        return
 
 
 #: Socket buffer size asked for: a burst of datagrams while the reactor is

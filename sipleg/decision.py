@@ -1,0 +1,630 @@
+"""
+The request pass, sans I/O: what the proxy does with a packet, decided
+once over values parsed once.
+
+On receipt the proxy builds one frozen view of the packet
+(L{request_view}, L{response_view}) and hands it to a pure decision
+function with the frozen L{Rules} of the element:
+
+ - L{decide_request} returns L{Forward} (where to, and the edits to make),
+   L{Answer} (a stateless response), L{Drop} (nothing to send) or
+   L{Register} (the registrar answers);
+ - L{decide_response} returns L{Return} (back along the Via path) or
+   L{Drop}.
+
+Every RFC 3261 §16.3-§16.6 check, the access and routing policies and the
+location service (§16.5) are applied here, in one place, with no reactor:
+the tests drive these functions with plain values.  The proxy
+(L{sipleg.proxy.StatelessProxy}) only executes the outcome, and the
+header work of L{sipleg.leg.Leg}'s public methods is built on the same
+helpers (L{LegSet.hop}, L{next_max_forwards}, L{restore_strict_route},
+L{strip_own_routes}).
+
+See C{docs/design.md}, "The request pass".
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipleg.address import Address
+from sipleg.branch import loop_hash, transaction_hash
+from sipleg.errors import SIPParseError
+from sipleg.message import Request, Response
+from sipleg.routing import IAccessPolicy, IRoutePolicy, response_fallback, response_target
+from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
+
+__all__ = [
+    "Answer",
+    "Decision",
+    "Drop",
+    "Edits",
+    "Forward",
+    "LegIdentity",
+    "LegSet",
+    "Register",
+    "RequestView",
+    "ResponseView",
+    "Return",
+    "Rules",
+    "decide_request",
+    "carries_loop",
+    "decide_response",
+    "next_max_forwards",
+    "request_view",
+    "response_view",
+    "restore_strict_route",
+    "stamp_via",
+    "strip_own_routes",
+]
+
+
+# ---------------------------------------------------------------------------
+# Who we are
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LegIdentity:
+    """
+    What decisions need to know of one leg: its address and the header
+    values it writes.  A L{sipleg.leg.Leg} publishes its identity as
+    C{leg.identity}; identities compare (and hash) by identity, so the
+    proxy finds a leg by its identity in a dict.
+
+    @ivar proto: C{"udp"}, C{"tcp"} or C{"tls"}.
+    @ivar family: the address family of its socket.
+    @ivar addr: its IP address.
+    @ivar host: its host name (the IP when it has none), lower-cased.
+    @ivar port: its port.
+    @ivar branch: the branch prefix every Via it writes starts with.
+    @ivar via_prefix: its Via value up to C{;branch=}.
+    @ivar record_route: its Record-Route value.
+    @ivar record_route_uri: the URI of L{record_route}.
+    @ivar max_forwards: the cap it applies to Max-Forwards.
+    """
+
+    proto: str
+    family: int
+    addr: str
+    host: str
+    port: int
+    branch: str
+    via_prefix: str
+    record_route: str
+    record_route_uri: URI
+    max_forwards: int
+
+
+@dataclass(frozen=True, slots=True)
+class LegSet:
+    """
+    The legs of one element, in order.
+    """
+
+    legs: tuple[LegIdentity, ...]
+
+    def hop(self, uri: URI | None) -> LegIdentity | None:
+        """
+        The one definition of "this URI names one of our legs": its host
+        (or C{maddr}) is a leg's IP address or host name and its port (or
+        the default port of its scheme and transport) the leg's port.  The
+        user part and the other parameters are not looked at.  When legs of
+        several transports share the address, the one of the URI's
+        transport (C{sips:} is TLS, C{;transport=}, else UDP, as RFC 3263
+        §4.1 reads a URI) is chosen, else the first.
+
+        @return: the leg, or L{None} when the URI is not ours.
+        """
+        if uri is None or not uri.host:
+            return None
+        host = uri.maddr or uri.host
+        if ":" in host:
+            # IPv6 addresses compare as addresses ("::1" is "0:0::1").
+            host = _canonical_v6(host)
+        port = uri.effective_port
+        found = None
+        for leg in self.legs:
+            if port == leg.port and (host == leg.addr or host == leg.host):
+                proto = "tls" if uri.scheme == "sips" else (uri.transport or "udp")
+                if leg.proto == proto:
+                    return leg
+                if found is None:
+                    found = leg
+        return found
+
+    def owner(self, branch: str | None) -> LegIdentity | None:
+        """
+        The leg whose Via carries C{branch} (the leg's prefix starts it).
+        """
+        if branch:
+            for leg in self.legs:
+                if branch.startswith(leg.branch):
+                    return leg
+        return None
+
+
+def _canonical_v6(host: str) -> str:
+    try:
+        return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, host))
+    except (OSError, ValueError):
+        return host
+
+
+# ---------------------------------------------------------------------------
+# Views
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """
+    One received request, parsed once: everything the decision reads.
+
+    @ivar request: the parsed message (never changed by a decision).
+    @ivar method: its method.
+    @ivar uri: the parsed Request-URI, or L{None} when malformed.
+    @ivar uri_error: why the Request-URI is malformed.
+    @ivar routes: the Route values.
+    @ivar max_forwards: Max-Forwards, or L{None} when absent.
+    @ivar proxy_require: the Proxy-Require values.
+    @ivar via: the top Via, stamped with C{received} / C{rport}.
+    @ivar vias: every Via value as received (the top one unstamped).
+    @ivar tid: the transaction id.
+    @ivar from_value: the From value.
+    @ivar leg: the leg it arrived on.
+    @ivar source: where it came from.
+    """
+
+    request: Request
+    method: str
+    uri: URI | None
+    uri_error: str | None
+    routes: tuple[str, ...]
+    max_forwards: int | None
+    proxy_require: tuple[str, ...]
+    via: Via
+    vias: tuple[str, ...]
+    tid: str
+    from_value: str
+    leg: LegIdentity
+    source: Address
+
+
+def stamp_via(via: Via, source: Address) -> bool:
+    """
+    Record on a request's top Via where it really came from: RFC 3261
+    §18.2.1 adds C{received=<source ip>} when the sent-by host differs
+    from the source IP; RFC 3581 §4 fills in an empty C{rport} with the
+    source port and adds C{received} in any case.
+
+    @return: whether C{via} changed.
+    """
+    changed = False
+    if via.rport == "":
+        via.params["rport"] = str(source.port)
+        changed = True
+    if source.addr is not None and (changed or via.host != source.addr):
+        via.params["received"] = source.addr
+        changed = True
+    return changed
+
+
+def request_view(request: Request, leg: LegIdentity, source: Address) -> RequestView:
+    """
+    Read what the decision needs from C{request}, once.  The top Via is
+    stamped (L{stamp_via}) on the message too: every answer and every
+    forwarded copy carries the stamp.
+
+    @raise SIPParseError: the top Via is missing or malformed (the request
+        is answered 400 at the source address).
+    """
+    vias = request.get_headers("via")
+    if not vias:
+        raise SIPParseError("missing Via")
+    via = parse_via(vias[0])
+    if stamp_via(via, source):
+        request.set_header("via", str(via), 0)
+    text = request.uri
+    try:
+        uri: URI | None = parse_uri(text)
+        uri_error = None
+    except SIPParseError as e:
+        uri, uri_error = None, e.reason
+    max_forwards = request.get_header("max-forwards")
+    return RequestView(
+        request,
+        request.method,
+        uri,
+        uri_error,
+        tuple(request.get_headers("route")),
+        None if max_forwards is None else int(max_forwards),
+        tuple(request.get_headers("proxy-require")),
+        via,
+        tuple(vias),
+        request.tid,
+        request.get_header("from") or "",
+        leg,
+        source,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseView:
+    """
+    One received response: its Via values and where it came from.
+
+    @ivar response: the parsed message.
+    @ivar vias: the first three Via values (ours, maybe our second, the
+        next hop's).
+    """
+
+    response: Response
+    vias: tuple[str, ...]
+
+
+def response_view(response: Response) -> ResponseView:
+    """
+    Read what L{decide_response} needs from C{response}.
+    """
+    return ResponseView(response, tuple(response.get_headers("via")[:3]))
+
+
+# ---------------------------------------------------------------------------
+# Outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class Edits:
+    """
+    The leg-independent changes a forwarded request gets.  The executor
+    adds what depends on the leg it leaves by: the Via (C{leg.branch +
+    branch}) and the Record-Route.
+
+    @ivar max_forwards: the Max-Forwards to write.
+    @ivar uri: the new Request-URI, or L{None} to keep it.
+    @ivar routes: the Route values to leave with, or L{None} to keep them.
+    @ivar record_route: whether to Record-Route (not for REGISTER).
+    @ivar branch: the branch after the leg's prefix (RFC 3261 §16.11).
+    """
+
+    max_forwards: int
+    uri: str | None
+    routes: tuple[str, ...] | None
+    record_route: bool
+    branch: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """
+    Send the request on.
+
+    @ivar targets: the next hops to resolve (RFC 3263) and try in order.
+    @ivar edits: the changes to make.
+    @ivar prefer: the leg to try first: the one the last of our Routes
+        named, else the one it arrived on.
+    """
+
+    targets: tuple[URI, ...]
+    edits: Edits
+    prefer: LegIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """
+    Answer the request statelessly.
+
+    @ivar code: the status code.
+    @ivar reason: the reason phrase (names the fault).
+    @ivar headers: extra C{(name, value)} header fields.
+    """
+
+    code: int
+    reason: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """
+    Send nothing (an ACK that cannot go on, a response not ours ...).
+
+    @ivar reason: a fixed description, for the log and the counters.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    """
+    A REGISTER for one of our domains: the registrar answers it.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Return:
+    """
+    Send a response back along the Via path (RFC 3261 §16.7, §18.2.2).
+
+    @ivar vias: how many Via values of ours to remove from the top.
+    @ivar leg: the leg to send by.
+    @ivar pinned: whether only C{leg} may send it (our second Via named
+        it), else C{leg} first, then the others.
+    @ivar targets: the addresses to try (received/rport, then the sent-by
+        port for streams), or a URI to resolve for a sent-by name.
+    """
+
+    vias: int
+    leg: LegIdentity
+    pinned: bool
+    targets: tuple[Address, ...] | URI
+
+
+Decision = Forward | Answer | Drop | Register
+
+
+# ---------------------------------------------------------------------------
+# Rules
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """
+    Everything a decision depends on besides the packet.
+
+    @ivar legs: our legs.
+    @ivar access: who may use the proxy.
+    @ivar routes: static next hops for requests without a Route set.
+    @ivar registers: whether a REGISTER with this Request-URI is ours to
+        answer; L{None} without a registrar.
+    @ivar locate: the location service (RFC 3261 §16.5): for a
+        Request-URI, L{None} (not an address of record of ours), a status
+        code (404, 480) or the contact URIs, best first.
+    """
+
+    legs: LegSet
+    access: IAccessPolicy
+    routes: IRoutePolicy
+    registers: Callable[[URI], bool] | None = None
+    locate: Callable[[URI], int | list[str] | None] | None = None
+
+
+# ---------------------------------------------------------------------------
+# Building blocks (shared with Leg's public methods)
+
+
+def next_max_forwards(value: int | None, cap: int) -> int | None:
+    """
+    RFC 3261 §16.6 item 3 / §16.3 item 3: the Max-Forwards a request
+    leaves with (an absent one counts as C{cap}, a larger one is capped),
+    or L{None} when it arrived with 0 (answer 483).
+    """
+    value = cap if value is None else min(value, cap)
+    return value - 1 if value > 0 else None
+
+
+def _uri_of(value: str) -> URI | None:
+    try:
+        return route_uri(value)
+    except SIPParseError:
+        return None
+
+
+def restore_strict_route(uri: URI | None, routes: tuple[str, ...], legs: LegSet) -> tuple[str, ...] | None:
+    """
+    RFC 3261 §16.4: when the Request-URI is a value we put in a
+    Record-Route (one of our legs, with no user part) the previous hop was
+    a strict router: the last Route is the real Request-URI.
+
+    @return: the Route values with the last one taken out (its URI is the
+        new Request-URI), or L{None} when there is nothing to restore.
+    """
+    if routes and uri is not None and uri.user is None and legs.hop(uri) is not None:
+        if _uri_of(routes[-1]) is not None:
+            return routes[:-1]
+    return None
+
+
+def strip_own_routes(routes: tuple[str, ...], legs: LegSet) -> tuple[tuple[str, ...], LegIdentity | None]:
+    """
+    Take every leading Route value that names one of our legs off
+    (RFC 3261 §16.4 for each of our addresses: a request that crossed legs
+    was Record-Routed twice, design item 1).
+
+    @return: the remaining values and the leg the last removed one named.
+    """
+    found = None
+    start = 0
+    while start < len(routes):
+        leg = legs.hop(_uri_of(routes[start]))
+        if leg is None:
+            break
+        found = leg
+        start += 1
+    return routes[start:], found
+
+
+# ---------------------------------------------------------------------------
+# Decisions
+
+
+def decide_request(view: RequestView, rules: Rules) -> Decision:
+    """
+    What to do with a request (RFC 3261 §16.3-§16.6, §16.5 with a
+    registrar, §10.3 step 1).
+
+    The order: the Request-URI scheme (416, or 400 when malformed), a
+    Proxy-Require (420: we support no extension a proxy must understand),
+    the access policy (403), Max-Forwards (483), strict-route restoration
+    and our own Routes (§16.4), REGISTER for us, the location service
+    (404/480 or retarget), the next hop (§16.6 items 6-7: Route set, static
+    routes and outbound proxy, else the Request-URI), and last the loop
+    check (§16.3 item 4: 482) on the request as it would leave.  An ACK is
+    never answered: where another request gets an answer, an ACK is
+    dropped.
+    """
+    method = view.method
+    uri = view.uri
+    if uri is None:
+        return _refuse(method, 400, f"Bad Request-URI: {view.uri_error}")
+    if not uri.is_sip:
+        return _refuse(method, 416, "Unsupported URI Scheme")
+    if view.proxy_require:
+        if method == "ACK":
+            return Drop("Bad Extension")
+        return Answer(420, "Bad Extension", tuple(("Unsupported", value) for value in view.proxy_require))
+    if not rules.access.allows(view.request, uri, view.source):
+        return _refuse(method, 403, "Forbidden")
+    max_forwards = next_max_forwards(view.max_forwards, view.leg.max_forwards)
+    if max_forwards is None:
+        return _refuse(method, 483, "Too Many Hops")
+
+    legs = rules.legs
+    routes = view.routes
+    text = view.request.uri
+    new_uri: str | None = None
+    restored = restore_strict_route(uri, routes, legs)
+    if restored is not None:
+        new_uri = str(route_uri(routes[-1]))
+        uri = parse_uri(new_uri)
+        routes = restored
+    if routes:
+        routes, named = strip_own_routes(routes, legs)
+    else:
+        named = None
+
+    if method == "REGISTER" and rules.registers is not None and rules.registers(uri):
+        return Register()
+    if rules.locate is not None and not routes:
+        found = rules.locate(uri)
+        if isinstance(found, int):
+            return _refuse(method, found, _LOCATE_REASONS[found])
+        if found:
+            new_uri = found[0]
+            try:
+                uri = parse_uri(new_uri)
+            except SIPParseError as e:
+                return _refuse(method, 400, e.reason)
+
+    if routes:
+        first = _uri_of(routes[0])
+        if first is None:
+            return _refuse(method, 400, "Bad Route")
+        if "lr" in first.params:
+            target = first
+        else:
+            # §16.6 item 6: the next hop is a strict router: it gets the
+            # Request-URI, which moves to the end of the Route set.
+            routes = (*routes[1:], f"<{new_uri if new_uri is not None else text}>")
+            new_uri = str(first)
+            target = first
+    else:
+        static = rules.routes.next_hop(uri)
+        target = static if static is not None else uri
+
+    out_uri = new_uri if new_uri is not None else text
+    from_value = view.from_value
+    try:
+        from_tag = (header_tag(from_value) or "") if from_value else ""
+    except SIPParseError:
+        from_tag = from_value
+    loop = loop_hash(out_uri, from_tag, view.tid, routes, view.proxy_require)
+    if carries_loop(view.vias, legs, loop):
+        return _refuse(method, 482, "Loop Detected")
+    top_branch = view.via.branch or view.vias[0]
+    branch = transaction_hash(
+        view.tid,
+        top_branch,
+        view.request.get_headers("proxy-authorization"),
+        view.proxy_require,
+        routes,
+        from_value,
+        out_uri,
+        loop,
+    )
+    edits = Edits(
+        max_forwards,
+        new_uri,
+        routes if routes != view.routes else None,
+        method != "REGISTER",
+        branch,
+    )
+    return Forward((target,), edits, named or view.leg)
+
+
+_LOCATE_REASONS = {404: "Not Found", 480: "Temporarily Unavailable"}
+
+
+def _refuse(method: str, code: int, reason: str) -> Answer | Drop:
+    return Drop(reason) if method == "ACK" else Answer(code, reason)
+
+
+def carries_loop(vias: tuple[str, ...], legs: LegSet, loop: str) -> bool:
+    """
+    Whether a Via of ours carries C{loop}: the request was here before,
+    unchanged (RFC 3261 §16.3 item 4).
+    """
+    for value in vias:
+        if "z9hG4bK" not in value:
+            continue
+        try:
+            branch = via_branch(value)
+        except SIPParseError:
+            continue
+        if branch is not None and branch.endswith(loop) and legs.owner(branch) is not None:
+            return True
+    return False
+
+
+def decide_response(view: ResponseView, legs: LegSet) -> Return | Drop:
+    """
+    Where a response goes (RFC 3261 §16.7 item 3, §18.2.2): only a
+    response whose top Via is ours goes on (design item 3).  Our Via comes
+    off; when the request crossed legs our second Via names the leg it came
+    in by, which the response must leave by (it holds the connection), and
+    comes off too.  The next Via then says where to.
+    """
+    vias = view.vias
+    owner = legs.owner(_branch(vias[0])) if vias else None
+    if owner is None:
+        return Drop("foreign-via")
+    pinned = legs.owner(_branch(vias[1])) if len(vias) > 1 else None
+    removed = 2 if pinned is not None else 1
+    if len(vias) <= removed:
+        return Drop("no-usable-via")
+    try:
+        via = parse_via(vias[removed])
+    except SIPParseError:
+        return Drop("no-usable-via")
+    targets = response_targets(via)
+    if targets is None:
+        return Drop("no-usable-via")
+    return Return(removed, pinned or owner, pinned is not None, targets)
+
+
+def response_targets(via: Via) -> tuple[Address, ...] | URI | None:
+    """
+    Where a response to C{via} goes: its L{response_target} (and, for a
+    stream, the L{response_fallback}), or a URI to resolve when the
+    sent-by is a name; L{None} for a transport we do not speak.
+    """
+    target = response_target(via)
+    if target is None:
+        return None
+    if not target.is_ip:
+        try:
+            return parse_uri(f"sip:{target.hostport};transport={target.proto}")
+        except SIPParseError:
+            return None
+    fallback = response_fallback(via)
+    return (target,) if fallback is None else (target, fallback)
+
+
+def _branch(value: str) -> str | None:
+    try:
+        return via_branch(value)
+    except SIPParseError:
+        return None
