@@ -1,6 +1,9 @@
 """
 SIPp load comparison of stateless proxies: sipleg, Perl Net::SIP, Twisted's
-C{twisted.protocols.sip.Proxy} and Kamailio.
+C{twisted.protocols.sip.Proxy}, Kamailio and the floor forwarder
+(C{bench/floor.py}: the least a Python + Twisted forwarder can do, the
+baseline: the summary divides every system's us/msg by the floor's, per
+transport and rate, from the same run).
 
 For each system and transport it supports, a SIPp UAS is started, then the
 proxy (on 127.0.0.1, free ports), then a SIPp UAC makes calls UAC -> proxy
@@ -15,14 +18,20 @@ Measured per step: calls attempted / successful / failed (SIPp's
 statistics file), the call rate SIPp actually reached, the proxy's CPU time
 over the step (utime + stime of every process of the proxy, children
 included, from C{/proc/PID/stat}) and so CPU microseconds per forwarded
-message, the proxy's peak RSS (C{VmHWM}), and the CPU share of the two
-SIPp processes.
+message, the proxy's peak RSS (C{VmHWM}), and the CPU share of the SIPp
+processes.
 
-By default the proxy is pinned to CPU 1 and both SIPp processes to CPU 0,
+By default the proxy is pinned to CPU 1 and the SIPp processes to CPU 0,
 so the proxy has a core to itself and a step where SIPp is the limit can
-be told apart: it is flagged C{sipp-cpu} when the two SIPp processes
-together used >= 90% of their core, C{sipp-rate} when SIPp placed calls
-at < 95% of the target rate.
+be told apart: it is flagged C{sipp-limit} when the SIPp processes
+together used >= 90% of their core or dropped datagrams, or placed calls
+at < 95% of the target rate while the proxy was not saturated.  A system with several workers
+(C{sipleg-2w}) is never pinned, nor are its SIPp processes: it needs every
+core (use C{--no-pin} to compare it with one process on equal terms).
+
+C{--pairs N} runs N SIPp UAC/UAS pairs at once, each with its own ports
+(so each its own UDP 4-tuples and TCP connections, which SO_REUSEPORT can
+spread over workers), each at rate / N; their statistics are summed.
 
 Run by hand from the repository root (never in CI; loopback only)::
 
@@ -30,6 +39,7 @@ Run by hand from the repository root (never in CI; loopback only)::
     /tmp/venv/bin/python bench/load.py --quick         # ~1 min
     /tmp/venv/bin/python bench/load.py --systems sipleg --transports udp
     /tmp/venv/bin/python bench/load.py --profile       # py-spy on sipleg, 1600 cps UDP
+    /tmp/venv/bin/python bench/load.py --systems sipleg,sipleg-2w --no-pin --pairs 4
 
 Every process started here runs in its own session and is killed (SIGTERM,
 then SIGKILL to its process group) at the end, on error and on Ctrl-C.
@@ -372,11 +382,14 @@ class System:
     @ivar transports: the transports it can forward.
     @ivar argv: the command line for a proxy on 127.0.0.1:port listening
         on the given transports, run in the given work directory.
+    @ivar workers: processes that share its ports (SO_REUSEPORT); with
+        more than one, nothing is pinned to a CPU for this system.
     """
 
     name: str
     transports: tuple[str, ...]
     argv: Callable[[int, Sequence[str], Path], list[str]]
+    workers: int = 1
 
 
 def _sipleg(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
@@ -414,6 +427,19 @@ def _twisted(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
     return [sys.executable, str(HERE / "twisted_proxy.py"), "--host", HOST, "--port", str(port)]
 
 
+def _floor(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
+    return [
+        sys.executable,
+        str(HERE / "floor.py"),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--transports",
+        ",".join(protos),
+    ]
+
+
 def _kamailio(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
     argv = [
         "kamailio",
@@ -437,7 +463,8 @@ def _kamailio(port: int, protos: Sequence[str], workdir: Path) -> list[str]:
 
 SYSTEMS = {
     "sipleg": System("sipleg", ("udp", "tcp"), _sipleg),
-    "sipleg-2w": System("sipleg-2w", ("udp", "tcp"), _sipleg_workers),
+    "sipleg-2w": System("sipleg-2w", ("udp", "tcp"), _sipleg_workers, workers=2),
+    "floor": System("floor", ("udp", "tcp"), _floor),
     "netsip": System("netsip", ("udp", "tcp"), _netsip),
     "twisted": System("twisted", ("udp",), _twisted),
     "kamailio": System("kamailio", ("udp", "tcp"), _kamailio),
@@ -512,14 +539,26 @@ def uas_argv(proto: str, port: int) -> list[str]:
 
 
 def uac_argv(
-    proto: str, port: int, uas_port: int, proxy_port: int, rate: int, calls: int, timeout: int, stats: Path
+    proto: str,
+    port: int,
+    uas_port: int,
+    proxy_port: int,
+    rate: int,
+    calls: int,
+    timeout: int,
+    stats: Path,
+    pairs: int = 1,
 ) -> list[str]:
+    """
+    A SIPp UAC placing C{calls} calls at C{rate / pairs} calls/s (C{rate}
+    calls every C{pairs} seconds: SIPp spreads them evenly).
+    """
     ruri = f"sip:service@{HOST}:{uas_port}" + (";transport=tcp" if proto == "tcp" else "")
     return [
         "sipp", f"{HOST}:{uas_port}", "-sf", str(UAC_SCENARIO),
         *_sipp_common(proto, port, UAC_SOCKETS),
         "-rsa", f"{HOST}:{proxy_port}", "-key", "ruri", ruri,
-        "-r", str(rate), "-m", str(calls),
+        "-r", str(rate), "-rp", str(1000 * pairs), "-m", str(calls),
         "-timeout", f"{timeout}s",
         # A call whose next message never comes fails before the global
         # timeout ends the step, so it is counted.
@@ -658,45 +697,92 @@ class Combo:
     rss_kib: int = 0
     pss_kib: int = 0
     error: str = ""
+    #: The proxy on CPU 1 and SIPp on CPU 0 (when pinning is on): not for
+    #: a system with several workers, which need every core.
+    pinned: bool = True
 
 
 @dataclass(frozen=True)
 class Settings:
+    """
+    @ivar pairs: SIPp UAC/UAS pairs run at once, each its own sockets
+        (so its own flows for SO_REUSEPORT) at C{rate / pairs}.
+    """
+
     rates: tuple[int, ...]
     step_seconds: float
     grace: int
     warmup_calls: int
+    pairs: int = 1
+
+
+@dataclass
+class Rig:
+    """
+    A running proxy and its SIPp UAS processes (one per pair).
+    """
+
+    proxy: subprocess.Popen[bytes]
+    proxy_port: int
+    uases: list[subprocess.Popen[bytes]]
+    uas_ports: list[int]
+
+
+def _name(kind: str, index: int) -> str:
+    return kind if index == 0 else f"{kind}{index + 1}"
+
+
+def free_ports(proto: str, count: int, taken: Sequence[int]) -> list[int]:
+    """
+    C{count} distinct ports free on 127.0.0.1 for C{proto}, none in C{taken}.
+    """
+    ports: list[int] = []
+    for _ in range(100 * count):
+        if len(ports) == count:
+            break
+        port = free_port([proto])
+        if port not in ports and port not in taken:
+            ports.append(port)
+    if len(ports) < count:
+        raise BenchError(f"not {count} free ports on 127.0.0.1")
+    return ports
 
 
 def run_step(
     procs: Processes,
     combo: Combo,
-    proxy: subprocess.Popen[bytes],
-    uas: subprocess.Popen[bytes],
-    uas_port: int,
-    proxy_port: int,
+    rig: Rig,
     rate: int,
     settings: Settings,
     during: Callable[[], None] | None = None,
 ) -> Step:
     """
-    Run one step: C{rate x step_seconds} calls at C{rate} calls/s.
+    Run one step: C{rate x step_seconds} calls at C{rate} calls/s, split
+    evenly over the SIPp pairs of C{rig} (their statistics summed).
 
-    @param during: called right after the UAC started (the profiler).
+    @param during: called right after the UACs started (the profiler).
     """
-    calls = max(1, round(rate * settings.step_seconds))
+    pairs = len(rig.uases)
+    calls = max(pairs, round(rate * settings.step_seconds))
     timeout = int(settings.step_seconds + 0.999) + settings.grace
-    stats = procs.workdir / f"stat-{combo.system}-{combo.transport}-{rate}.csv"
-    uac_port = free_port([combo.transport])
-    ports = (proxy_port, uas_port, uac_port)
+    uac_ports = free_ports(combo.transport, pairs, [rig.proxy_port, *rig.uas_ports])
+    ports = (rig.proxy_port, *rig.uas_ports, *uac_ports)
     step = Step(combo.system, combo.transport, rate)
     drops_before = udp_drops(ports)
-    proxy_before, uas_before, started = cpu_seconds(proxy.pid), sum(cpu_seconds(uas.pid)), time.monotonic()
-    argv = uac_argv(combo.transport, uac_port, uas_port, proxy_port, rate, calls, timeout, stats)
-    uac = procs.start("uac", argv, 0)
+    proxy_before = cpu_seconds(rig.proxy.pid)
+    uas_before = sum(sum(cpu_seconds(uas.pid)) for uas in rig.uases)
+    started = time.monotonic()
+    uacs, stats = [], []
+    for i, (uas_port, uac_port) in enumerate(zip(rig.uas_ports, uac_ports, strict=True)):
+        stats.append(procs.workdir / f"stat-{combo.system}-{combo.transport}-{rate}-{i}.csv")
+        share = calls // pairs + (i < calls % pairs)
+        argv = uac_argv(
+            combo.transport, uac_port, uas_port, rig.proxy_port, rate, share, timeout, stats[-1], pairs
+        )
+        uacs.append(procs.start(_name("uac", i), argv, 0 if combo.pinned else None))
     if during is not None:
         during()
-    sampler = Sampler(step, proxy.pid, (uas.pid, uac.pid))
+    sampler = Sampler(step, rig.proxy.pid, [p.pid for p in (*rig.uases, *uacs)])
     drops = dict(drops_before)
 
     def tick() -> None:
@@ -704,67 +790,73 @@ def run_step(
         # The UAC's socket goes with it: keep its last count.
         drops.update(udp_drops(ports))
 
-    code, step.uac_cpu = procs.wait(uac, timeout + 5, tick)
+    deadline = time.monotonic() + timeout + 5
+    codes = []
+    for uac in uacs:
+        code, cpu = procs.wait(uac, max(0.1, deadline - time.monotonic()), tick)
+        codes.append(code)
+        step.uac_cpu += cpu
     step.wall = time.monotonic() - started
-    proxy_after = cpu_seconds(proxy.pid)
+    proxy_after = cpu_seconds(rig.proxy.pid)
     step.proxy_cpu = sum(proxy_after) - sum(proxy_before)
     step.proxy_sys = proxy_after[1] - proxy_before[1]
-    step.uas_cpu = sum(cpu_seconds(uas.pid)) - uas_before
+    step.uas_cpu = sum(sum(cpu_seconds(uas.pid)) for uas in rig.uases) - uas_before
     drops.update(udp_drops(ports))
     lost = {port: drops.get(port, 0) - drops_before.get(port, 0) for port in ports}
-    step.proxy_drops = lost[proxy_port]
-    step.sipp_drops = lost[uas_port] + lost[uac_port]
-    step.rss_kib = peak_rss_kib(proxy.pid)
-    rows = read_stats(stats)
-    if not rows:
-        raise BenchError(f"SIPp UAC (exit {code}) wrote no statistics:\n{procs.log_tail('uac')}")
-    step.attempted = _int(rows[-1], "OutgoingCall(C)")
-    step.successful = _int(rows[-1], "SuccessfulCall(C)")
-    step.retransmissions = _int(rows[-1], "Retransmissions(C)")
-    step.achieved = achieved_rate(rows)
-    if proxy.poll() is not None:
-        raise BenchError(f"{combo.system} exited with {proxy.returncode}:\n{procs.log_tail(combo.system)}")
+    step.proxy_drops = lost[rig.proxy_port]
+    step.sipp_drops = sum(lost[port] for port in ports[1:])
+    step.rss_kib = peak_rss_kib(rig.proxy.pid)
+    for i, (path, code) in enumerate(zip(stats, codes, strict=True)):
+        rows = read_stats(path)
+        if not rows:
+            name = _name("uac", i)
+            raise BenchError(f"SIPp {name} (exit {code}) wrote no statistics:\n{procs.log_tail(name)}")
+        step.attempted += _int(rows[-1], "OutgoingCall(C)")
+        step.successful += _int(rows[-1], "SuccessfulCall(C)")
+        step.retransmissions += _int(rows[-1], "Retransmissions(C)")
+        step.achieved += achieved_rate(rows)
+    if rig.proxy.poll() is not None:
+        raise BenchError(
+            f"{combo.system} exited with {rig.proxy.returncode}:\n{procs.log_tail(combo.system)}"
+        )
     return step
 
 
 @contextmanager
 def running_pair(
-    procs: Processes, system: System, transport: str
-) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int, int]]:
+    procs: Processes, system: System, transport: str, pairs: int = 1, pinned: bool = True
+) -> Iterator[Rig]:
     """
-    A SIPp UAS (CPU 0) and the proxy (CPU 1) on C{transport}, both
-    listening; both stopped on exit.
+    C{pairs} SIPp UAS (CPU 0) and the proxy (CPU 1) on C{transport}, all
+    listening; all stopped on exit.
     """
-    uas_port = free_port([transport])
-    uas = procs.start("uas", uas_argv(transport, uas_port), 0)
+    uases: list[subprocess.Popen[bytes]] = []
     try:
-        procs.wait_bound("uas", uas, [transport], uas_port)
+        uas_ports = free_ports(transport, pairs, [])
+        for i, port in enumerate(uas_ports):
+            uases.append(procs.start(_name("uas", i), uas_argv(transport, port), 0 if pinned else None))
+        for i, (uas, port) in enumerate(zip(uases, uas_ports, strict=True)):
+            procs.wait_bound(_name("uas", i), uas, [transport], port)
         proxy_port = free_port(system.transports)
-        proxy = procs.start(system.name, system.argv(proxy_port, system.transports, procs.workdir), 1)
+        argv = system.argv(proxy_port, system.transports, procs.workdir)
+        proxy = procs.start(system.name, argv, 1 if pinned else None)
         try:
             procs.wait_bound(system.name, proxy, system.transports, proxy_port)
-            yield proxy, uas, uas_port, proxy_port
+            yield Rig(proxy, proxy_port, uases, uas_ports)
         finally:
             procs.stop(proxy)
     finally:
-        procs.stop(uas)
+        for uas in uases:
+            procs.stop(uas)
 
 
-def warm_up(
-    procs: Processes,
-    combo: Combo,
-    proxy: subprocess.Popen[bytes],
-    uas: subprocess.Popen[bytes],
-    uas_port: int,
-    proxy_port: int,
-    settings: Settings,
-) -> None:
+def warm_up(procs: Processes, combo: Combo, rig: Rig, settings: Settings) -> None:
     """
     A few calls before measuring (connections opened, caches filled).
     """
     if settings.warmup_calls:
         warm = Settings((), settings.warmup_calls / 100, settings.grace, 0)
-        run_step(procs, combo, proxy, uas, uas_port, proxy_port, 100, warm)
+        run_step(procs, combo, rig, 100, warm)
         time.sleep(REST)
 
 
@@ -773,10 +865,11 @@ def run_combo(procs: Processes, system: System, transport: str, settings: Settin
     All steps of one system on one transport, from the lowest rate up,
     skipping the rates above a step that failed badly.
     """
-    combo = Combo(system.name, transport)
+    combo = Combo(system.name, transport, pinned=system.workers == 1)
     try:
-        with running_pair(procs, system, transport) as (proxy, uas, uas_port, proxy_port):
-            warm_up(procs, combo, proxy, uas, uas_port, proxy_port, settings)
+        with running_pair(procs, system, transport, settings.pairs, combo.pinned) as rig:
+            proxy = rig.proxy
+            warm_up(procs, combo, rig, settings)
             given_up = 0
             for rate in settings.rates:
                 if given_up:
@@ -784,7 +877,7 @@ def run_combo(procs: Processes, system: System, transport: str, settings: Settin
                         Step(system.name, transport, rate, skipped=f"skipped (>{given_up} cps)")
                     )
                     continue
-                step = run_step(procs, combo, proxy, uas, uas_port, proxy_port, rate, settings)
+                step = run_step(procs, combo, rig, rate, settings)
                 combo.steps.append(step)
                 print(step_row(step), flush=True)
                 if step.failed_share > GIVE_UP_FAILED:
@@ -862,6 +955,45 @@ def summary(combos: list[Combo], reference: int) -> str:
     return "\n".join(lines)
 
 
+def floor_ratios(combos: list[Combo]) -> str:
+    """
+    For each transport and rate, every system's us/msg over the floor
+    forwarder's (C{bench/floor.py}) from the same run, as a Markdown table;
+    empty without a floor.  C{*}: that step or the floor's did not pass
+    (failed calls or rate not reached), so the ratio means little.
+    """
+    floors = {
+        c.transport: {s.target: s for s in c.steps if s.us_per_message is not None}
+        for c in combos
+        if c.system == "floor"
+    }
+    rates = sorted({s.target for t in floors.values() for s in t.values()})
+    if not rates:
+        return ""
+    lines = [
+        "| system | transport | " + " | ".join(f"{r} cps: us/msg (x floor)" for r in rates) + " |",
+        "|---|---|" + "---:|" * len(rates),
+    ]
+    for combo in sorted(combos, key=lambda c: (c.transport, c.system != "floor")):
+        floor = floors.get(combo.transport)
+        if floor is None:
+            continue
+        cells = []
+        for rate in rates:
+            step = next((s for s in combo.steps if s.target == rate and not s.skipped), None)
+            us = None if step is None else step.us_per_message
+            base = floor.get(rate)
+            if step is None or us is None:
+                cells.append("-")
+            elif base is None or not base.us_per_message:
+                cells.append(f"{us:.1f}")
+            else:
+                mark = "" if step.passed and base.passed else "*"
+                cells.append(f"{us:.1f} ({us / base.us_per_message:.2f}x){mark}")
+        lines.append(f"| {combo.system} | {combo.transport} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _first_line(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
@@ -885,14 +1017,22 @@ def environment(args: argparse.Namespace) -> str:
                 break
     twisted_version = _first_line([sys.executable, "-c", "import twisted; print(twisted.__version__)"])
     netsip = _first_line(["perl", "-MNet::SIP", "-e", "print $Net::SIP::VERSION"])
-    pin = "proxy pinned to CPU 1, both SIPp processes to CPU 0" if args.pin else "no CPU pinning"
+    pin = "proxy pinned to CPU 1, all SIPp processes to CPU 0" if args.pin else "no CPU pinning"
+    several = [name for name in args.systems if SYSTEMS[name].workers > 1]
+    if args.pin and several:
+        pin += f" (none for {', '.join(several)}: several workers)"
     if args.uac_sockets == "n":
         pin += "; SIPp UAC with one socket per call"
+    pairs = (
+        "one UAC and one UAS process"
+        if args.pairs == 1
+        else f"{args.pairs} UAC/UAS pairs at once, each its own ports, each at rate / {args.pairs}"
+    )
     return "\n".join(
         [
             f"- date: {datetime.date.today().isoformat()}; machine: {os.cpu_count()} CPUs ({model}), "
             f"{platform.system()} {platform.release()}",
-            f"- load generator: SIPp, one UAC and one UAS process; {pin}",
+            f"- load generator: SIPp, {pairs}; {pin}",
             f"- steps: {args.step_seconds:g} s of calls per rate (SIPp gives up {args.grace} s later)",
             f"- sipp: {_first_line(['sipp', '-v'])}; kamailio: {_first_line(['kamailio', '-v'])}",
             f"- Net::SIP {netsip}; Twisted {twisted_version}; Python {platform.python_version()}",
@@ -964,14 +1104,14 @@ def profile(procs: Processes, settings: Settings, rate: int, out: Path, top: int
         raise BenchError(f"{py_spy} missing: {sys.executable} -m pip install py-spy")
     system = SYSTEMS["sipleg"]
     combo = Combo("sipleg", "udp")
-    with running_pair(procs, system, "udp") as (proxy, uas, uas_port, proxy_port):
-        warm_up(procs, combo, proxy, uas, uas_port, proxy_port, settings)
+    with running_pair(procs, system, "udp", settings.pairs) as rig:
+        warm_up(procs, combo, rig, settings)
         spy: list[subprocess.Popen[bytes]] = []
         argv = [
             str(py_spy),
             "record",
             "--pid",
-            str(proxy.pid),
+            str(rig.proxy.pid),
             "--format",
             "raw",
             "--rate",
@@ -984,10 +1124,7 @@ def profile(procs: Processes, settings: Settings, rate: int, out: Path, top: int
         step = run_step(
             procs,
             combo,
-            proxy,
-            uas,
-            uas_port,
-            proxy_port,
+            rig,
             rate,
             settings,
             during=lambda: spy.append(procs.start("py-spy", argv, None)),
@@ -1046,6 +1183,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="1",
         help="SIPp UAC: one socket for all calls (1) or one per call (n, many source ports)",
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=1,
+        help="SIPp UAC/UAS pairs at once, each its own sockets (flows), each at rate / N",
+    )
     parser.add_argument("--reference", type=int, default=1600, help="rate for the us/msg summary column")
     parser.add_argument("--profile", action="store_true", help="py-spy on sipleg at --reference cps UDP")
     parser.add_argument(
@@ -1062,6 +1205,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for proto in args.transports:
         if proto not in ("udp", "tcp"):
             parser.error(f"unknown transport {proto!r}")
+    if not 1 <= args.pairs <= 16:
+        parser.error("--pairs: 1 to 16")
     if args.rates is None:
         args.rates = list(QUICK_RATES if args.quick else DEFAULT_RATES)
     if args.step_seconds is None:
@@ -1085,7 +1230,7 @@ def main(argv: list[str]) -> int:
     # SIGINT too: a background job of a non-interactive shell ignores it.
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    settings = Settings(tuple(args.rates), args.step_seconds, args.grace, 50)
+    settings = Settings(tuple(args.rates), args.step_seconds, args.grace, 50, args.pairs)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sipleg-load-") as workdir:
         procs = Processes(Path(workdir), args.pin)
@@ -1102,6 +1247,9 @@ def main(argv: list[str]) -> int:
                 if proto in SYSTEMS[name].transports
             ]
             print("\n" + summary(combos, args.reference))
+            ratios = floor_ratios(combos)
+            if ratios:
+                print("\n" + ratios)
             print(f"\n({time.monotonic() - started:.0f} s)")
             return 1 if any(combo.error for combo in combos) else 0
         except BenchError as e:
