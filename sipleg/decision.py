@@ -2,6 +2,10 @@
 The request pass, sans I/O: what the proxy does with a packet, decided
 once over values parsed once.
 
+Views and outcomes are immutable named tuples (cheap to make, once per
+packet); the element's own values (L{LegIdentity}, L{LegSet}, L{Rules})
+are frozen dataclasses, made when the configuration changes.
+
 On receipt the proxy builds one frozen view of the packet
 (L{request_view}, L{response_view}) and hands it to a pure decision
 function with the frozen L{Rules} of the element:
@@ -28,6 +32,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sipleg.address import Address
 from sipleg.branch import loop_hash, transaction_hash
@@ -156,8 +161,7 @@ def _canonical_v6(host: str) -> str:
 # Views
 
 
-@dataclass(frozen=True, slots=True)
-class RequestView:
+class RequestView(NamedTuple):
     """
     One received request, parsed once: everything the decision reads.
 
@@ -249,8 +253,7 @@ def request_view(request: Request, leg: LegIdentity, source: Address) -> Request
     )
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseView:
+class ResponseView(NamedTuple):
     """
     One received response: its Via values and where it came from.
 
@@ -274,8 +277,7 @@ def response_view(response: Response) -> ResponseView:
 # Outcomes
 
 
-@dataclass(frozen=True, slots=True)
-class Edits:
+class Edits(NamedTuple):
     """
     The leg-independent changes a forwarded request gets.  The executor
     adds what depends on the leg it leaves by: the Via (C{leg.branch +
@@ -295,8 +297,7 @@ class Edits:
     branch: str
 
 
-@dataclass(frozen=True, slots=True)
-class Forward:
+class Forward(NamedTuple):
     """
     Send the request on.
 
@@ -311,8 +312,7 @@ class Forward:
     prefer: LegIdentity
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """
     Answer the request statelessly.
 
@@ -326,8 +326,7 @@ class Answer:
     headers: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Drop:
+class Drop(NamedTuple):
     """
     Send nothing (an ACK that cannot go on, a response not ours ...).
 
@@ -337,15 +336,13 @@ class Drop:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Register:
+class Register(NamedTuple):
     """
     A REGISTER for one of our domains: the registrar answers it.
     """
 
 
-@dataclass(frozen=True, slots=True)
-class Return:
+class Return(NamedTuple):
     """
     Send a response back along the Via path (RFC 3261 §16.7, §18.2.2).
 

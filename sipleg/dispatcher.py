@@ -259,7 +259,7 @@ class Dispatcher:
         @raise DeliveryError: every pair failed at once (the last error;
             C{ENOPROTOOPT} when there was no pair).
         """
-        error: DeliveryError = DeliveryError(ENOPROTOOPT, "no leg can reach the destination")
+        error: DeliveryError | None = None
         for index in range(first, len(pairs)):
             pair = pairs[index]
             leg, address = pair
@@ -279,7 +279,7 @@ class Dispatcher:
                 return self.send_in_order(pairs, build, after)
 
             return waiting.addCallbacks(lambda _, pair=pair: pair, failed)
-        raise error
+        raise error or DeliveryError(ENOPROTOOPT, "no leg can reach the destination")
 
 
 def pair_legs(addresses: Iterable[Address], legs: Sequence[Leg]) -> list[tuple[Leg, Address]]:

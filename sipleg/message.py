@@ -429,6 +429,13 @@ def _new_values(name: str, value: str) -> tuple[str, str, list[str]]:
     return key, _CANONICAL.get(key, name), values
 
 
+def _line(name: str, values: list[str]) -> bytes:
+    """
+    The canonical header line of C{values}.
+    """
+    return f"{name}: {', '.join(values)}".encode("utf-8", "surrogateescape")
+
+
 def _number(value: bytes, what: str) -> int:
     """
     Parse a non-negative decimal number of at most L{_MAX_DIGITS}
@@ -538,23 +545,27 @@ class Message:
 
     # The header block is four parallel lists, one entry per header line:
     #  - _keys: the lower-case full name;
-    #  - _raws: the original line (without its CRLF, folds kept) while it
-    #    is untouched, written back as is; None for an added or modified
-    #    line, written canonically;
+    #  - _raws: the line as it is written out, without its CRLF: the
+    #    original line (folds kept) while it is untouched, the canonical
+    #    line "Name: value, value" once added or modified;
     #  - _vals: the decoded values, None until asked for; a list is never
     #    changed in place once stored (copies share them);
     #  - _names: the name to write a canonical line with.
     # Parallel lists make the lookups list.index() calls, in C.
-    __slots__ = ("_keys", "_raws", "_vals", "_names", "_body", "_orig")
+    __slots__ = ("_keys", "_raws", "_vals", "_names", "_body", "_orig", "_length_ok")
 
     _keys: list[str]
-    _raws: list[bytes | None]
+    _raws: list[bytes]
     _vals: list[list[str] | None]
     _names: list[str | None]
     _body: bytes
     #: The bytes the message was parsed from, while they are still what it
     #: serialises to.
     _orig: bytes | None
+    #: Whether the Content-Length lines are known to give the body's
+    #: length (a parsed message whose body and Content-Length are
+    #: untouched): then the lines serialise as they are.
+    _length_ok: bool
 
     def __init__(self, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
         """
@@ -570,6 +581,7 @@ class Message:
         self._names = []
         self._body = body
         self._orig = None
+        self._length_ok = False
         for name, value in headers:
             self.add_header(name, value)
 
@@ -596,15 +608,14 @@ class Message:
             raise TypeError("body must be bytes")
         self._body = body
         self._orig = None
+        self._length_ok = False
 
     # -- header block internals ---------------------------------------------
 
     def _values(self, index: int) -> list[str]:
         values = self._vals[index]
         if values is None:
-            raw = self._raws[index]
-            assert raw is not None
-            values = self._vals[index] = _decode(self._keys[index], raw)
+            values = self._vals[index] = _decode(self._keys[index], self._raws[index])
         return values
 
     def _name(self, index: int) -> str:
@@ -614,25 +625,29 @@ class Message:
             name = _CANONICAL.get(key)
             if name is None:
                 raw = self._raws[index]
-                assert raw is not None
                 name = raw[: raw.find(b":")].rstrip(b" \t").decode("ascii")
             self._names[index] = name
         return name
 
     def _replace(self, index: int, values: list[str]) -> None:
         # Give a line new values: it is written canonically from now on.
-        self._name(index)
-        self._raws[index] = None
+        self._raws[index] = _line(self._name(index), values)
         self._vals[index] = values
+        if self._keys[index] == "content-length":
+            self._length_ok = False
 
     def _insert(self, index: int, key: str, name: str, values: list[str]) -> None:
         self._keys.insert(index, key)
-        self._raws.insert(index, None)
+        self._raws.insert(index, _line(name, values))
         self._vals.insert(index, values)
         self._names.insert(index, name)
         self._orig = None
+        if key == "content-length":
+            self._length_ok = False
 
     def _delete(self, index: int) -> None:
+        if self._keys[index] == "content-length":
+            self._length_ok = False
         del self._keys[index]
         del self._raws[index]
         del self._vals[index]
@@ -699,7 +714,7 @@ class Message:
             index = keys.index(key)
             values = self._vals[index]
             if values is None:
-                values = self._vals[index] = _decode(key, self._raws[index])  # type: ignore[arg-type]
+                values = self._vals[index] = _decode(key, self._raws[index])
             return values[:]
         result: list[str] = []
         index = -1
@@ -776,9 +791,11 @@ class Message:
             for line in reversed(lines[1:]):
                 self._delete(line)
             first = lines[0]
-            self._raws[first] = None
+            self._raws[first] = _line(name, values)
             self._vals[first] = values
             self._names[first] = name
+            if key == "content-length":
+                self._length_ok = False
         else:
             found = self._locate(key, index)
             if found is None:
@@ -881,34 +898,34 @@ class Message:
         other._names = self._names[:]
         other._body = self._body
         other._orig = self._orig
+        other._length_ok = self._length_ok
         return other
 
     def __bytes__(self) -> bytes:
         orig = self._orig
         if orig is not None:
             return orig
+        if self._length_ok:
+            # An edited parsed message: every line as it stands.
+            return b"\r\n".join([self._start_line(), *self._raws, b"", self._body])
         body = self._body
         length = len(body)
         parts = [self._start_line()]
         append = parts.append
         has_length = False
-        for key, raw, values, name in zip(self._keys, self._raws, self._vals, self._names, strict=True):
+        for key, raw in zip(self._keys, self._raws, strict=True):
             if key == "content-length":
                 # Content-Length is always right on output, and rewritten
                 # only when it is wrong.
                 has_length = True
                 try:
-                    value = _raw_value(raw) if raw is not None else (values or [""])[0].encode()
-                    right = _number(value, "Content-Length") == length
+                    right = _number(_raw_value(raw), "Content-Length") == length
                 except (SIPParseError, UnicodeError):
                     right = False
                 if not right:
                     append(b"Content-Length: %d" % length)
                     continue
-            if raw is not None:
-                append(raw)
-            else:
-                append(f"{name}: {', '.join(values or ())}".encode("utf-8", "surrogateescape"))
+            append(raw)
         if not has_length:
             append(b"Content-Length: %d" % length)
         append(b"")
@@ -1340,11 +1357,12 @@ def parse_message(data: bytes, *, datagram: bool = True) -> Request | Response:
         else:
             orig = data[start:body_end]
     message._keys = keys
-    message._raws = raws  # type: ignore[assignment]  # no None at first
+    message._raws = raws
     message._vals = vals
     message._names = [None] * count
     message._body = data[body_start:body_end]
     message._orig = orig
+    message._length_ok = length is not None
     return message
 
 
