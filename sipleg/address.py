@@ -11,10 +11,11 @@ This module is part of the sans-IO core: it never touches the network.
 
 from __future__ import annotations
 
+import functools
 import socket
 from dataclasses import dataclass, field
 
-__all__ = ["Address", "bracket", "default_port", "ip_family", "split_hostport", "PROTOCOLS"]
+__all__ = ["Address", "address", "bracket", "default_port", "ip_family", "split_hostport", "PROTOCOLS"]
 
 #: The transports sipleg speaks.
 PROTOCOLS = ("udp", "tcp", "tls")
@@ -189,3 +190,21 @@ def split_hostport(text: str) -> tuple[str, int | None]:
     if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or int(port_text) > 65535:
         raise ValueError(f"bad port in {text!r}")
     return host, int(port_text)
+
+
+def address(host: str, port: int, proto: str = "udp") -> Address:
+    """
+    C{Address(host, port, proto)}, shared: the last few thousand addresses
+    made from short hosts are cached (an L{Address} is a frozen value), so
+    the proxy does not validate the same peer's address for every packet.
+
+    @raise ValueError: as L{Address} does.
+    """
+    if len(host) <= 64:
+        return _cached_address(host, port, proto)
+    return Address(host, port, proto)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_address(host: str, port: int, proto: str) -> Address:
+    return Address(host, port, proto)

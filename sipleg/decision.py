@@ -149,6 +149,20 @@ class LegSet:
                     return leg
         return None
 
+    def via_owner(self, value: str) -> LegIdentity | None:
+        """
+        The leg whose Via C{value} is: L{owner} of its branch, read only
+        when one of our prefixes occurs in the value at all (the usual
+        answer for a Via of somebody else is found without parsing it).
+        """
+        for leg in self.legs:
+            if leg.branch in value:
+                try:
+                    return self.owner(via_branch(value))
+                except SIPParseError:
+                    return None
+        return None
+
 
 def _canonical_v6(host: str) -> str:
     try:
@@ -565,14 +579,10 @@ def carries_loop(vias: tuple[str, ...], legs: LegSet, loop: str) -> bool:
     unchanged (RFC 3261 §16.3 item 4).
     """
     for value in vias:
-        if "z9hG4bK" not in value:
-            continue
-        try:
-            branch = via_branch(value)
-        except SIPParseError:
-            continue
-        if branch is not None and branch.endswith(loop) and legs.owner(branch) is not None:
-            return True
+        if legs.via_owner(value) is not None:
+            branch = _branch(value)
+            if branch is not None and branch.endswith(loop):
+                return True
     return False
 
 
@@ -585,10 +595,10 @@ def decide_response(view: ResponseView, legs: LegSet) -> Return | Drop:
     comes off too.  The next Via then says where to.
     """
     vias = view.vias
-    owner = legs.owner(_branch(vias[0])) if vias else None
+    owner = legs.via_owner(vias[0]) if vias else None
     if owner is None:
         return Drop("foreign-via")
-    pinned = legs.owner(_branch(vias[1])) if len(vias) > 1 else None
+    pinned = legs.via_owner(vias[1]) if len(vias) > 1 else None
     removed = 2 if pinned is not None else 1
     if len(vias) <= removed:
         return Drop("no-usable-via")

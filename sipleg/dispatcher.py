@@ -221,7 +221,13 @@ class Dispatcher:
             return found
         return succeed(found)
 
-    def resolve(self, uri: URI, legs: Sequence[Leg], packet: Message) -> Maybe[list[tuple[Leg, Address]]]:
+    def resolve(
+        self,
+        uri: URI,
+        legs: Sequence[Leg],
+        packet: Message,
+        transports: tuple[str, ...] | None = None,
+    ) -> Maybe[list[tuple[Leg, Address]]]:
         """
         Resolve C{uri} (RFC 3263) and pair every address with the first of
         C{legs} that can send to it: at once for an IP literal, through DNS
@@ -229,10 +235,13 @@ class Dispatcher:
 
         @param packet: the message to send: a stateless proxy seeds the SRV
             choice with its transaction (RFC 3261 §16.11).
+        @param transports: the transports of C{legs}, when the caller knows
+            them already.
         @return: the pairs, or a L{Deferred} firing with them.
         @raise DeliveryError: no leg fits the URI.
         """
-        transports = tuple(dict.fromkeys(leg.proto for leg in legs))
+        if transports is None:
+            transports = tuple(dict.fromkeys(leg.proto for leg in legs))
         resolver = self.resolver
         numeric = resolver.resolve_now(uri, transports)
         if numeric is not None:
@@ -290,8 +299,13 @@ def pair_legs(addresses: Iterable[Address], legs: Sequence[Leg]) -> list[tuple[L
     """
     pairs = []
     for address in addresses:
+        family = address.family
         for leg in legs:
-            if leg.can_deliver_to(address):
+            if family is None:
+                if leg.can_deliver_to(address):
+                    pairs.append((leg, address))
+                    break
+            elif leg.proto == address.proto and leg.family == family:
                 pairs.append((leg, address))
                 break
     return pairs

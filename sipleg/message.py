@@ -199,6 +199,9 @@ _ONCE = (
 #: RFC 3261 §8.1.1 mandatory headers (Max-Forwards aside: RFC 2543 peers
 #: omit it, RFC 4475 §3.4.1).
 _REQUIRED = ("to", "from", "cseq", "call-id", "via")
+
+#: The headers whose edits invalidate what a message keeps about them.
+_DERIVED = frozenset(("content-length", "call-id", "cseq"))
 _REQUIRED_SET = frozenset(_REQUIRED)
 
 # RFC 3261 §25.1:
@@ -552,7 +555,7 @@ class Message:
     #    changed in place once stored (copies share them);
     #  - _names: the name to write a canonical line with.
     # Parallel lists make the lookups list.index() calls, in C.
-    __slots__ = ("_keys", "_raws", "_vals", "_names", "_body", "_orig", "_length_ok")
+    __slots__ = ("_keys", "_raws", "_vals", "_names", "_body", "_orig", "_length_ok", "_tid")
 
     _keys: list[str]
     _raws: list[bytes]
@@ -566,6 +569,8 @@ class Message:
     #: length (a parsed message whose body and Content-Length are
     #: untouched): then the lines serialise as they are.
     _length_ok: bool
+    #: The transaction id, once known (reset when Call-ID or CSeq change).
+    _tid: str | None
 
     def __init__(self, headers: Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
         """
@@ -582,6 +587,7 @@ class Message:
         self._body = body
         self._orig = None
         self._length_ok = False
+        self._tid = None
         for name, value in headers:
             self.add_header(name, value)
 
@@ -633,8 +639,7 @@ class Message:
         # Give a line new values: it is written canonically from now on.
         self._raws[index] = _line(self._name(index), values)
         self._vals[index] = values
-        if self._keys[index] == "content-length":
-            self._length_ok = False
+        self._edited(self._keys[index])
 
     def _insert(self, index: int, key: str, name: str, values: list[str]) -> None:
         self._keys.insert(index, key)
@@ -642,17 +647,23 @@ class Message:
         self._vals.insert(index, values)
         self._names.insert(index, name)
         self._orig = None
-        if key == "content-length":
-            self._length_ok = False
+        self._edited(key)
 
     def _delete(self, index: int) -> None:
-        if self._keys[index] == "content-length":
-            self._length_ok = False
+        self._edited(self._keys[index])
         del self._keys[index]
         del self._raws[index]
         del self._vals[index]
         del self._names[index]
         self._orig = None
+
+    def _edited(self, key: str) -> None:
+        # What a changed header line invalidates.
+        if key in _DERIVED:
+            if key == "content-length":
+                self._length_ok = False
+            else:
+                self._tid = None
 
     def _indexes(self, key: str) -> list[int]:
         keys = self._keys
@@ -666,6 +677,11 @@ class Message:
     def _locate(self, key: str, number: int) -> tuple[int, int] | None:
         # (line index, position in its values) of value number `number`
         # (negative numbers count from the end).
+        if number == 0 and key in self._keys:
+            # The first value: usually on the first line.
+            index = self._keys.index(key)
+            if self._values(index):
+                return index, 0
         lines = self._indexes(key)
         if number < 0:
             number += sum(len(self._values(index)) for index in lines)
@@ -784,7 +800,8 @@ class Message:
         """
         key, name, values = _new_values(name, value)
         if index is None:
-            lines = self._indexes(key)
+            keys = self._keys
+            lines = [keys.index(key)] if keys.count(key) == 1 else self._indexes(key)
             if not lines:
                 self._insert(len(self._keys), key, name, values)
                 return
@@ -794,8 +811,7 @@ class Message:
             self._raws[first] = _line(name, values)
             self._vals[first] = values
             self._names[first] = name
-            if key == "content-length":
-                self._length_ok = False
+            self._edited(key)
         else:
             found = self._locate(key, index)
             if found is None:
@@ -875,13 +891,10 @@ class Message:
         it: an INVITE, its CANCEL and its ACK share it, and responses have
         the tid of their request.
         """
-        call_id = self.call_id
-        # The common case without the full CSeq parse (checked at parse
-        # time): "digits SP method".
-        number = (self.get_header("cseq") or "").partition(" ")[0]
-        if number.isascii() and number.isdigit() and len(number) <= 9:
-            return f"{call_id} {int(number)}"
-        return f"{call_id} {self.cseq[0]}"
+        tid = self._tid
+        if tid is None:
+            tid = self._tid = f"{self.call_id} {self.cseq[0]}"
+        return tid
 
     # -- copying and output -------------------------------------------------
 
@@ -899,6 +912,7 @@ class Message:
         other._body = self._body
         other._orig = self._orig
         other._length_ok = self._length_ok
+        other._tid = self._tid
         return other
 
     def __bytes__(self) -> bytes:
@@ -1214,16 +1228,15 @@ def _check_headers(
         at += 1
 
     # From, To: balanced quotes and angle brackets (RFC 4475 §3.1.2.6).
-    line = raws[index("from")]
-    if line.find(b'"') >= 0:
-        _decode("from", line)
-    elif line.rfind(b"<") > line.rfind(b">"):
-        raise SIPParseError("unclosed '<' in From")
-    line = raws[index("to")]
-    if line.find(b'"') >= 0:
-        _decode("to", line)
-    elif line.rfind(b"<") > line.rfind(b">"):
-        raise SIPParseError("unclosed '<' in To")
+    for key in ("from", "to"):
+        at = index(key)
+        line = raws[at]
+        if line.find(b'"') >= 0:
+            vals[at] = _decode(key, line)
+        elif line.rfind(b"<") > line.rfind(b">"):
+            raise SIPParseError(f"unclosed '<' in {_CANONICAL[key]}")
+        else:
+            vals[at] = [_raw_value(line).decode("utf-8", "surrogateescape")]
 
     # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method, the number below 2**31;
     # the method of a request's CSeq is its method (RFC 3261 §8.1.1.5,
@@ -1234,6 +1247,7 @@ def _check_headers(
     # (Nine digits are always below 2**31.)
     if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 9:
         _parse_cseq(line[line.find(b":") + 1:])
+    number = int(parts[0])
     if type(message) is Request:
         if parts[1] != message._method.encode("ascii"):
             raise SIPParseError("CSeq method does not match the request method")
@@ -1250,6 +1264,8 @@ def _check_headers(
     if not text or " " in text or "\t" in text:
         raise SIPParseError("bad Call-ID")
     vals[at] = [text]
+    # The transaction id (see Message.tid), which every element needs.
+    message._tid = f"{text} {number}"
 
     # Max-Forwards = "Max-Forwards" HCOLON 1*DIGIT
     if "max-forwards" in present:

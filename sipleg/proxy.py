@@ -45,7 +45,7 @@ from sipleg.decision import (
     response_targets,
     response_view,
 )
-from sipleg.dispatcher import Dispatcher
+from sipleg.dispatcher import Dispatcher, pair_legs
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_response
@@ -94,6 +94,7 @@ class StatelessProxy:
         self._rules_key: tuple[Any, ...] = ()
         self._rules: Rules | None = None
         self._legs: dict[LegIdentity, Leg] = {}
+        self._transports: tuple[str, ...] = ()
         dispatcher.receiver = self
         # request_view() stamps received/rport on the top Via it parses.
         dispatcher.stamps = False
@@ -115,6 +116,7 @@ class StatelessProxy:
             rules = self._rules = Rules(legs, self.access, self.routes, registers, locate)
             self._rules_key = key
             self._legs = {leg.identity: leg for leg in self.dispatcher.legs}
+            self._transports = tuple(dict.fromkeys(leg.proto for leg in self.dispatcher.legs))
         return rules
 
     def is_own_uri(self, uri: URI) -> bool:
@@ -206,22 +208,22 @@ class StatelessProxy:
 
     def _forward(self, view: RequestView, forward: Forward, in_leg: Leg) -> Deferred[Any] | None:
         """
-        Execute a L{Forward}: edit a copy once, then splice the outgoing
-        leg's lines on top of its bytes for each target tried.  The request
-        itself stays as received, for an error answer built from it.
+        Execute a L{Forward}: edit the request once, then splice the
+        outgoing leg's lines on top of its bytes for each target tried.
+        The edits leave alone what an error answer is built from (Via,
+        From, To, Call-ID, CSeq), so the request is edited in place.
         """
         request = view.request
         edits = forward.edits
-        packet = request.copy()
-        packet.set_header("max-forwards", str(edits.max_forwards))
+        request.set_header("max-forwards", str(edits.max_forwards))
         if edits.uri is not None:
-            packet.uri = edits.uri
+            request.uri = edits.uri
         if edits.routes is not None:
             if edits.routes:
-                packet.set_header("route", ", ".join(edits.routes))
+                request.set_header("route", ", ".join(edits.routes))
             else:
-                packet.remove_header("route")
-        data = bytes(packet)
+                request.remove_header("route")
+        data = bytes(request)
         cut = data.index(b"\r\n") + 2
         start, rest = data[:cut], data[cut:]
         branch = edits.branch.encode()
@@ -246,7 +248,7 @@ class StatelessProxy:
 
         legs = self._legs_from(self._legs[forward.prefer])
         try:
-            found = self.dispatcher.resolve(forward.targets[0], legs, request)
+            found = self.dispatcher.resolve(forward.targets[0], legs, request, self._transports)
         except DeliveryError as e:
             self._unreachable(Failure(e), view, in_leg)
             return None
@@ -347,12 +349,12 @@ class StatelessProxy:
         dispatcher = self.dispatcher
         try:
             if isinstance(targets, URI):
-                found = dispatcher.resolve(targets, legs, response)
+                found = dispatcher.resolve(targets, legs, response, self._transports)
                 if isinstance(found, Deferred):
                     d = found.addCallback(dispatcher.send_in_order, build)
                     return d.addErrback(self._log_failure, response.code)
             else:
-                found = _pairs(targets, legs)
+                found = pair_legs(targets, legs)
             sent = dispatcher.send_in_order(found, build)
         except DeliveryError as e:
             self._log_failure(Failure(e), response.code)
@@ -377,20 +379,6 @@ def _wire(response: Response) -> Any:
         return data, leg.connection_of(response)
 
     return build
-
-
-def _pairs(addresses: tuple[Address, ...], legs: list[Leg]) -> list[tuple[Leg, Address]]:
-    """
-    Pair each address with the first leg that can send to it
-    (L{sipleg.dispatcher.pair_legs} for addresses known to be resolved).
-    """
-    pairs = []
-    for address in addresses:
-        for leg in legs:
-            if leg.proto == address.proto and leg.family == address.family:
-                pairs.append((leg, address))
-                break
-    return pairs
 
 
 def _registrar_rules(registrar: Registrar, legs: LegSet) -> tuple[Any, Any]:

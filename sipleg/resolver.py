@@ -39,7 +39,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.names import client, dns, error
 from twisted.python.failure import Failure
 
-from sipleg.address import PROTOCOLS, Address, default_port, ip_family
+from sipleg.address import PROTOCOLS, Address, address, default_port, ip_family
 from sipleg.errors import DeliveryError
 
 if TYPE_CHECKING:
@@ -454,7 +454,7 @@ def _numeric(
         raise DeliveryError(ENOPROTOOPT, "no allowed transport for this URI")
     proto = _forced_transport(transport, secure, allowed) if transport else None
     proto = proto or _default_transport(secure, allowed)
-    return [Address(target, default_port(proto) if port is None else port, proto)]
+    return [address(target, default_port(proto) if port is None else port, proto)]
 
 
 def _forced_transport(transport: str, secure: bool, allowed: tuple[str, ...]) -> str:

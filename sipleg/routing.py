@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from zope.interface import Interface, implementer
 
-from sipleg.address import Address, default_port
+from sipleg.address import Address, address, default_port
 from sipleg.message import Request
 from sipleg.uri import URI, Via
 
@@ -144,6 +144,8 @@ class StaticRoutes:
 
     def next_hop(self, target: URI) -> URI | None:
         host = target.host
+        if not self.routes:
+            return None if host in self.domains else self.outbound_proxy
         found = self.routes.get(host)
         if found is not None:
             return found
@@ -182,7 +184,7 @@ def response_target(via: Via) -> Address | None:
     if port is None:
         port = default_port(proto)
     try:
-        return Address(host, port, proto)
+        return address(host, port, proto)
     except ValueError:
         return None
 
@@ -200,7 +202,7 @@ def response_fallback(via: Via) -> Address | None:
     if via.transport.upper() == "UDP" or not via.rport:
         return None
     try:
-        fallback = Address(
+        fallback = address(
             via.received or via.host, via.port or default_port(via.transport.lower()), via.transport.lower()
         )
     except ValueError:

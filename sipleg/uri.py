@@ -1015,7 +1015,7 @@ def header_tag(text: str) -> str | None:
         if close >= 0:
             rest = text[close + 1 :]
             lower = rest.lower()
-            if lower.count("tag") == 1:
+            if lower.count(";tag=") == 1:
                 found = _plain_param(rest, lower, ";tag=")
                 if found:
                     return found
