@@ -51,7 +51,7 @@ from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_response
 from sipleg.registrar import Registrar
 from sipleg.routing import IAccessPolicy, IRoutePolicy, NetworkAccessPolicy, StaticRoutes
-from sipleg.status import ProxyStats
+from sipleg.stats import ProxyStats
 from sipleg.uri import URI, Via
 
 __all__ = ["StatelessProxy"]

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from twisted.application import strports
 from twisted.application.service import MultiService, Service
-from twisted.web.server import Site
 
 from sipleg.address import Address, default_port, split_hostport
 from sipleg.dispatcher import Dispatcher
@@ -24,9 +22,10 @@ from sipleg.leg import DEFAULT_MAX_FORWARDS, Leg
 from sipleg.proxy import StatelessProxy
 from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileError
 from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
-from sipleg.status import StatusPage
-from sipleg.transport.tls import TLSConfig
 from sipleg.uri import URI
+
+if TYPE_CHECKING:
+    from sipleg.transport.tls import TLSConfig
 
 __all__ = ["ConfigError", "ListenSpec", "ProxyConfig", "parse_listen", "make_service"]
 
@@ -141,6 +140,10 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
     if any(spec.proto == "tls" for spec in config.listen):
         if not (config.tls_cert and config.tls_key):
             raise ConfigError("a tls listener needs --tls-cert and --tls-key")
+        # TLS (pyOpenSSL, service_identity) is imported only by a
+        # configuration with a TLS listener.
+        from sipleg.transport.tls import TLSConfig
+
         try:
             tls = TLSConfig(config.tls_cert, config.tls_key, config.tls_ca)
             tls.server_options()
@@ -178,6 +181,12 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
     if registrar is not None:
         RegistrarService(registrar).setServiceParent(top)
     if config.status is not None:
+        # twisted.web is imported only with --status.
+        from twisted.application import strports
+        from twisted.web.server import Site
+
+        from sipleg.status import StatusPage
+
         page = StatusPage(proxy.stats, lambda: [leg.dump() for leg in legs])
         try:
             status = strports.service(config.status, Site(page), reactor=reactor)

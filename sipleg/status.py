@@ -1,16 +1,16 @@
 """
-What the proxy has done, for operators: counters and a small HTTP status
-page (C{twistd sipproxy --status tcp:8060:interface=127.0.0.1}).
+What the proxy has done, for operators: a small HTTP status page
+(C{twistd sipproxy --status tcp:8060:interface=127.0.0.1}).
 
-L{ProxyStats} is plain counting with no I/O; L{StatusPage} renders it with
+L{StatusPage} renders the counters of L{sipleg.stats.ProxyStats} with
 C{twisted.web} as JSON (C{/status.json}) and in the Prometheus text
-format (C{/metrics}).
+format (C{/metrics}).  This module (and C{twisted.web} with it) is
+imported only when C{--status} is given.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -19,56 +19,9 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request as HTTPRequest
 
+from sipleg.stats import ProxyStats
+
 __all__ = ["ProxyStats", "StatusPage"]
-
-
-#: The methods counted under their own name (RFC 3261 and its extensions).
-_METHODS = frozenset(
-    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER MESSAGE UPDATE".split()
-)
-
-
-class ProxyStats:
-    """
-    Counters kept by a L{sipleg.proxy.StatelessProxy}.
-
-    @ivar requests: requests received, by method.
-    @ivar forwarded: requests handed to the next hop, by method.
-    @ivar responses: responses forwarded, by status class (C{"2xx"} ...).
-    @ivar answered: requests answered by the proxy itself, by status code.
-    @ivar dropped: packets dropped without an answer, by reason.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.started = clock()
-        self._clock = clock
-        self.requests: Counter[str] = Counter()
-        self.forwarded: Counter[str] = Counter()
-        self.responses: Counter[str] = Counter()
-        self.answered: Counter[int] = Counter()
-        self.dropped: Counter[str] = Counter()
-
-    @staticmethod
-    def method(name: str) -> str:
-        """
-        The counter key of a request method: the method itself when it is
-        one of the standard ones, else C{"other"}, so that peers sending
-        invented methods cannot grow the counters without bound.
-        """
-        return name if name in _METHODS else "other"
-
-    def snapshot(self) -> dict[str, Any]:
-        """
-        Every counter, as plain JSON-able data.
-        """
-        return {
-            "uptime": round(self._clock() - self.started, 3),
-            "requests": dict(self.requests),
-            "forwarded": dict(self.forwarded),
-            "responses": dict(self.responses),
-            "answered": {str(code): n for code, n in self.answered.items()},
-            "dropped": dict(self.dropped),
-        }
 
 
 def _prometheus(name: str, label: str, counts: Counter[Any], help_text: str) -> list[str]:

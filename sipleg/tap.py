@@ -17,7 +17,6 @@ from sipleg.errors import SIPParseError
 from sipleg.routing import NetworkAccessPolicy
 from sipleg.service import ConfigError, ProxyConfig, bind_socket, make_service, parse_listen
 from sipleg.uri import URI, parse_uri
-from sipleg.workers import WorkerSupervisor, worker_arguments
 
 __all__ = ["Options", "makeService"]
 
@@ -187,6 +186,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             raise ConfigError("--status shows one process; it cannot be used with --workers")
         for sock in (bind_socket(spec, reuse_port=True) for spec in config.listen):
             sock.close()
+        from sipleg.workers import WorkerSupervisor, worker_arguments
+
         return WorkerSupervisor(worker_arguments(options.argv), options["workers"], reactor)
     except ConfigError as e:
         sys.stderr.write(f"sipproxy: {e}\n")

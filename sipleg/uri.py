@@ -152,6 +152,9 @@ def _check_host(host: str) -> str:
         if ip_family(host) != socket.AF_INET6:
             raise SIPParseError(f"bad IPv6 address {_show(host)}")
         return host.lower()
+    if host[-1:].isdigit() and ip_family(host) == socket.AF_INET:
+        # The usual IPv4 literal: inet_pton is the whole check.
+        return host
     if _HOSTNAME.fullmatch(host) is None:
         raise SIPParseError(f"bad host {_show(host)}")
     # IPv4address  =  1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT

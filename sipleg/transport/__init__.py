@@ -12,10 +12,7 @@ L{Receiver} and send what they are given.
 
 from __future__ import annotations
 
-from sipleg.transport.base import ISocketPool, Receiver, delivery_error
-from sipleg.transport.stream import StreamConnection, StreamSocketPool
-from sipleg.transport.tls import TLSConfig
-from sipleg.transport.udp import UDPSocketPool
+from typing import TYPE_CHECKING, Any
 
 __all__ = [
     "ISocketPool",
@@ -26,3 +23,32 @@ __all__ = [
     "UDPSocketPool",
     "delivery_error",
 ]
+
+# Each pool is imported when first named: a UDP-only configuration never
+# imports the stream pool, nor TLS with it.
+_LAZY = {
+    "ISocketPool": "sipleg.transport.base",
+    "Receiver": "sipleg.transport.base",
+    "delivery_error": "sipleg.transport.base",
+    "StreamConnection": "sipleg.transport.stream",
+    "StreamSocketPool": "sipleg.transport.stream",
+    "TLSConfig": "sipleg.transport.tls",
+    "UDPSocketPool": "sipleg.transport.udp",
+}
+
+if TYPE_CHECKING:
+    from sipleg.transport.base import ISocketPool, Receiver, delivery_error
+    from sipleg.transport.stream import StreamConnection, StreamSocketPool
+    from sipleg.transport.tls import TLSConfig
+    from sipleg.transport.udp import UDPSocketPool
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sipleg.transport' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value

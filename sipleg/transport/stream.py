@@ -27,7 +27,7 @@ import dataclasses
 import errno
 import socket
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
@@ -41,7 +41,6 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -50,7 +49,11 @@ from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.framing import StreamFramer
 from sipleg.message import salvage_response
 from sipleg.transport.base import ISocketPool, Receiver, delivery_error, send_deferred
-from sipleg.transport.tls import TLSConfig, describe_tls_failure
+
+if TYPE_CHECKING:
+    # TLS is imported when a TLS pool is made: a TCP-only configuration
+    # never needs it.
+    from sipleg.transport.tls import TLSConfig
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -301,6 +304,8 @@ class StreamConnection(Protocol):
         if self._failure is not None:
             error = self._failure
         elif not self.ready and self._pool.tls is not None:
+            from sipleg.transport.tls import describe_tls_failure
+
             error = DeliveryError(None, describe_tls_failure(reason.value, self._tls_hostname))
         else:
             error = delivery_error(reason.value)
@@ -379,21 +384,6 @@ class _ListenerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> Protocol | None:
         return self._pool._accept(addr.host, addr.port)
-
-
-class _ListenerTLSFactory(TLSMemoryBIOFactory):
-    """
-    The TLS wrapper of L{_ListenerFactory}, passing a refusal on instead of
-    wrapping L{None}.
-    """
-
-    noisy = False
-
-    def buildProtocol(self, addr: Any) -> Any:
-        wrapped = self.wrappedFactory.buildProtocol(addr)
-        if wrapped is None:
-            return None
-        return self.protocol(self, wrapped)
 
 
 class _OutgoingFactory(Factory):
@@ -525,8 +515,10 @@ class StreamSocketPool:
         if self.tls is not None:
             # CertificateOptions provides IOpenSSLContextFactory (zope, which
             # mypy cannot see).
+            from sipleg.transport.tls import ListenerTLSFactory
+
             options: Any = self.tls.server_options()
-            factory = _ListenerTLSFactory(options, False, factory, clock=self._reactor)
+            factory = ListenerTLSFactory(options, False, factory, clock=self._reactor)
         listening: Deferred[Any]
         if self._sock is not None:
             sock, self._sock = self._sock, None

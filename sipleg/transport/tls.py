@@ -26,8 +26,9 @@ from twisted.internet.ssl import (
     platformTrust,
     trustRootFromCertificates,
 )
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
-__all__ = ["VERIFY_CLIENT_MODES", "PEMSource", "TLSConfig", "describe_tls_failure"]
+__all__ = ["VERIFY_CLIENT_MODES", "ListenerTLSFactory", "PEMSource", "TLSConfig", "describe_tls_failure"]
 
 #: The accepted values of C{verify_client}.
 VERIFY_CLIENT_MODES = ("none", "optional", "required")
@@ -202,3 +203,18 @@ def describe_tls_failure(reason: BaseException, hostname: str | None = None) -> 
         return f"TLS handshake failed: {details or 'OpenSSL error'}"
     text = str(reason) or type(reason).__name__
     return f"TLS handshake failed: {text}"
+
+
+class ListenerTLSFactory(TLSMemoryBIOFactory):
+    """
+    The TLS wrapper of a stream pool's listening factory, passing a refusal on instead of
+    wrapping L{None}.
+    """
+
+    noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
