@@ -37,7 +37,8 @@ class SansIOTests(unittest.TestCase):
         code = (
             "import sys\n"
             "from sipleg.service import ProxyConfig, make_service, parse_listen\n"
-            "make_service(ProxyConfig(listen=[parse_listen('udp:127.0.0.1:0'), parse_listen('tcp:127.0.0.1:0')]))\n"
+            "listen = [parse_listen('udp:127.0.0.1:0'), parse_listen('tcp:127.0.0.1:0')]\n"
+            "make_service(ProxyConfig(listen=listen))\n"
             "import sipleg.tap\n"
             "wanted = ('twisted.web', 'sipleg.status', 'sipleg.workers', 'sipleg.transport.tls')\n"
             "print(sorted(m for m in sys.modules if m.startswith(wanted)))\n"
