@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sipleg.address import Address
+from sipleg.address import Address, bracket
 from sipleg.branch import loop_hash, transaction_hash
 from sipleg.errors import SIPParseError
 from sipleg.message import Request, Response
@@ -56,6 +56,7 @@ __all__ = [
     "Rules",
     "decide_request",
     "carries_loop",
+    "leg_identity",
     "decide_response",
     "next_max_forwards",
     "request_view",
@@ -100,6 +101,44 @@ class LegIdentity:
     record_route: str
     record_route_uri: URI
     max_forwards: int
+
+
+def leg_identity(
+    proto: str,
+    family: int,
+    addr: str,
+    port: int,
+    branch: str,
+    max_forwards: int,
+    *,
+    host: str | None = None,
+    name: str | None = None,
+) -> LegIdentity:
+    """
+    The identity of a leg listening on C{addr:port}: the Via it writes and
+    the Record-Route that names it, with the transport (design item 1), so
+    a peer coming back reaches this very leg.
+
+    @param host: the leg's host name, when it has one (else C{addr}).
+    @param name: what the leg writes in Via and Record-Route (default
+        C{host}).
+    """
+    host = (host or addr).lower()
+    written = bracket(name or host)
+    transport = "" if proto == "udp" else f";transport={proto}"
+    record_route_uri = parse_uri(f"sip:{written}:{port}{transport};lr")
+    return LegIdentity(
+        proto,
+        family,
+        addr,
+        host,
+        port,
+        branch,
+        f"SIP/2.0/{proto.upper()} {written}:{port};branch=",
+        f"<{record_route_uri}>",
+        record_route_uri,
+        max_forwards,
+    )
 
 
 @dataclass(frozen=True, slots=True)

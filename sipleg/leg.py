@@ -32,9 +32,9 @@ from twisted.logger import Logger
 from sipleg.address import Address, bracket, default_port, ip_family, split_hostport
 from sipleg.branch import MAGIC_COOKIE, leg_prefix, loop_hash, tid_hash, transaction_hash
 from sipleg.decision import (
-    LegIdentity,
     LegSet,
     carries_loop,
+    leg_identity,
     next_max_forwards,
     restore_strict_route,
     strip_own_routes,
@@ -303,28 +303,17 @@ class Leg(Service):
             self.contact = f"{scheme}:{hostport}"
             if self.proto == "tcp":
                 self.contact += ";transport=tcp"
-        self._contact_uri = parse_uri(self.contact)
-        transport = "" if self.proto == "udp" else f";transport={self.proto}"
-        # Design item 1: the Record-Route names the transport, so a peer
-        # coming back reaches this very leg.
-        self.record_route_uri = parse_uri(f"sip:{bracket(host)}:{port}{transport};lr")
-        self.record_route = f"<{self.record_route_uri}>"
-        self._via_prefix = f"SIP/2.0/{self.proto.upper()} {bracket(host)}:{port};branch="
+        identity = leg_identity(
+            self.proto, self.family, local.host, port, self.branch, self._max_forwards,
+            host=self.host, name=host,
+        )
+        self.identity = identity
+        self.record_route_uri = identity.record_route_uri
+        self.record_route = identity.record_route
+        self._via_prefix = identity.via_prefix
         #: What the request pass splices in: this leg's header lines.
         self.via_line = f"Via: {self._via_prefix}{self.branch}".encode()
         self.record_route_line = f"Record-Route: {self.record_route}\r\n".encode()
-        self.identity = LegIdentity(
-            self.proto,
-            self.family,
-            local.host,
-            self.host,
-            port,
-            self.branch,
-            self._via_prefix,
-            self.record_route,
-            self.record_route_uri,
-            self._max_forwards,
-        )
         self._self_set = LegSet((self.identity,))
 
     @property

@@ -1,0 +1,348 @@
+"""
+Table tests of the request pass's decisions (L{sipleg.decision}): plain
+values in, outcomes out; no reactor, no sockets, no legs.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.trial.unittest import TestCase
+
+from sipleg.address import Address
+from sipleg.branch import leg_prefix, loop_hash
+from sipleg.decision import (
+    Answer,
+    Decision,
+    Drop,
+    Forward,
+    LegIdentity,
+    LegSet,
+    Register,
+    Return,
+    Rules,
+    decide_request,
+    decide_response,
+    leg_identity,
+    request_view,
+    response_view,
+)
+from sipleg.message import Request, Response, parse_message
+from sipleg.routing import NetworkAccessPolicy, StaticRoutes
+from sipleg.uri import URI, parse_uri
+
+
+def identity(proto: str = "udp", addr: str = "127.0.0.1", port: int = 5060) -> LegIdentity:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    return leg_identity(proto, family, addr, port, leg_prefix(addr, port, proto), 70)
+
+
+UDP = identity("udp")
+TCP = identity("tcp")
+V6 = identity("udp", "::1", 5070)
+LEGS = LegSet((UDP, TCP, V6))
+TRUSTED = Address("127.0.0.1", 5061)
+STRANGER = Address("192.0.2.9", 5061)
+
+
+def request(
+    method: str = "INVITE",
+    uri: str = "sip:bob@192.0.2.20:5062",
+    *extra: str,
+    via: str = "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1",
+    cseq: int = 1,
+) -> Request:
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: {via}",
+        "From: <sip:alice@example.org>;tag=a1",
+        "To: <sip:bob@example.com>",
+        "Call-ID: c1@example.org",
+        f"CSeq: {cseq} {method}",
+        *extra,
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    packet = parse_message("\r\n".join(lines).encode())
+    assert isinstance(packet, Request)
+    return packet
+
+
+def response(*vias: str, code: int = 180) -> Response:
+    lines = [
+        f"SIP/2.0 {code} Whatever",
+        *(f"Via: {via}" for via in vias),
+        "From: <sip:alice@example.org>;tag=a1",
+        "To: <sip:bob@example.com>;tag=b1",
+        "Call-ID: c1@example.org",
+        "CSeq: 1 INVITE",
+        "Content-Length: 0",
+        "",
+        "",
+    ]
+    packet = parse_message("\r\n".join(lines).encode())
+    assert isinstance(packet, Response)
+    return packet
+
+
+def decide(
+    packet: Request,
+    source: Address = TRUSTED,
+    leg: LegIdentity = UDP,
+    rules: Rules | None = None,
+) -> Decision:
+    if rules is None:
+        rules = Rules(LEGS, NetworkAccessPolicy(), StaticRoutes())
+    return decide_request(request_view(packet, leg, source), rules)
+
+
+def forward(packet: Request, **kwargs: object) -> Forward:
+    found = decide(packet, **kwargs)  # type: ignore[arg-type]
+    assert isinstance(found, Forward), found
+    return found
+
+
+class RefusalTests(TestCase):
+    """
+    What a request is answered with (RFC 3261 §16.3), and that an ACK is
+    never answered.
+    """
+
+    def test_table(self) -> None:
+        cases: list[tuple[Request, Address, Decision]] = [
+            (request("INVITE", "tel:+15551234"), TRUSTED, Answer(416, "Unsupported URI Scheme")),
+            (request("ACK", "tel:+15551234"), TRUSTED, Drop("Unsupported URI Scheme")),
+            (
+                request("INVITE", "sip:bob@192.0.2.20", "Proxy-Require: foo, bar"),
+                TRUSTED,
+                Answer(420, "Bad Extension", (("Unsupported", "foo"), ("Unsupported", "bar"))),
+            ),
+            (request("INVITE", "sip:bob@192.0.2.20"), STRANGER, Answer(403, "Forbidden")),
+            (
+                request("INVITE", "sip:bob@192.0.2.20", "Max-Forwards: 0"),
+                TRUSTED,
+                Answer(483, "Too Many Hops"),
+            ),
+            (request("ACK", "sip:bob@192.0.2.20", "Max-Forwards: 0"), TRUSTED, Drop("Too Many Hops")),
+        ]
+        for packet, source, expected in cases:
+            self.assertEqual(decide(packet, source), expected, packet.uri)
+
+    def test_bad_request_uri(self) -> None:
+        packet = request()
+        packet.uri = "sip:bob@[1:2"
+        found = decide(packet)
+        assert isinstance(found, Answer)
+        self.assertEqual(found.code, 400)
+        self.assertTrue(found.reason.startswith("Bad Request-URI"), found.reason)
+
+    def test_stranger_reaches_our_domain(self) -> None:
+        """
+        Not an open relay, but our own domains are reachable from anywhere.
+        """
+        rules = Rules(LEGS, NetworkAccessPolicy(domains=["example.com"]), StaticRoutes())
+        self.assertIsInstance(decide(request(uri="sip:bob@example.com"), STRANGER, rules=rules), Forward)
+        self.assertEqual(
+            decide(request(uri="sip:bob@example.net"), STRANGER, rules=rules), Answer(403, "Forbidden")
+        )
+
+
+class ForwardTests(TestCase):
+    """
+    Where a request goes and what changes on the way (RFC 3261 §16.4-§16.6).
+    """
+
+    def test_max_forwards(self) -> None:
+        for given, expected in [(None, 69), ("10", 9), ("1", 0), ("200", 69)]:
+            extra = () if given is None else (f"Max-Forwards: {given}",)
+            found = forward(request("INVITE", "sip:b@192.0.2.20", *extra))
+            self.assertEqual(found.edits.max_forwards, expected)
+
+    def test_request_uri(self) -> None:
+        found = forward(request())
+        self.assertEqual(found.targets, (parse_uri("sip:bob@192.0.2.20:5062"),))
+        self.assertEqual((found.edits.uri, found.edits.routes, found.edits.record_route), (None, None, True))
+        self.assertIs(found.prefer, UDP)
+
+    def test_our_routes_stripped(self) -> None:
+        """
+        Every leading Route of ours comes off; the leg the last one named
+        is the one to leave by.
+        """
+        packet = request(
+            "BYE", "sip:bob@192.0.2.20:5062", f"Route: {UDP.record_route}, {TCP.record_route}", cseq=2
+        )
+        found = forward(packet)
+        self.assertEqual(found.edits.routes, ())
+        self.assertIs(found.prefer, TCP)
+        self.assertEqual(found.targets, (parse_uri("sip:bob@192.0.2.20:5062"),))
+
+    def test_loose_route(self) -> None:
+        packet = request("INVITE", "sip:bob@192.0.2.20", f"Route: {UDP.record_route}, <sip:192.0.2.7;lr>")
+        found = forward(packet)
+        self.assertEqual(found.edits.routes, ("<sip:192.0.2.7;lr>",))
+        self.assertEqual(found.targets, (parse_uri("sip:192.0.2.7;lr"),))
+        self.assertIsNone(found.edits.uri)
+
+    def test_strict_next_hop(self) -> None:
+        """
+        §16.6 item 6: a next hop without C{lr} is a strict router: it gets
+        the Request-URI, which moves to the end of the Route set.
+        """
+        found = forward(request("INVITE", "sip:bob@192.0.2.20", "Route: <sip:192.0.2.7>, <sip:192.0.2.8;lr>"))
+        self.assertEqual(found.edits.uri, "sip:192.0.2.7")
+        self.assertEqual(found.edits.routes, ("<sip:192.0.2.8;lr>", "<sip:bob@192.0.2.20>"))
+        self.assertEqual(found.targets, (parse_uri("sip:192.0.2.7"),))
+
+    def test_strict_previous_hop(self) -> None:
+        """
+        §16.4: a Request-URI of ours came from a strict router; the last
+        Route is the real Request-URI.
+        """
+        found = forward(request("INVITE", "sip:127.0.0.1:5060;lr", "Route: <sip:bob@192.0.2.20>"))
+        self.assertEqual(found.edits.uri, "sip:bob@192.0.2.20")
+        self.assertEqual(found.edits.routes, ())
+        self.assertEqual(found.targets, (parse_uri("sip:bob@192.0.2.20"),))
+
+    def test_static_route_and_outbound_proxy(self) -> None:
+        proxy = parse_uri("sip:192.0.2.99;lr")
+        special = parse_uri("sip:192.0.2.50")
+        routes = StaticRoutes({"example.net": special}, outbound_proxy=proxy, domains=["example.com"])
+        rules = Rules(LEGS, NetworkAccessPolicy(), routes)
+        for uri, target in [
+            ("sip:bob@example.net", special),
+            ("sip:bob@example.org", proxy),
+            ("sip:bob@example.com", parse_uri("sip:bob@example.com")),
+        ]:
+            self.assertEqual(forward(request("INVITE", uri), rules=rules).targets, (target,), uri)
+
+    def test_register_not_record_routed(self) -> None:
+        found = forward(request("REGISTER", "sip:example.net"))
+        self.assertFalse(found.edits.record_route)
+
+    def test_branch(self) -> None:
+        """
+        RFC 3261 §16.11: an INVITE, its CANCEL and the ACK of its error
+        response share the branch; another transaction does not.
+        """
+        invite = forward(request("INVITE")).edits.branch
+        self.assertEqual(forward(request("CANCEL")).edits.branch, invite)
+        self.assertEqual(forward(request("ACK")).edits.branch, invite)
+        self.assertNotEqual(forward(request("INVITE", cseq=2)).edits.branch, invite)
+        other = forward(request("INVITE", via="SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-2")).edits.branch
+        self.assertNotEqual(other, invite)
+
+    def test_loop(self) -> None:
+        """
+        §16.3 item 4: a request coming back with our Via and the same loop
+        hash loops (482); with another hash it spirals on.
+        """
+        uri = "sip:bob@192.0.2.20:5062"
+        loop = loop_hash(uri, "a1", "c1@example.org 1", (), ())
+        ours = f"SIP/2.0/UDP 127.0.0.1:5060;branch={UDP.branch}{'0' * 30}{loop}"
+        looping = request("INVITE", uri, f"Via: {ours}")
+        self.assertEqual(decide(looping), Answer(482, "Loop Detected"))
+        spiral = request("INVITE", "sip:carol@192.0.2.20:5062", f"Via: {ours}")
+        self.assertIsInstance(decide(spiral), Forward)
+
+    def test_received_stamped(self) -> None:
+        """
+        RFC 3261 §18.2.1 / RFC 3581: the view stamps the top Via with where
+        the request came from.
+        """
+        packet = request(via="SIP/2.0/UDP 192.0.2.1:5061;rport;branch=z9hG4bK-1")
+        view = request_view(packet, UDP, STRANGER)
+        self.assertEqual((view.via.received, view.via.rport), ("192.0.2.9", "5061"))
+        self.assertIn("received=192.0.2.9", packet.get_header("via") or "")
+
+
+class RegistrarRulesTests(TestCase):
+    """
+    With a registrar, REGISTER for us is answered and addresses of record
+    are looked up (§16.5).
+    """
+
+    def rules(self, found: int | list[str] | None) -> Rules:
+        def registers(uri: URI) -> bool:
+            return uri.host == "example.com"
+
+        def locate(uri: URI) -> int | list[str] | None:
+            return found if uri.host == "example.com" else None
+
+        return Rules(LEGS, NetworkAccessPolicy(), StaticRoutes(), registers, locate)
+
+    def test_register(self) -> None:
+        self.assertEqual(decide(request("REGISTER", "sip:example.com"), rules=self.rules(None)), Register())
+        self.assertIsInstance(decide(request("REGISTER", "sip:example.net"), rules=self.rules(None)), Forward)
+
+    def test_locate(self) -> None:
+        uri = "sip:bob@example.com"
+        self.assertEqual(decide(request("INVITE", uri), rules=self.rules(404)), Answer(404, "Not Found"))
+        self.assertEqual(
+            decide(request("INVITE", uri), rules=self.rules(480)), Answer(480, "Temporarily Unavailable")
+        )
+        found = forward(request("INVITE", uri), rules=self.rules(["sip:bob@192.0.2.30:5090", "sip:b@x"]))
+        self.assertEqual(found.edits.uri, "sip:bob@192.0.2.30:5090")
+        self.assertEqual(found.targets, (parse_uri("sip:bob@192.0.2.30:5090"),))
+
+    def test_route_set_first(self) -> None:
+        """
+        A request with a Route set follows it, not the location service.
+        """
+        packet = request("INVITE", "sip:bob@example.com", "Route: <sip:192.0.2.7;lr>")
+        self.assertEqual(forward(packet, rules=self.rules(404)).targets, (parse_uri("sip:192.0.2.7;lr"),))
+
+
+class ResponseTests(TestCase):
+    """
+    Responses go back along the Via path, only through a Via of ours
+    (design item 3).
+    """
+
+    def ours(self, leg: LegIdentity) -> str:
+        return f"{leg.via_prefix}{leg.branch}abc"
+
+    def test_table(self) -> None:
+        uac = "SIP/2.0/UDP 192.0.2.1:5061;branch=z9hG4bK-1;received=192.0.2.9;rport=6000"
+        named = "SIP/2.0/UDP uac.example.org:5061;branch=z9hG4bK-1"
+        tcp = "SIP/2.0/TCP 192.0.2.1:5061;branch=z9hG4bK-1;received=192.0.2.9;rport=6000"
+        cases: list[tuple[tuple[str, ...], Return | Drop]] = [
+            ((uac,), Drop("foreign-via")),
+            ((self.ours(UDP),), Drop("no-usable-via")),
+            ((self.ours(UDP), uac), Return(1, UDP, False, (Address("192.0.2.9", 6000),))),
+            ((self.ours(TCP), self.ours(UDP), uac), Return(2, UDP, True, (Address("192.0.2.9", 6000),))),
+            (
+                (self.ours(UDP), named),
+                Return(1, UDP, False, parse_uri("sip:uac.example.org:5061;transport=udp")),
+            ),
+            (
+                (self.ours(UDP), tcp),
+                Return(1, UDP, False, (Address("192.0.2.9", 6000, "tcp"), Address("192.0.2.9", 5061, "tcp"))),
+            ),
+            ((self.ours(UDP), "SIP/2.0/UDP bad host"), Drop("no-usable-via")),
+        ]
+        for vias, expected in cases:
+            self.assertEqual(decide_response(response_view(response(*vias)), LEGS), expected, vias)
+
+
+class HopTests(TestCase):
+    """
+    L{LegSet.hop}: the one definition of "this URI names one of our legs".
+    """
+
+    def test_table(self) -> None:
+        cases: list[tuple[str, LegIdentity | None]] = [
+            ("sip:127.0.0.1:5060;lr", UDP),
+            ("sip:127.0.0.1;lr", UDP),
+            ("sip:127.0.0.1:5060;transport=tcp;lr", TCP),
+            ("sip:alice@127.0.0.1:5060", UDP),
+            ("sip:127.0.0.1:5061", None),
+            ("sips:127.0.0.1", None),
+            ("sip:[0:0::1]:5070", V6),
+            ("sip:192.0.2.1;maddr=127.0.0.1", UDP),
+            ("sip:192.0.2.1:5060", None),
+            ("tel:+1555", None),
+        ]
+        for text, leg in cases:
+            self.assertIs(LEGS.hop(parse_uri(text)), leg, text)
