@@ -103,7 +103,7 @@ def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
     Create and bind the socket of one listen spec (listening, for streams).
 
     UDP sockets do not set C{SO_REUSEADDR}: a second process binding the
-    same port must fail rather than share it (netsip-reference §9).
+    same port must fail rather than share it, as in Net::SIP (design item 16).
 
     @param reuse_port: set C{SO_REUSEPORT}, so that the workers of
         C{--workers N} share the port.

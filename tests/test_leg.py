@@ -113,7 +113,8 @@ class ConstructionTests(unittest.TestCase):
         self.assertRaises(TypeError, Leg, sock=sock, socketpool=pool)
 
     def test_branch_matches_net_sip(self) -> None:
-        # netsip-reference §4.1, verified against Net::SIP 0.835.
+        # Net::SIP's branch prefix (docs/design.md, "Where we follow
+        # Net::SIP"), verified against Net::SIP 0.835.
         self.assertEqual(leg().branch, "z9hG4bK3dab2f11e1661a60f94ae82bef2bd5ea")
         self.assertEqual(leg(branch="abc").branch, MAGIC_COOKIE + "abc")
 
@@ -155,7 +156,7 @@ class AccessorTests(unittest.TestCase):
         self.assertRaises(ValueError, a.match, {"colour": "red"})
 
     def test_can_deliver_to(self) -> None:
-        # netsip-reference §4.8 verified cases for a UDP IPv4 leg.
+        # Cases verified against Net::SIP 0.835 for a UDP IPv4 leg.
         a = leg()
         self.assertFalse(a.can_deliver_to("sip:1.2.3.4;transport=tcp"))
         self.assertTrue(a.can_deliver_to("sip:1.2.3.4"))
@@ -227,7 +228,7 @@ class ForwardIncomingTests(unittest.TestCase):
             self.assertEqual(packet.get_header("max-forwards"), outgoing)
 
     def test_max_forwards_zero_is_483(self) -> None:
-        # Better than Net::SIP, which treats 0 as 70 (design item 2).
+        # Better than Net::SIP, which treats 0 as 70 (design item 9).
         self.assertEqual(
             leg().forward_incoming(invite(max_forwards="0")), ForwardRefused(483, "Too Many Hops")
         )

@@ -11,7 +11,7 @@ of tests:
    must be the same: forwarded or refused, the Request-URI after a strict
    router's restore, which Route entries are removed, Max-Forwards, the
    number of Vias and of Record-Routes (each naming the same hop);
- - L{DeliberateDifferenceTests}: each place where C{docs/design.md} §3 says
+ - L{DeliberateDifferenceTests}: each place where C{docs/design.md} says
    we do better than Net::SIP shows the difference on a real packet, so
    the list of differences is itself tested.
 
@@ -372,7 +372,7 @@ class _ComparisonCase(unittest.TestCase):
 
 class SameRoutingTests(_ComparisonCase):
     """
-    Where sipleg follows Net::SIP (design.md §3, first paragraph), both
+    Where sipleg follows Net::SIP (docs/design.md, "Where we follow Net::SIP"), both
     route the same packet the same way.
     """
 
@@ -475,7 +475,7 @@ class SameRoutingTests(_ComparisonCase):
     def test_response_with_our_via(self) -> None:
         # Our Via on top (a branch with this leg's prefix) is removed and
         # the response goes on to the next Via.  The prefix is the same on
-        # both sides (netsip-reference §4.1: md5 of address, port, proto).
+        # both sides (md5 of address, port, proto: docs/design.md, "Where we follow Net::SIP").
         def build(legs: Legs) -> list[str]:
             spec = legs.inbound
             branch = spec.leg().branch + "0123456789abcde0123456789abcde"
@@ -556,7 +556,7 @@ class SameRoutingTests(_ComparisonCase):
 
 class DeliberateDifferenceTests(_ComparisonCase):
     """
-    The places where design.md §3 says sipleg does better than Net::SIP,
+    The places where docs/design.md ("Decisions") says sipleg does better than Net::SIP,
     shown on the same packets.  A failure here means one side changed.
     """
 
@@ -594,7 +594,7 @@ class DeliberateDifferenceTests(_ComparisonCase):
         )
 
     def test_max_forwards_zero_is_483(self) -> None:
-        # Design item 2: Max-Forwards 0 is answered 483 (RFC 3261 §16.3
+        # Design item 9: Max-Forwards 0 is answered 483 (RFC 3261 §16.3
         # item 3), silently dropped for an ACK; Net::SIP reads 0 as
         # "absent" and forwards with 69.
         def build(legs: Legs) -> list[str]:
@@ -607,7 +607,7 @@ class DeliberateDifferenceTests(_ComparisonCase):
         self.assertEqual((ours[1].refused, ours[1].code), (True, None))
 
     def test_max_forwards_one_is_forwarded(self) -> None:
-        # Design item 2 (same rule, RFC 3261 §16.6 item 3): 1 is forwarded
+        # Design item 9 (same rule, RFC 3261 §16.6 item 3): 1 is forwarded
         # with 0; Net::SIP decrements to 0 and drops it without an answer.
         _, netsip, ours = self.run_both(udp_leg, lambda legs: [request_text(max_forwards="1")])
         self.assertEqual((netsip[0].refused, netsip[0].code), (True, None))
@@ -650,8 +650,8 @@ class DeliberateDifferenceTests(_ComparisonCase):
         self.assertEqual(ours[1].route, ("<sip:10.0.0.9;lr>",))
 
     def test_strict_router_explicit_default_port(self) -> None:
-        # Design item 4 (URIs compared as URIs, not as strings; the quirk
-        # of netsip-reference §4.4 step 2): a Request-URI sip:HOST:5060
+        # Design item 10 (URIs compared as URIs, not as strings; Net::SIP
+        # compares the strict-router Request-URI as a string): a Request-URI sip:HOST:5060
         # names a leg on 5060 whose contact is sip:HOST.  Our Record-Route
         # writes :5060 (see test_record_route_uri_form_default_port), so a
         # strict router hands exactly this form back.
@@ -675,7 +675,7 @@ class DeliberateDifferenceTests(_ComparisonCase):
         self.assertEqual(ours[1].uri, "sip:bob@10.0.0.2:5090")
 
     def test_ipv6_compared_as_addresses(self) -> None:
-        # Design item 4 (URI comparison; RFC 5954 corrects RFC 3261 so that
+        # Design item 11 (URI comparison; RFC 5954 corrects RFC 3261 so that
         # IPv6 references are equal when the addresses are): [0:0:0::1] is
         # ::1.  Net::SIP compares the text, keeps our Route and misses the
         # strict router.
@@ -694,10 +694,10 @@ class DeliberateDifferenceTests(_ComparisonCase):
         self.assertEqual(ours[1].uri, "sip:bob@10.0.0.2:5090")
 
     def test_loop_is_482(self) -> None:
-        # Design item 2 (RFC 3261 §16.3 item 4): a request that comes back
+        # Design item 12 (RFC 3261 §16.3 item 4): a request that comes back
         # unchanged through a leg whose Via it carries is refused with 482.
         # Net::SIP's loop check hashes the current top Via into the branch
-        # it looks for, so it never matches (netsip-reference §4.5) and
+        # it looks for, so it never matches (design item 12) and
         # only Max-Forwards ends the loop.
         legs, netsip, ours = self.run_both(udp_in_tcp_out, lambda legs: [request_text()])
         self.assertFalse(netsip[0].refused or ours[0].refused)

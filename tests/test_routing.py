@@ -94,7 +94,7 @@ class ResponseTargetTests(unittest.TestCase):
         )
 
     def test_received_and_rport(self) -> None:
-        # netsip-reference §7.2 verified example.
+        # An example verified against Net::SIP 0.835.
         self.assertEqual(
             self.target("SIP/2.0/UDP 10.1.1.1:5999;received=127.0.0.1;rport=25090;branch=z9hG4bKa"),
             Address("127.0.0.1", 25090),
