@@ -374,6 +374,25 @@ class DispatcherTests(unittest.TestCase):
         yield got.wait()
 
     @inlineCallbacks
+    def test_udp_failover_after_coalesced_send(self) -> Any:
+        """
+        A UDP send that fails when the held-back datagrams are flushed
+        (EACCES: broadcast) still moves on to the next target.
+        """
+        got = PacketCollector()
+        uas = Leg(port=0, receiver=got)
+        yield uas.listen()
+        self.addCleanup(uas.stop)
+        out = Leg(port=0)
+        yield out.listen()
+        self.addCleanup(out.stop)
+        dispatcher = Dispatcher([out])
+        refused = Address("255.255.255.255", uas.local.port)
+        used = yield dispatcher.deliver(options("sip:x@127.0.0.1"), dst=[refused, uas.local])
+        self.assertEqual(used, (out, uas.local))
+        yield got.wait()
+
+    @inlineCallbacks
     def test_no_leg_for_transport(self) -> Any:
         from sipleg.errors import DeliveryError
 

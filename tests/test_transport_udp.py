@@ -108,6 +108,45 @@ class UDPSocketPoolTests(TestCase):
         error = await self.assertFailure(a.send(b"x" * 70000, b.local), DeliveryError)
         self.assertEqual(error.errno, errno.EMSGSIZE)
 
+    async def test_sends_coalesced_per_reactor_turn(self) -> None:
+        """
+        Datagrams sent in one reactor turn are handed to the kernel
+        together at its end, in order; each send's Deferred fires then.
+        """
+        a, _ = await self.make_pool()
+        b, b_got = await self.make_pool()
+        sent = [a.send_now(b"%d" % n, b.local) for n in range(5)]
+        self.assertFalse(any(d is None or d.called for d in sent))
+        await defer.gatherResults(sent)
+        await b_got.wait(5)
+        self.assertEqual([data for data, _, _ in b_got.received], [b"0", b"1", b"2", b"3", b"4"])
+
+    async def test_coalesced_failure_is_the_senders_own(self) -> None:
+        """
+        A datagram the kernel refuses at the flush fails its own Deferred
+        only (here EACCES: broadcast without SO_BROADCAST); the others go.
+        """
+        a, _ = await self.make_pool()
+        b, b_got = await self.make_pool()
+        first = a.send(b"first", b.local)
+        refused = a.send(b"broadcast", Address("255.255.255.255", b.local.port))
+        last = a.send(b"last", b.local)
+        error = await self.assertFailure(refused, DeliveryError)
+        self.assertEqual(error.errno, errno.EACCES)
+        await first
+        await last
+        await b_got.wait(2)
+        self.assertEqual([data for data, _, _ in b_got.received], [b"first", b"last"])
+
+    async def test_stop_sends_what_is_held_back(self) -> None:
+        a, _ = await self.make_pool()
+        b, b_got = await self.make_pool()
+        sent = a.send(b"bye", b.local)
+        await a.stop()
+        self.assertTrue(sent.called)
+        await b_got.wait(1)
+        self.assertEqual(b_got.received[0][0], b"bye")
+
     async def test_wrong_family(self) -> None:
         a, _ = await self.make_pool("127.0.0.1")
         error = await self.assertFailure(a.send(b"x", Address("::1", 5060)), DeliveryError)

@@ -77,7 +77,9 @@ class ISocketPool(Interface):
 
         @return: L{None} when the data was handed to the kernel or written
             to an established connection at once; a L{Deferred} (as from
-            L{send}) when the send waits for a connection to be made.
+            L{send}) when the send waits: for a connection to be made, or
+            (UDP) for the end of the reactor iteration, when the datagrams
+            sent meanwhile are handed over together.
         @raise DeliveryError: the send failed at once.
         """
 

@@ -28,6 +28,9 @@ _log = Logger()
 #: then fragmented by IP).
 MAX_DATAGRAM = 65535
 
+#: The most sends a pool holds back before it flushes them early.
+COALESCE_MAX = 512
+
 # Bytes that make up keep-alive datagrams (CRLF, RFC 5626 §4.4.1 "STUN or
 # CRLF"; some devices send a single space or NUL-free whitespace).
 _WHITESPACE = frozenset(b" \t\r\n")
@@ -79,6 +82,16 @@ class UDPSocketPool:
     of whitespace, such as CRLF keep-alives, are dropped); sends are
     reported as delivered once the kernel accepted them.
 
+    Sends are coalesced: a datagram is handed to the kernel at the end of
+    the current reactor iteration, together with every other datagram
+    sent meanwhile (as Twisted writes stream data in the reactor's write
+    phase).  A proxy working through a burst of received datagrams thus
+    sends its answers back to back, so the kernel wakes each receiving
+    peer once per burst instead of once per datagram: on loopback this
+    halves the cost of a forwarded message (C{bench/README.md}).  Each
+    send's L{Deferred} fires when its datagram was handed over, or fails
+    with its own error, so failover still works.
+
     With a C{peer} the socket is I{connected} to it: the kernel then drops
     datagrams from anyone else, reports ICMP errors (ECONNREFUSED) and every
     send goes to the peer whatever destination is asked for.
@@ -126,6 +139,8 @@ class UDPSocketPool:
         self._protocol = _DatagramReader(self)
         self._port: Any = None
         self._sources: dict[tuple[str, int], Address] = {}
+        self._pending: list[tuple[bytes, tuple[str, int], Deferred[None]]] = []
+        self._flush_call: Any = None
 
     def __repr__(self) -> str:
         return f"<UDPSocketPool {self.local}>"
@@ -179,11 +194,12 @@ class UDPSocketPool:
         """
         return send_deferred(self.send_now, data, dst, conn)
 
-    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> None:
+    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None] | None:
         """
-        L{send}, with failures raised: UDP never waits.
+        L{send}: a L{Deferred} for a coalesced send (see the class), L{None}
+        for one made at once (a connected socket).
 
-        @raise DeliveryError: as L{send} fails.
+        @raise DeliveryError: as L{send} fails, when it fails at once.
         """
         port = self._port
         if port is None:
@@ -191,8 +207,16 @@ class UDPSocketPool:
         if self.peer is None and dst.family == self.local.family and dst.addr is not None:
             # The hot path: an IP of our family (Address checked it), so
             # Twisted's per-write address checks in Port.write are skipped.
-            _sendto(port.socket, data, (dst.addr, dst.port))
-            return
+            if len(data) > _MAX_PAYLOAD[self.local.family]:
+                raise DeliveryError(errno.EMSGSIZE)
+            waiter: Deferred[None] = Deferred()
+            pending = self._pending
+            pending.append((data, (dst.addr, dst.port), waiter))
+            if len(pending) == 1:
+                self._flush_call = self._reactor.callLater(0, self._flush)
+            elif len(pending) >= COALESCE_MAX:
+                self._flush()
+            return waiter
         sockaddr = None if self.peer is not None else dst.sockaddr
         reader = self._protocol
         reader.sending = True
@@ -208,13 +232,36 @@ class UDPSocketPool:
             reader.sending = False
         if reader.refused_during_send:
             raise DeliveryError(errno.ECONNREFUSED)
+        return None
+
+    def _flush(self) -> None:
+        """
+        Hand every held-back datagram to the kernel, in order, and tell
+        each sender how it went.
+        """
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        pending, self._pending = self._pending, []
+        port = self._port
+        for data, sockaddr, waiter in pending:
+            if port is None:
+                waiter.errback(DeliveryError(errno.ESHUTDOWN, "UDP socket closed"))
+                continue
+            try:
+                _sendto(port.socket, data, sockaddr)
+            except DeliveryError as e:
+                waiter.errback(e)
+            else:
+                waiter.callback(None)
 
     def stop(self) -> Deferred[None]:
         """
-        Close the socket.
+        Send what is held back, then close the socket.
 
         @return: a L{Deferred} firing once it is closed.
         """
+        self._flush()
         port, self._port = self._port, None
         if port is None:
             return defer.succeed(None)
@@ -276,6 +323,10 @@ def _sendto(sock: socket.socket, data: bytes, sockaddr: tuple[str, int]) -> None
             raise DeliveryError(exc.errno) from None
         return
 
+
+#: The largest UDP payload of each address family (RFC 768 length field
+#: less the IP and UDP headers): anything larger fails with EMSGSIZE.
+_MAX_PAYLOAD: dict[int | None, int] = {socket.AF_INET: 65535 - 20 - 8, socket.AF_INET6: 65535 - 8}
 
 #: Socket buffer size asked for: a burst of datagrams while the reactor is
 #: busy waits in the kernel instead of being dropped (the kernel caps it at
