@@ -191,10 +191,10 @@ _ADDRESS_HEADERS = frozenset(("from", "to", "reply-to", "refer-to", "referred-by
 
 #: RFC 3261 §20: at most one value; a second occurrence with a different
 #: value makes the message unusable (RFC 4475 §3.3.8, §3.3.9).
-_ONCE = (
+_ONCE = frozenset((
     "call-id", "cseq", "from", "to", "content-length", "content-type",
     "max-forwards",
-)
+))
 
 #: RFC 3261 §8.1.1 mandatory headers (Max-Forwards aside: RFC 2543 peers
 #: omit it, RFC 4475 §3.4.1).
@@ -1194,8 +1194,9 @@ def _check_headers(
     @raise SIPParseError: a check failed.
     """
     present = set(keys)
-    if len(present) < len(keys):
-        for key in _ONCE:
+    if len(present) < len(keys) and sum(map(keys.count, once := present & _ONCE)) > len(once):
+        # (Repeated lines are usually Via, Route, Record-Route: lists.)
+        for key in once:
             if keys.count(key) > 1:
                 # A repeated once-only header is tolerated only when it
                 # repeats the same value.
@@ -1228,15 +1229,25 @@ def _check_headers(
         at += 1
 
     # From, To: balanced quotes and angle brackets (RFC 4475 §3.1.2.6).
-    for key in ("from", "to"):
-        at = index(key)
-        line = raws[at]
-        if line.find(b'"') >= 0:
-            vals[at] = _decode(key, line)
-        elif line.rfind(b"<") > line.rfind(b">"):
-            raise SIPParseError(f"unclosed '<' in {_CANONICAL[key]}")
-        else:
-            vals[at] = [_raw_value(line).decode("utf-8", "surrogateescape")]
+    # (A quoted display name takes the full scan; the From value, which
+    # every proxy reads, is kept.)
+    at = index("from")
+    line = raws[at]
+    if line.find(b'"') >= 0:
+        vals[at] = _decode("from", line)
+    elif line.rfind(b"<") > line.rfind(b">"):
+        raise SIPParseError("unclosed '<' in From")
+    else:
+        value = line[line.find(b":") + 1:].strip(b" \t")
+        if value.find(b"\n") >= 0:
+            value = _raw_value(line)
+        vals[at] = [value.decode("utf-8", "surrogateescape")]
+    at = index("to")
+    line = raws[at]
+    if line.find(b'"') >= 0:
+        vals[at] = _decode("to", line)
+    elif line.rfind(b"<") > line.rfind(b">"):
+        raise SIPParseError("unclosed '<' in To")
 
     # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method, the number below 2**31;
     # the method of a request's CSeq is its method (RFC 3261 §8.1.1.5,
