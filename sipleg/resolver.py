@@ -24,6 +24,7 @@ parts of the URI it routes on.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random as _random
 import socket
@@ -443,10 +444,27 @@ def _numeric(
 ) -> list[Address] | None:
     """
     RFC 3263 §4.1-§4.2 for a numeric target: the one address to use, or
-    L{None} when the target is a name (DNS is needed).
+    L{None} when the target is a name (DNS is needed).  The answers for
+    short hosts are cached (a proxy sends to the same few next hops over
+    and over).
 
     @raise DeliveryError: C{ENOPROTOOPT} when no allowed transport fits.
     """
+    if len(host) <= 64 and (maddr is None or len(maddr) <= 64):
+        found = _numeric_cached(host, port, transport, secure, maddr, allowed)
+    else:
+        found = _numeric_target(host, port, transport, secure, maddr, allowed)
+    return None if found is None else [found]
+
+
+def _numeric_target(
+    host: str,
+    port: int | None,
+    transport: str | None,
+    secure: bool,
+    maddr: str | None,
+    allowed: tuple[str, ...],
+) -> Address | None:
     target = (maddr or host).strip("[]")
     if ip_family(target) is None:
         return None
@@ -454,7 +472,10 @@ def _numeric(
         raise DeliveryError(ENOPROTOOPT, "no allowed transport for this URI")
     proto = _forced_transport(transport, secure, allowed) if transport else None
     proto = proto or _default_transport(secure, allowed)
-    return [address(target, default_port(proto) if port is None else port, proto)]
+    return address(target, default_port(proto) if port is None else port, proto)
+
+
+_numeric_cached = functools.lru_cache(maxsize=4096)(_numeric_target)
 
 
 def _forced_transport(transport: str, secure: bool, allowed: tuple[str, ...]) -> str:
