@@ -36,6 +36,9 @@ from sipleg.uri import URI, parse_name_addr, parse_uri, parse_via
 #: and the connection to prefer (L{None}: any).
 Build = Callable[[Leg], tuple[bytes, object | None]]
 
+#: Told why a send failed after it was taken (see L{Dispatcher.send_in_order}).
+Failed = Callable[[DeliveryError], object]
+
 _T = TypeVar("_T")
 #: A resolution or a send done at once, or the L{Deferred} of one that waits.
 Maybe: TypeAlias = _T | Deferred[_T]
@@ -253,7 +256,11 @@ class Dispatcher:
         return resolver.resolve_uri(uri, transports=transports, seed=seed).addCallback(pair_legs, legs)
 
     def send_in_order(
-        self, pairs: Sequence[tuple[Leg, Address]], build: Build, first: int = 0
+        self,
+        pairs: Sequence[tuple[Leg, Address]],
+        build: Build,
+        first: int = 0,
+        failed: Failed | None = None,
     ) -> Maybe[tuple[Leg, Address]]:
         """
         Try C{pairs} in order until one leg takes its packet (RFC 3263 §4:
@@ -263,6 +270,12 @@ class Dispatcher:
         @param build: makes the bytes (and the preferred connection) for the
             leg about to be tried.
         @param first: the index of the pair to try first.
+        @param failed: for a sender that needs no completion, only failure
+            (the proxy): a datagram a pool holds back (design item 18)
+            then counts as taken at once; if it fails when it is sent, the
+            loop goes on with the next pair by itself, and C{failed} is
+            called with the last error when no pair takes the packet.
+            Without it such a send returns a L{Deferred}.
         @return: the C{(leg, address)} that took the packet, at once when
             the send did not wait, else a L{Deferred} firing with it.
         @raise DeliveryError: every pair failed at once (the last error;
@@ -273,8 +286,14 @@ class Dispatcher:
             pair = pairs[index]
             leg, address = pair
             data, conn = build(leg)
+            retry: Failed | None = None
+            if failed is not None:
+
+                def retry(e: DeliveryError, after: int = index + 1) -> None:
+                    self._resume(pairs, build, after, failed, e)
+
             try:
-                waiting = leg.send_now(data, address, conn)
+                waiting = leg.send_now(data, address, conn, retry)
             except DeliveryError as e:
                 log.debug("delivery to {dst} failed ({why})", dst=address, why=e)
                 error = e
@@ -282,13 +301,37 @@ class Dispatcher:
             if waiting is None:
                 return pair
 
-            def failed(reason: Failure, after: int = index + 1) -> Maybe[tuple[Leg, Address]]:
+            def failed_now(reason: Failure, after: int = index + 1) -> Maybe[tuple[Leg, Address]]:
                 reason.trap(DeliveryError)
                 log.debug("delivery failed ({why}); trying the next target", why=reason.value)
-                return self.send_in_order(pairs, build, after)
+                return self.send_in_order(pairs, build, after, failed)
 
-            return waiting.addCallbacks(lambda _, pair=pair: pair, failed)
+            return waiting.addCallbacks(lambda _, pair=pair: pair, failed_now)
         raise error or DeliveryError(ENOPROTOOPT, "no leg can reach the destination")
+
+    def _resume(
+        self,
+        pairs: Sequence[tuple[Leg, Address]],
+        build: Build,
+        first: int,
+        failed: Failed,
+        error: DeliveryError,
+    ) -> None:
+        """
+        A held-back send of L{send_in_order} failed after it returned: go on
+        with the next pair, and tell C{failed} when none takes the packet.
+        """
+        log.debug("delivery failed ({why}); trying the next target", why=error)
+        if first >= len(pairs):
+            failed(error)
+            return
+        try:
+            result = self.send_in_order(pairs, build, first, failed)
+        except DeliveryError as e:
+            failed(e)
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(lambda reason: failed(reason.value) if reason.check(DeliveryError) else reason)
 
 
 def pair_legs(addresses: Iterable[Address], legs: Sequence[Leg]) -> list[tuple[Leg, Address]]:

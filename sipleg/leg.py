@@ -742,21 +742,28 @@ class Leg(Service):
         except SIPParseError:
             return None
 
-    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None] | None:
+    def send_now(
+        self,
+        data: bytes,
+        dst: Address,
+        conn: object | None = None,
+        failed: Callable[[DeliveryError], object] | None = None,
+    ) -> Deferred[None] | None:
         """
         Hand bytes to the socket pool (L{ISocketPool.send_now}): the hot
         path of the proxy, with no L{Deferred} unless a connection must be
-        made first.
+        made first (or, without C{failed}, a datagram is held back).
 
         @param dst: a resolved address of the leg's transport (the leg's
             fixed C{dst} wins).
-        @return: L{None} once sent; a L{Deferred} while a connection is
-            being made.
+        @param failed: see L{ISocketPool.send_now}.
+        @return: L{None} once sent (or held back, with C{failed}); a
+            L{Deferred} while the send waits.
         @raise DeliveryError: the send failed at once.
         """
         if self.trace:
             self._trace("sends", "to", self.dst or dst, data)
-        return self._pool.send_now(data, dst, conn)
+        return self._pool.send_now(data, dst, conn, failed)
 
     def receive(self, packet: Message, from_addr: Address) -> tuple[Message, Address] | None:
         """

@@ -23,6 +23,7 @@ Nothing waits on a L{Deferred} unless I/O does (DNS, a stream connect).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -247,19 +248,23 @@ class StatelessProxy:
             return b"".join(lines), None
 
         legs = self._legs_from(self._legs[forward.prefer])
+        # A datagram held back (design item 18) that fails when it is sent
+        # moves on to the next target by itself; this hears when none is
+        # left.
+        failed = partial(self._undeliverable, view, in_leg)
         try:
             found = self.dispatcher.resolve(forward.targets[0], legs, request, self._transports)
         except DeliveryError as e:
-            self._unreachable(Failure(e), view, in_leg)
+            self._undeliverable(view, in_leg, e)
             return None
         if isinstance(found, Deferred):
-            d = found.addCallback(self.dispatcher.send_in_order, build)
+            d = found.addCallback(self.dispatcher.send_in_order, build, 0, failed)
             d.addCallbacks(self._forwarded, self._unreachable, (request,), errbackArgs=(view, in_leg))
             return d
         try:
-            sent = self.dispatcher.send_in_order(found, build)
+            sent = self.dispatcher.send_in_order(found, build, failed=failed)
         except DeliveryError as e:
-            self._unreachable(Failure(e), view, in_leg)
+            self._undeliverable(view, in_leg, e)
             return None
         if isinstance(sent, Deferred):
             sent.addCallbacks(self._forwarded, self._unreachable, (request,), errbackArgs=(view, in_leg))
@@ -282,10 +287,17 @@ class StatelessProxy:
 
     def _unreachable(self, reason: Failure, view: RequestView, leg: Leg) -> None:
         error = reason.value
-        request = view.request
         if not isinstance(error, DeliveryError):
-            log.failure("forwarding {method} failed", reason, method=request.method)
+            log.failure("forwarding {method} failed", reason, method=view.request.method)
             error = DeliveryError(None, str(error))
+        self._undeliverable(view, leg, error)
+
+    def _undeliverable(self, view: RequestView, leg: Leg, error: DeliveryError) -> None:
+        """
+        No target took the request: 503 (RFC 3261 §16.7 item 6 / §16.9
+        for a stateless proxy), nothing for an ACK.
+        """
+        request = view.request
         log.info(
             "cannot forward {method} {uri}: {error}",
             method=request.method,
@@ -347,25 +359,26 @@ class StatelessProxy:
         Send a response to the first of C{targets} that takes it.
         """
         dispatcher = self.dispatcher
+        failed = partial(_unsent, response.code)
         try:
             if isinstance(targets, URI):
                 found = dispatcher.resolve(targets, legs, response, self._transports)
                 if isinstance(found, Deferred):
-                    d = found.addCallback(dispatcher.send_in_order, build)
-                    return d.addErrback(self._log_failure, response.code)
+                    d = found.addCallback(dispatcher.send_in_order, build, 0, failed)
+                    return d.addErrback(lambda reason: failed(reason.value))
             else:
                 found = pair_legs(targets, legs)
-            sent = dispatcher.send_in_order(found, build)
+            sent = dispatcher.send_in_order(found, build, failed=failed)
         except DeliveryError as e:
-            self._log_failure(Failure(e), response.code)
+            failed(e)
             return None
         if isinstance(sent, Deferred):
-            return sent.addErrback(self._log_failure, response.code)
+            return sent.addErrback(lambda reason: failed(reason.value))
         return None
 
-    @staticmethod
-    def _log_failure(reason: Failure, code: object) -> None:
-        log.info("could not send response {code}: {why}", code=code, why=reason.value)
+
+def _unsent(code: int, error: object) -> None:
+    log.info("could not send response {code}: {why}", code=code, why=error)
 
 
 def _wire(response: Response) -> Any:

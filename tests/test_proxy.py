@@ -5,10 +5,13 @@ over real loopback sockets: user agents are plain legs.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from sipleg.address import Address
@@ -273,6 +276,11 @@ class RefusalTests(ProxyTestCase):
         target = f"sip:bob@127.0.0.1:{closed_port()};transport=tcp"
         return self.refused(options(target), 503)
 
+    def test_udp_next_hop_refused_when_sent(self) -> Any:
+        # The kernel refuses the held-back datagram when the pool sends it
+        # at the end of the reactor turn (EACCES: broadcast): still 503.
+        return self.refused(options("sip:bob@255.255.255.255:5060"), 503)
+
     def test_loop(self) -> Any:
         # The Request-URI names the proxy itself: the second pass sees its
         # own Via with the same loop hash.
@@ -391,6 +399,37 @@ class DispatcherTests(unittest.TestCase):
         used = yield dispatcher.deliver(options("sip:x@127.0.0.1"), dst=[refused, uas.local])
         self.assertEqual(used, (out, uas.local))
         yield got.wait()
+
+    @inlineCallbacks
+    def test_send_in_order_with_failure_callback(self) -> Any:
+        """
+        With a failure callback a held-back datagram counts as taken at
+        once; if the kernel refuses it, the loop goes on with the next pair
+        by itself, and the callback hears only when no pair is left.
+        """
+        got = PacketCollector()
+        uas = Leg(port=0, receiver=got)
+        yield uas.listen()
+        self.addCleanup(uas.stop)
+        out = Leg(port=0)
+        yield out.listen()
+        self.addCleanup(out.stop)
+        dispatcher = Dispatcher([out])
+        refused = Address("255.255.255.255", uas.local.port)
+        errors: list[Any] = []
+        data = bytes(options("sip:x@127.0.0.1"))
+
+        def build(leg: Leg) -> tuple[bytes, None]:
+            return data, None
+
+        taken = dispatcher.send_in_order([(out, refused), (out, uas.local)], build, failed=errors.append)
+        self.assertEqual(taken, (out, refused))
+        yield got.wait()
+        self.assertEqual(errors, [])
+        taken = dispatcher.send_in_order([(out, refused)], build, failed=errors.append)
+        self.assertEqual(taken, (out, refused))
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual([error.errno for error in errors], [errno.EACCES])
 
     @inlineCallbacks
     def test_no_leg_for_transport(self) -> Any:

@@ -70,10 +70,20 @@ class ISocketPool(Interface):
             TLS); it errbacks with L{DeliveryError}.
         """
 
-    def send_now(data: bytes, dst: Address, conn: object | None = None) -> Deferred[None] | None:
+    def send_now(
+        data: bytes,
+        dst: Address,
+        conn: object | None = None,
+        failed: Callable[[DeliveryError], object] | None = None,
+    ) -> Deferred[None] | None:
         """
         L{send} without a L{Deferred} when none is needed: the hot path of
         a forwarding proxy.
+
+        @param failed: for a send the pool holds back (UDP coalescing):
+            called with the L{DeliveryError} if it fails when it is made, and
+            then L{None} is returned at once instead of a L{Deferred}.
+            Pools that hold nothing back ignore it.
 
         @return: L{None} when the data was handed to the kernel or written
             to an established connection at once; a L{Deferred} (as from
@@ -97,7 +107,7 @@ class ISocketPool(Interface):
 
 
 def send_deferred(
-    send_now: Callable[[bytes, Address, object | None], Deferred[None] | None],
+    send_now: Callable[..., Deferred[None] | None],
     data: bytes,
     dst: Address,
     conn: object | None,

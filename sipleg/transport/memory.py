@@ -48,7 +48,7 @@ class MemorySocketPool:
         self.sent.append((data, dst))
         return succeed(None)
 
-    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> None:
+    def send_now(self, data: bytes, dst: Address, conn: object | None = None, failed: object = None) -> None:
         self.sent.append((data, dst))
 
     def stop(self) -> Deferred[None]:

@@ -557,9 +557,12 @@ class StreamSocketPool:
         """
         return send_deferred(self.send_now, data, dst, conn)
 
-    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None] | None:
+    def send_now(
+        self, data: bytes, dst: Address, conn: object | None = None, failed: object = None
+    ) -> Deferred[None] | None:
         """
-        L{send} without a L{Deferred} on an established connection.
+        L{send} without a L{Deferred} on an established connection (a
+        stream pool holds nothing back, so C{failed} is not used).
 
         @return: L{None} once written; a L{Deferred} as from L{send} while
             a connection is being made.

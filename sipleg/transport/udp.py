@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer, error
@@ -27,6 +28,10 @@ _log = Logger()
 #: Twisted's default of 8192 bytes (SIP over UDP may exceed the MTU and is
 #: then fragmented by IP).
 MAX_DATAGRAM = 65535
+
+#: Who hears how a held-back send went: its Deferred, or the sender's
+#: failure callback.
+_Waiter = Deferred[None] | Callable[[DeliveryError], object]
 
 #: The most sends a pool holds back before it flushes them early.
 COALESCE_MAX = 512
@@ -139,7 +144,7 @@ class UDPSocketPool:
         self._protocol = _DatagramReader(self)
         self._port: Any = None
         self._sources: dict[tuple[str, int], Address] = {}
-        self._pending: list[tuple[bytes, tuple[str, int], Deferred[None]]] = []
+        self._pending: list[tuple[bytes, tuple[str, int], _Waiter]] = []
         self._flush_call: Any = None
 
     def __repr__(self) -> str:
@@ -194,10 +199,17 @@ class UDPSocketPool:
         """
         return send_deferred(self.send_now, data, dst, conn)
 
-    def send_now(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None] | None:
+    def send_now(
+        self,
+        data: bytes,
+        dst: Address,
+        conn: object | None = None,
+        failed: Callable[[DeliveryError], object] | None = None,
+    ) -> Deferred[None] | None:
         """
-        L{send}: a L{Deferred} for a coalesced send (see the class), L{None}
-        for one made at once (a connected socket).
+        L{send}: a L{Deferred} for a coalesced send (see the class), or
+        L{None} with C{failed} given (called if the send fails when it is
+        made); L{None} for a send made at once (a connected socket).
 
         @raise DeliveryError: as L{send} fails, when it fails at once.
         """
@@ -209,9 +221,13 @@ class UDPSocketPool:
             # Twisted's per-write address checks in Port.write are skipped.
             if len(data) > _MAX_PAYLOAD[self.local.family]:
                 raise DeliveryError(errno.EMSGSIZE)
-            waiter: Deferred[None] = Deferred()
+            waiter: Deferred[None] | None = None
+            if failed is not None:
+                told: _Waiter = failed
+            else:
+                told = waiter = Deferred()
             pending = self._pending
-            pending.append((data, (dst.addr, dst.port), waiter))
+            pending.append((data, (dst.addr, dst.port), told))
             if len(pending) == 1:
                 self._flush_call = self._reactor.callLater(0, self._flush)
             elif len(pending) >= COALESCE_MAX:
@@ -245,15 +261,18 @@ class UDPSocketPool:
         pending, self._pending = self._pending, []
         port = self._port
         for data, sockaddr, waiter in pending:
-            if port is None:
-                waiter.errback(DeliveryError(errno.ESHUTDOWN, "UDP socket closed"))
-                continue
             try:
+                if port is None:
+                    raise DeliveryError(errno.ESHUTDOWN, "UDP socket closed")
                 _sendto(port.socket, data, sockaddr)
             except DeliveryError as e:
-                waiter.errback(e)
+                if isinstance(waiter, Deferred):
+                    waiter.errback(e)
+                else:
+                    _tell(waiter, e, sockaddr)
             else:
-                waiter.callback(None)
+                if isinstance(waiter, Deferred):
+                    waiter.callback(None)
 
     def stop(self) -> Deferred[None]:
         """
@@ -302,6 +321,17 @@ class UDPSocketPool:
             self.receiver(data, source, None)
         except Exception:  # noqa: BLE001 - a receiver bug must not kill the socket
             _log.failure("UDP receiver failed on a datagram from {source}", source=source)
+
+
+def _tell(failed: Callable[[DeliveryError], object], error: DeliveryError, sockaddr: tuple[str, int]) -> None:
+    """
+    Report a held-back send's failure to its sender; nothing it raises
+    stops the other sends.
+    """
+    try:
+        failed(error)
+    except Exception:
+        _log.failure("handling a failed send to {dst} failed", dst=sockaddr)
 
 
 def _sendto(sock: socket.socket, data: bytes, sockaddr: tuple[str, int]) -> None:
