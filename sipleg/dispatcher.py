@@ -106,6 +106,9 @@ class Dispatcher:
             sipleg component can be built the same way.
         """
         self.legs: list[Leg] = []
+        #: Counts the changes of L{legs} made through L{add_leg} and
+        #: L{remove_leg}, for those who cache what they know of the legs.
+        self.generation = 0
         self.receiver = receiver
         #: Whether requests get C{received} / C{rport} stamped before they
         #: reach the receiver; a receiver that parses the top Via itself
@@ -133,12 +136,14 @@ class Dispatcher:
         """
         leg.receiver = self._leg_received
         self.legs.append(leg)
+        self.generation += 1
 
     def remove_leg(self, leg: Leg) -> None:
         """
         Stop dispatching for C{leg} (it keeps its sockets; stop it yourself).
         """
         self.legs.remove(leg)
+        self.generation += 1
         leg.receiver = None
 
     def get_legs(self, **spec: Any) -> list[Leg]:

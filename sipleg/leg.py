@@ -122,7 +122,12 @@ class Leg(Service):
         requests.
     @ivar receiver: called with C{(packet, source, leg)} for every packet
         that arrives; set by the dispatcher.
+    @cvar identities_made: how many leg identities were made (a leg makes a
+        new one when it learns its port or its Max-Forwards cap changes):
+        a cache of identities is stale when this moved.
     """
+
+    identities_made = 0
 
     def __init__(
         self,
@@ -303,6 +308,7 @@ class Leg(Service):
             self.contact = f"{scheme}:{hostport}"
             if self.proto == "tcp":
                 self.contact += ";transport=tcp"
+        Leg.identities_made += 1
         identity = leg_identity(
             self.proto, self.family, local.host, port, self.branch, self._max_forwards,
             host=self.host, name=host,

@@ -92,7 +92,8 @@ class StatelessProxy:
         self.dispatcher = dispatcher
         self.access: IAccessPolicy = access if access is not None else NetworkAccessPolicy()
         self.routes: IRoutePolicy = routes if routes is not None else StaticRoutes()
-        self._rules_key: tuple[Any, ...] = ()
+        self._rules_key: tuple[int, int, int] = (-1, -1, -1)
+        self._registrar: Registrar | None = None
         self._rules: Rules | None = None
         self._legs: dict[LegIdentity, Leg] = {}
         self._transports: tuple[str, ...] = ()
@@ -106,16 +107,23 @@ class StatelessProxy:
         The frozen L{Rules} the decisions are made with, rebuilt when the
         legs (or a leg's identity), the policies or the registrar change.
         """
-        identities = tuple(leg.identity for leg in self.dispatcher.legs)
-        key = (identities, self.access, self.routes, self.registrar)
+        dispatcher = self.dispatcher
         rules = self._rules
-        if rules is None or key != self._rules_key:
+        if (
+            rules is None
+            or self._rules_key != (dispatcher.generation, len(dispatcher.legs), Leg.identities_made)
+            or rules.access is not self.access
+            or rules.routes is not self.routes
+            or self._registrar is not self.registrar
+        ):
+            self._rules_key = (dispatcher.generation, len(dispatcher.legs), Leg.identities_made)
+            self._registrar = self.registrar
+            identities = tuple(leg.identity for leg in dispatcher.legs)
             legs = LegSet(identities)
             registers = locate = None
             if self.registrar is not None:
                 registers, locate = _registrar_rules(self.registrar, legs)
             rules = self._rules = Rules(legs, self.access, self.routes, registers, locate)
-            self._rules_key = key
             self._legs = {leg.identity: leg for leg in self.dispatcher.legs}
             self._transports = tuple(dict.fromkeys(leg.proto for leg in self.dispatcher.legs))
         return rules
