@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,8 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+
+from load import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -42,20 +43,6 @@ HOST = "127.0.0.1"
 FIELDS = ("VmRSS", "RssAnon", "RssFile")
 #: Seconds a process may take to settle.
 TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((HOST, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((HOST, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port on 127.0.0.1")
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -72,7 +59,7 @@ def argv(which: str, workdir: Path) -> list[str]:
     twistd = str(Path(sys.executable).parent / "twistd")
     command = [twistd, "-n", "--pidfile=", "--logfile", str(workdir / f"{which}.log"), which]
     if which == "sipproxy":
-        port = free_port()
+        port = free_port(("udp", "tcp"))
         command += ["--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}"]
     return command
 

@@ -9,10 +9,11 @@ use, so C{import sipleg.message} stays free of C{twisted.internet}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError, SIPError, SIPParseError
+from sipleg.lazy import lazy_names
 
 __version__ = "0.1.0"
 
@@ -45,12 +46,4 @@ if TYPE_CHECKING:
     from sipleg.proxy import StatelessProxy
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sipleg' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names("sipleg", _LAZY, globals())

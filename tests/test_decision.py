@@ -45,6 +45,21 @@ TRUSTED = Address("127.0.0.1", 5061)
 STRANGER = Address("192.0.2.9", 5061)
 
 
+def message(start: str, *lines: str) -> Request | Response:
+    """
+    A parsed message with From, To, Call-ID and Content-Length besides
+    C{lines}.
+    """
+    head = [
+        start,
+        *lines,
+        "From: <sip:alice@example.org>;tag=a1",
+        "Call-ID: c1@example.org",
+        "Content-Length: 0",
+    ]
+    return parse_message(("\r\n".join(head) + "\r\n\r\n").encode())
+
+
 def request(
     method: str = "INVITE",
     uri: str = "sip:bob@192.0.2.20:5062",
@@ -52,36 +67,24 @@ def request(
     via: str = "SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-1",
     cseq: int = 1,
 ) -> Request:
-    lines = [
+    packet = message(
         f"{method} {uri} SIP/2.0",
         f"Via: {via}",
-        "From: <sip:alice@example.org>;tag=a1",
         "To: <sip:bob@example.com>",
-        "Call-ID: c1@example.org",
         f"CSeq: {cseq} {method}",
         *extra,
-        "Content-Length: 0",
-        "",
-        "",
-    ]
-    packet = parse_message("\r\n".join(lines).encode())
+    )
     assert isinstance(packet, Request)
     return packet
 
 
 def response(*vias: str, code: int = 180) -> Response:
-    lines = [
+    packet = message(
         f"SIP/2.0 {code} Whatever",
         *(f"Via: {via}" for via in vias),
-        "From: <sip:alice@example.org>;tag=a1",
         "To: <sip:bob@example.com>;tag=b1",
-        "Call-ID: c1@example.org",
         "CSeq: 1 INVITE",
-        "Content-Length: 0",
-        "",
-        "",
-    ]
-    packet = parse_message("\r\n".join(lines).encode())
+    )
     assert isinstance(packet, Response)
     return packet
 

@@ -382,10 +382,10 @@ class DispatcherTests(unittest.TestCase):
         yield got.wait()
 
     @inlineCallbacks
-    def test_udp_failover_after_coalesced_send(self) -> Any:
+    def udp_pair(self) -> Any:
         """
-        A UDP send that fails when the held-back datagrams are flushed
-        (EACCES: broadcast) still moves on to the next target.
+        A UAS leg (and what it gets), a dispatcher with one UDP leg, and an
+        address the kernel refuses to send to (EACCES: broadcast).
         """
         got = PacketCollector()
         uas = Leg(port=0, receiver=got)
@@ -394,8 +394,15 @@ class DispatcherTests(unittest.TestCase):
         out = Leg(port=0)
         yield out.listen()
         self.addCleanup(out.stop)
-        dispatcher = Dispatcher([out])
-        refused = Address("255.255.255.255", uas.local.port)
+        return got, uas, out, Dispatcher([out]), Address("255.255.255.255", uas.local.port)
+
+    @inlineCallbacks
+    def test_udp_failover_after_coalesced_send(self) -> Any:
+        """
+        A UDP send that fails when the held-back datagrams are flushed
+        (EACCES: broadcast) still moves on to the next target.
+        """
+        got, uas, out, dispatcher, refused = yield self.udp_pair()
         used = yield dispatcher.deliver(options("sip:x@127.0.0.1"), dst=[refused, uas.local])
         self.assertEqual(used, (out, uas.local))
         yield got.wait()
@@ -407,15 +414,7 @@ class DispatcherTests(unittest.TestCase):
         once; if the kernel refuses it, the loop goes on with the next pair
         by itself, and the callback hears only when no pair is left.
         """
-        got = PacketCollector()
-        uas = Leg(port=0, receiver=got)
-        yield uas.listen()
-        self.addCleanup(uas.stop)
-        out = Leg(port=0)
-        yield out.listen()
-        self.addCleanup(out.stop)
-        dispatcher = Dispatcher([out])
-        refused = Address("255.255.255.255", uas.local.port)
+        got, uas, out, dispatcher, refused = yield self.udp_pair()
         errors: list[Any] = []
         data = bytes(options("sip:x@127.0.0.1"))
 

@@ -12,7 +12,9 @@ L{Receiver} and send what they are given.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sipleg.lazy import lazy_names
 
 __all__ = [
     "ISocketPool",
@@ -43,12 +45,4 @@ if TYPE_CHECKING:
     from sipleg.transport.udp import UDPSocketPool
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'sipleg.transport' has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names("sipleg.transport", _LAZY, globals())
