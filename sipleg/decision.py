@@ -42,6 +42,7 @@ from sipleg.routing import IAccessPolicy, IRoutePolicy, response_fallback, respo
 from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
 
 __all__ = [
+    "addressed_to_us",
     "Answer",
     "Decision",
     "Drop",
@@ -508,8 +509,9 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
 
     The order: the Request-URI scheme (416, or 400 when malformed), a
     Proxy-Require (420: we support no extension a proxy must understand),
-    the access policy (403), Max-Forwards (483), strict-route restoration
-    and our own Routes (§16.4), REGISTER for us, the location service
+    strict-route restoration and our own Routes (§16.4), a request
+    addressed to the proxy itself (L{addressed_to_us}), the access policy
+    (403), Max-Forwards (483), REGISTER for us, the location service
     (404/480 or retarget), the next hop (§16.6 items 6-7: Route set, static
     routes and outbound proxy, else the Request-URI), and last the loop
     check (§16.3 item 4: 482) on the request as it would leave.  An ACK is
@@ -526,11 +528,6 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         if method == "ACK":
             return Drop("Bad Extension")
         return Answer(420, "Bad Extension", tuple(("Unsupported", value) for value in view.proxy_require))
-    if not rules.access.allows(view.request, uri, view.source):
-        return _refuse(method, 403, "Forbidden")
-    max_forwards = next_max_forwards(view.max_forwards, view.leg.max_forwards)
-    if max_forwards is None:
-        return _refuse(method, 483, "Too Many Hops")
 
     legs = rules.legs
     routes = view.routes
@@ -546,7 +543,15 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     else:
         named = None
 
-    if method == "REGISTER" and rules.registers is not None and rules.registers(uri):
+    registers = method == "REGISTER" and rules.registers is not None and rules.registers(uri)
+    if not routes and not registers and uri.user is None and legs.hop(uri) is not None:
+        return addressed_to_us(method, rules.registers is not None)
+    if not rules.access.allows(view.request, uri, view.source):
+        return _refuse(method, 403, "Forbidden")
+    max_forwards = next_max_forwards(view.max_forwards, view.leg.max_forwards)
+    if max_forwards is None:
+        return _refuse(method, 483, "Too Many Hops")
+    if registers:
         return Register()
     if rules.locate is not None and not routes:
         found = rules.locate(uri)
@@ -606,6 +611,32 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
 
 
 _LOCATE_REASONS = {404: "Not Found", 480: "Temporarily Unavailable"}
+
+
+def addressed_to_us(method: str, registrar: bool) -> Answer | Drop:
+    """
+    The answer to a request whose Request-URI names one of our legs with
+    no user part and no Route left: the proxy is its target (RFC 3261
+    §16.5: "a resource at this proxy") and answers as a UAS would.
+
+     - OPTIONS, the keep-alive ping of trunks and phones: 200 with Allow
+       and Accept (RFC 3261 §11.2), from any source (it reaches nobody
+       else, so it is no relay);
+     - CANCEL: 481, as there is no transaction of ours it could cancel
+       (§9.2);
+     - ACK: nothing (an ACK is never answered);
+     - any other method: 405 with Allow (§8.2.1): the proxy itself
+       implements no other method (REGISTER for our addresses is the
+       registrar's, decided before this).
+    """
+    allow = "OPTIONS, REGISTER" if registrar else "OPTIONS"
+    if method == "OPTIONS":
+        return Answer(200, "OK", (("Allow", allow), ("Accept", "application/sdp")))
+    if method == "ACK":
+        return Drop("ACK for us")
+    if method == "CANCEL":
+        return Answer(481, "Call/Transaction Does Not Exist")
+    return Answer(405, "Method Not Allowed", (("Allow", allow),))
 
 
 def _refuse(method: str, code: int, reason: str) -> Answer | Drop:

@@ -151,6 +151,41 @@ class RefusalTests(TestCase):
         )
 
 
+class AddressedToUsTests(TestCase):
+    """
+    A request whose Request-URI names one of our legs with no user part
+    and no Route left is for the proxy itself.
+    """
+
+    def test_table(self) -> None:
+        ours = "sip:127.0.0.1:5060"
+        allow = (("Allow", "OPTIONS"),)
+        cases: list[tuple[Request, Address, Decision]] = [
+            (request("OPTIONS", ours), TRUSTED, Answer(200, "OK", (*allow, ("Accept", "application/sdp")))),
+            (request("OPTIONS", ours), STRANGER, Answer(200, "OK", (*allow, ("Accept", "application/sdp")))),
+            (
+                request("OPTIONS", "sip:127.0.0.1;transport=tcp", "Max-Forwards: 0"),
+                STRANGER,
+                Answer(200, "OK", (*allow, ("Accept", "application/sdp"))),
+            ),
+            (request("INFO", ours), TRUSTED, Answer(405, "Method Not Allowed", allow)),
+            (request("REGISTER", ours), TRUSTED, Answer(405, "Method Not Allowed", allow)),
+            (request("CANCEL", ours), TRUSTED, Answer(481, "Call/Transaction Does Not Exist")),
+            (request("ACK", ours), TRUSTED, Drop("ACK for us")),
+        ]
+        for packet, source, expected in cases:
+            self.assertEqual(decide(packet, source), expected, packet.method)
+
+    def test_not_for_us(self) -> None:
+        """
+        A user part, a Route left, or another port: not for us.
+        """
+        self.assertIsInstance(decide(request("OPTIONS", "sip:bob@127.0.0.1:5060")), Forward)
+        routed = request("OPTIONS", "sip:127.0.0.1:5060", "Route: <sip:192.0.2.7;lr>")
+        self.assertIsInstance(decide(routed), Forward)
+        self.assertEqual(decide(request("OPTIONS", "sip:127.0.0.1:5999"), STRANGER), Answer(403, "Forbidden"))
+
+
 class ForwardTests(TestCase):
     """
     Where a request goes and what changes on the way (RFC 3261 §16.4-§16.6).
@@ -277,6 +312,12 @@ class RegistrarRulesTests(TestCase):
 
     def test_register(self) -> None:
         self.assertEqual(decide(request("REGISTER", "sip:example.com"), rules=self.rules(None)), Register())
+        own = Rules(LEGS, NetworkAccessPolicy(), StaticRoutes(), lambda uri: True, lambda uri: None)
+        self.assertEqual(decide(request("REGISTER", "sip:127.0.0.1"), rules=own), Register())
+        self.assertEqual(
+            decide(request("OPTIONS", "sip:127.0.0.1"), rules=own),
+            Answer(200, "OK", (("Allow", "OPTIONS, REGISTER"), ("Accept", "application/sdp"))),
+        )
         self.assertIsInstance(decide(request("REGISTER", "sip:example.net"), rules=self.rules(None)), Forward)
 
     def test_locate(self) -> None:

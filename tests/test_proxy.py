@@ -282,9 +282,29 @@ class RefusalTests(ProxyTestCase):
         return self.refused(options("sip:bob@255.255.255.255:5060"), 503)
 
     def test_loop(self) -> Any:
-        # The Request-URI names the proxy itself: the second pass sees its
-        # own Via with the same loop hash.
-        return self.refused(options(f"sip:{self.udp.local.hostport}"), 482)
+        # The Request-URI names a user at the proxy's own address (no
+        # registrar): the second pass sees its own Via with the same loop
+        # hash.
+        return self.refused(options(f"sip:bob@{self.udp.local.hostport}"), 482)
+
+    @inlineCallbacks
+    def test_options_to_the_proxy_itself(self) -> Any:
+        """
+        A keep-alive OPTIONS addressed to the proxy (no user part, no
+        Route) is answered 200 with Allow and Accept; another method 405.
+        """
+        yield self.send(options(f"sip:{self.udp.local.hostport}"))
+        yield self.uac_got.wait()
+        response = self.only(self.uac_got)
+        assert isinstance(response, Response)
+        self.assertEqual(
+            (response.code, response.get_header("allow"), response.get_header("accept")),
+            (200, "OPTIONS", "application/sdp"),
+        )
+        self.uac_got.packets.clear()
+        info = options(f"sip:{self.udp.local.hostport}", cseq="2 INFO")
+        info.method = "INFO"
+        yield self.refused(info, 405)
 
     @inlineCallbacks
     def test_ack_is_never_answered(self) -> Any:
