@@ -150,7 +150,13 @@ def _check_host(host: str) -> str:
         # IPv6reference  =  "[" IPv6address "]"   (RFC 5118 §4.10: the
         # RFC 3261 IPv6address rule is buggy; inet_pton is the reference.)
         if ip_family(host) != socket.AF_INET6:
-            raise SIPParseError(f"bad IPv6 address {_show(host)}")
+            # The buggy rule let a third colon in before an embedded IPv4
+            # address ("2001:db8:::192.0.2.1"); RFC 5118 §4.10 asks
+            # elements to accept it as the address it means.
+            fixed = host.replace(":::", "::", 1)
+            if fixed == host or "." not in host or ip_family(fixed) != socket.AF_INET6:
+                raise SIPParseError(f"bad IPv6 address {_show(host)}")
+            host = fixed
         return host.lower()
     if host[-1:].isdigit() and ip_family(host) == socket.AF_INET:
         # The usual IPv4 literal: inet_pton is the whole check.

@@ -306,6 +306,24 @@ class ParseURITests(TestCase):
         self.assertEqual(str(URI("tel", opaque="+123")), "tel:+123")
 
 
+class IPv6ABNFBugTests(TestCase):
+    """
+    RFC 5118 §4.10: the IPv6 reference with a third colon before an
+    embedded IPv4 address, which RFC 3261's ABNF let through, is accepted
+    as the address it means.
+    """
+
+    def test_three_colons(self) -> None:
+        uri = parse_uri("sip:user@[2001:db8:::192.0.2.1]")
+        self.assertEqual(uri.host, "2001:db8::192.0.2.1")
+        self.assertTrue(uri_equal(uri, "sip:user@[2001:db8::192.0.2.1]"))
+
+    def test_other_extra_colons_refused(self) -> None:
+        for text in ("sip:[2001:db8:::1]", "sip:[2001:::db8::192.0.2.1]", "sip:[::::192.0.2.1]"):
+            with self.assertRaises(SIPParseError, msg=text):
+                parse_uri(text)
+
+
 class URIEqualTests(TestCase):
     """
     L{uri_equal} follows RFC 3261 §19.1.4.
