@@ -201,7 +201,7 @@ class StatelessProxy:
             assert self.registrar is not None
             answer = self.registrar.register(request)
             stats.answered[answer.code] += 1
-            return self._send_response(answer, view.via, [leg], source)
+            return self._send_response(answer, view.via, leg, source)
         assert isinstance(decision, Drop)
         # An ACK refused, or a packet with nothing to answer: the counter
         # keys are the decisions' fixed reasons, a small set whatever
@@ -328,7 +328,7 @@ class StatelessProxy:
         response = make_response(view.request, answer.code, answer.reason)
         for name, value in answer.headers:
             response.add_header(name, value)
-        return self._send_response(response, view.via, [leg], view.source)
+        return self._send_response(response, view.via, leg, view.source)
 
     def _answer_bad(self, bad: BadMessage, leg: Leg, source: Address) -> None:
         """
@@ -342,19 +342,24 @@ class StatelessProxy:
         self.stats.answered[response.code] += 1
         self._send(response, (source,), [leg], _wire(response))
 
-    def _send_response(
-        self, response: Response, via: Via, legs: list[Leg], source: Address
-    ) -> Deferred[Any] | None:
+    def _send_response(self, response: Response, via: Via, leg: Leg, source: Address) -> Deferred[Any] | None:
         """
-        The one place an answer of ours is sent: where the request's top
-        Via says (RFC 3261 §18.2.2, with C{received} / C{rport} stamped
-        from the source), or to the source when that Via names nothing we
-        can send to.
+        The one place an answer of ours is sent, by the leg its request
+        came in on: where the request's top Via says (RFC 3261 §18.2.2,
+        with C{received} / C{rport} stamped from the source), or to the
+        source itself when that Via names another transport than the one
+        the request came by, or nothing we can send to (a stream answer
+        then goes back on the request's connection).
         """
-        targets = response_targets(via)
+        targets = response_targets(via) if via.transport.lower() == leg.proto else None
         if targets is None:
             targets = (source,)
-        return self._send(response, targets, legs, _wire(response))
+        elif leg.proto != "udp":
+            # A stream answer goes back on the request's connection: its
+            # source first, then what the Via names should it be gone
+            # (§18.2.2), without DNS when the Via has an address.
+            targets = (source, *targets) if isinstance(targets, tuple) else (source,)
+        return self._send(response, targets, [leg], _wire(response))
 
     def _send(
         self,

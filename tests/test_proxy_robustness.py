@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 from sipleg.address import Address
 from sipleg.dispatcher import Dispatcher
 from sipleg.leg import Leg
-from sipleg.message import parse_message
+from sipleg.message import Response, parse_message
 from sipleg.proxy import StatelessProxy
 from sipleg.transport.memory import MemorySocketPool
 
@@ -76,6 +76,36 @@ class RobustnessTests(TestCase):
         answer, dst = self.udp.sent[0]
         self.assertTrue(answer.startswith(b"SIP/2.0 505 "), answer[:40])
         self.assertEqual(dst, PEER)
+
+    def test_answer_goes_back_by_the_arrival_transport(self) -> None:
+        """
+        RFC 4475 unkscm.dat and bext01.dat name TCP and TLS in their Via;
+        arriving over UDP they are still answered (416, 420 with
+        Unsupported), over UDP to the address they came from.
+        """
+        for name, code in (("unkscm.dat", 416), ("bext01.dat", 420)):
+            self.feed(open(os.path.join(TORTURE, "rfc4475", name), "rb").read())
+            self.assertEqual(len(self.udp.sent), 1, name)
+            answer, dst = self.udp.sent[0]
+            response = parse_message(answer)
+            assert isinstance(response, Response)
+            self.assertEqual((response.code, dst), (code, PEER), name)
+        self.assertEqual(
+            response.get_headers("unsupported"), ["noProxiesSupportThis", "norDoAnyProxiesSupportThis"]
+        )
+
+    def test_stream_answer_goes_back_on_its_connection(self) -> None:
+        """
+        Over a stream, an answer goes to the request's source (its
+        connection) even when the Via names a host that needs DNS.
+        """
+        source = Address("127.0.0.1", 40000, "tcp")
+        data = open(os.path.join(TORTURE, "rfc4475", "unkscm.dat"), "rb").read()
+        self.tcp.receiver(data, source, object())
+        self.assertEqual(len(self.tcp.sent), 1)
+        answer, dst = self.tcp.sent[0]
+        self.assertTrue(answer.startswith(b"SIP/2.0 416 "), answer[:40])
+        self.assertEqual(dst, source)
 
     @settings(
         max_examples=300,
