@@ -55,6 +55,10 @@ log = Logger()
 #: response back on the connection its request arrived on.
 _TID_MEMORY = 4096
 
+#: The longest transaction id remembered (a Call-ID and a CSeq number): the
+#: memory stays below a few megabytes whatever peers send.
+_TID_LENGTH = 256
+
 #: RFC 3261 §16.6 item 3 / §16.3 item 3: the Max-Forwards we cap at.
 DEFAULT_MAX_FORWARDS = 70
 
@@ -841,6 +845,11 @@ class Leg(Service):
                 return
 
     def _remember_connection(self, tid: str, conn: object) -> None:
+        if len(tid) > _TID_LENGTH:
+            # Not worth remembering (and 4096 of them would be big): the
+            # response goes to the source, on the same connection while it
+            # stays open, by the stream pool's peer lookup.
+            return
         memory = self._tid_connections
         memory[tid] = conn
         memory.move_to_end(tid)

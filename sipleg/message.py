@@ -231,6 +231,10 @@ _WIRE_KEYS: dict[bytes, str] = {}
 _API_KEYS: dict[str, str] = {}
 _CACHE_MAX = 2048
 
+#: Header names (as written, colon included) longer than this are not
+#: cached: the caches hold at most _CACHE_MAX short names.
+_CACHED_NAME = 64
+
 #: Above this many digits a number is certainly out of range; checked
 #: before calling C{int()} so hostile input cannot make it work hard.
 _MAX_DIGITS = 10
@@ -252,6 +256,10 @@ def _wire_key(raw: bytes) -> str:
     if not _is_token(name):
         raise SIPParseError(f"bad header name {name[:40]!r}")
     lower = name.decode("ascii").lower()
+    if len(raw) > _CACHED_NAME:
+        # A name no real header has: neither cached nor interned, so a
+        # peer sending huge invented names leaves nothing behind.
+        return _COMPACT.get(lower, lower)
     key = sys.intern(_COMPACT.get(lower, lower))
     if len(_WIRE_KEYS) < _CACHE_MAX:
         _WIRE_KEYS[raw] = key
@@ -286,7 +294,7 @@ def _api_key(name: str) -> str:
             raise ValueError(f"not a header name: {name!r}")
         lower = name.lower()
         key = sys.intern(_COMPACT.get(lower, lower))
-        if len(_API_KEYS) < _CACHE_MAX:
+        if len(_API_KEYS) < _CACHE_MAX and len(name) < _CACHED_NAME:
             _API_KEYS[name] = key
     return key
 
