@@ -12,57 +12,17 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
 from sipleg.transport.base import ISocketPool
-from sipleg.transport.stream import StreamConnection, StreamSocketPool
-from tests.test_transport_udp import Collector
-
-
-def sip(body: bytes = b"", method: bytes = b"OPTIONS") -> bytes:
-    """
-    A minimal framed SIP request.
-    """
-    return (
-        method + b" sip:bob@example.com SIP/2.0\r\n"
-        b"Call-ID: c1\r\nCSeq: 1 " + method + b"\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body)
-    ) + body
-
-
-class RawClient(Protocol):
-    """
-    A plain TCP client that records what it receives.
-    """
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.lost: Deferred[None] = Deferred()
-        self._waiters: list[tuple[bytes, Deferred[None]]] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-        for expected, waiter in list(self._waiters):
-            if expected in self.data:
-                self._waiters.remove((expected, waiter))
-                waiter.callback(None)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost.callback(None)
-
-    def wait_for(self, expected: bytes) -> Deferred[None]:
-        if expected in self.data:
-            return defer.succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._waiters.append((expected, waiter))
-        return waiter
+from sipleg.transport.stream import LISTEN_BACKLOG, StreamConnection, StreamSocketPool
+from tests.support import Collector, RawClient, sip
 
 
 class StreamTestBase(TestCase):
@@ -483,3 +443,22 @@ class ConnectionCapTests(StreamTestBase):
         pool.send(sip(), Address("127.0.0.1", 5060, "tcp"))
         refused = pool.send(sip(), Address("127.0.0.1", 5061, "tcp"))
         self.assertEqual(self.failureResultOf(refused, DeliveryError).value.errno, errno.EMFILE)
+
+
+class ListenTests(TestCase):
+    """
+    How a stream pool listens.
+    """
+
+    def test_backlog(self) -> None:
+        """
+        The accept queue is as long as the kernel allows (not Twisted's
+        50), so a burst of new connections is not made to wait for SYN
+        retransmissions.
+        """
+        fake = MemoryReactorClock()
+        pool = StreamSocketPool(Address("127.0.0.1", 5060, "tcp"), Collector(), reactor=fake, clock=fake)
+        pool.listen()
+        listening = [(port, backlog) for port, _, backlog, _ in fake.tcpServers]
+        self.assertEqual(listening, [(5060, LISTEN_BACKLOG)])
+        self.assertGreaterEqual(LISTEN_BACKLOG, 128)

@@ -26,8 +26,7 @@ from sipleg.errors import DeliveryError
 from sipleg.transport.stream import StreamConnection, StreamSocketPool
 from sipleg.transport.tls import TLSConfig, describe_tls_failure
 from tests.certs import CertificateAuthority, Leaf
-from tests.test_transport_stream import RawClient, sip
-from tests.test_transport_udp import Collector
+from tests.support import Collector, RawClient, sip
 
 
 class PKI:

@@ -17,33 +17,7 @@ from sipleg.address import Address
 from sipleg.errors import DeliveryError
 from sipleg.transport.base import ISocketPool
 from sipleg.transport.udp import UDPSocketPool
-
-
-class Collector:
-    """
-    A receiver that records what it gets and can be waited on.
-    """
-
-    def __init__(self) -> None:
-        self.received: list[tuple[bytes, Address, object]] = []
-        self._waiters: list[tuple[int, Deferred[None]]] = []
-
-    def __call__(self, data: bytes, source: Address, conn: object) -> None:
-        self.received.append((data, source, conn))
-        ready = [w for w in self._waiters if w[0] <= len(self.received)]
-        self._waiters = [w for w in self._waiters if w[0] > len(self.received)]
-        for _, waiter in ready:
-            waiter.callback(None)
-
-    def wait(self, count: int) -> Deferred[None]:
-        """
-        @return: a L{Deferred} firing once C{count} items were received.
-        """
-        if len(self.received) >= count:
-            return defer.succeed(None)
-        waiter: Deferred[None] = Deferred()
-        self._waiters.append((count, waiter))
-        return waiter
+from tests.support import Collector
 
 
 class UDPSocketPoolTests(TestCase):

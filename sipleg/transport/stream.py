@@ -65,6 +65,12 @@ __all__ = [
 
 _log = Logger()
 
+#: Connections the kernel completes while the reactor is busy (the accept
+#: queue): Twisted's default of 50 drops SYNs under a burst of new
+#: connections, which then wait a second or more for the retransmission.
+#: The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = socket.SOMAXCONN
+
 #: Default cap on the connections of one pool.
 DEFAULT_MAX_CONNECTIONS = 1000
 #: Idle expiry bounds of Net::SIP's rule C{MIN + (MAX - MIN) / n}, seconds.
@@ -524,7 +530,7 @@ class StreamSocketPool:
             sock, self._sock = self._sock, None
             try:
                 sock.setblocking(False)
-                sock.listen(50)
+                sock.listen(LISTEN_BACKLOG)
                 port = self._reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
             except (OSError, ValueError, error.CannotListenError):
                 return defer.fail()
@@ -536,7 +542,9 @@ class StreamSocketPool:
             endpoint_type = (
                 TCP6ServerEndpoint if self.local.family == socket.AF_INET6 else TCP4ServerEndpoint
             )
-            endpoint = endpoint_type(self._reactor, self.local.port, interface=self.local.addr)
+            endpoint = endpoint_type(
+                self._reactor, self.local.port, backlog=LISTEN_BACKLOG, interface=self.local.addr
+            )
             listening = endpoint.listen(factory)
         return listening.addCallback(self._listening)
 

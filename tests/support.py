@@ -1,0 +1,79 @@
+"""
+Helpers shared by the test modules: receivers that record what they get,
+a raw TCP client, minimal framed requests.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from sipleg.address import Address
+
+
+class Collector:
+    """
+    A receiver that records what it gets and can be waited on.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, Address, object]] = []
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+
+    def __call__(self, data: bytes, source: Address, conn: object) -> None:
+        self.received.append((data, source, conn))
+        ready = [w for w in self._waiters if w[0] <= len(self.received)]
+        self._waiters = [w for w in self._waiters if w[0] > len(self.received)]
+        for _, waiter in ready:
+            waiter.callback(None)
+
+    def wait(self, count: int) -> Deferred[None]:
+        """
+        @return: a L{Deferred} firing once C{count} items were received.
+        """
+        if len(self.received) >= count:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((count, waiter))
+        return waiter
+
+
+def sip(body: bytes = b"", method: bytes = b"OPTIONS") -> bytes:
+    """
+    A minimal framed SIP request.
+    """
+    return (
+        method + b" sip:bob@example.com SIP/2.0\r\n"
+        b"Call-ID: c1\r\nCSeq: 1 " + method + b"\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+
+
+class RawClient(Protocol):
+    """
+    A plain TCP client that records what it receives.
+    """
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost: Deferred[None] = Deferred()
+        self._waiters: list[tuple[bytes, Deferred[None]]] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        for expected, waiter in list(self._waiters):
+            if expected in self.data:
+                self._waiters.remove((expected, waiter))
+                waiter.callback(None)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(None)
+
+    def wait_for(self, expected: bytes) -> Deferred[None]:
+        if expected in self.data:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((expected, waiter))
+        return waiter
