@@ -413,13 +413,56 @@ class ConnectionCapTests(StreamTestBase):
     """
 
     async def test_inbound_refused_past_cap(self) -> None:
+        """
+        At the cap, with every connection in use, a newcomer is refused.
+        """
         b, b_got = await self.make_pool(max_connections=1)
         first = await self.raw_client(b.local)
-        second = await self.raw_client(b.local)
-        await second.lost
         assert first.transport is not None
         first.transport.write(sip(b"first"))
         await b_got.wait(1)
+        second = await self.raw_client(b.local)
+        await second.lost
+        self.assertEqual(len(b.connections()), 1)
+        self.assertEqual(first.lost.called, False)
+
+    async def test_newcomer_replaces_silent_connection_at_cap(self) -> None:
+        """
+        At the cap, the oldest accepted connection that has not sent a
+        complete message gives way to a newcomer, so connections hoarded
+        by one peer cannot lock others out.
+        """
+        b, b_got = await self.make_pool(max_connections=1)
+        hoarder = await self.raw_client(b.local)
+        assert hoarder.transport is not None
+        hoarder.transport.write(b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: ")
+        newcomer = await self.raw_client(b.local)
+        await hoarder.lost
+        assert newcomer.transport is not None
+        newcomer.transport.write(sip(b"hello"))
+        await b_got.wait(1)
+        self.assertEqual(b_got.received[0][0], sip(b"hello"))
+
+    async def test_first_message_timeout(self) -> None:
+        """
+        An accepted connection that has not delivered a complete message
+        within the first-message timeout is closed (a slow-loris peer
+        trickling bytes); one that has is kept.
+        """
+        clock = Clock()
+        b, b_got = await self.make_pool(clock=clock, first_message_timeout=16)
+        slow = await self.raw_client(b.local)
+        quick = await self.raw_client(b.local)
+        assert slow.transport is not None and quick.transport is not None
+        quick.transport.write(sip(b"register"))
+        await b_got.wait(1)
+        for _ in range(7):
+            slow.transport.write(b"X")
+            clock.advance(2)
+        self.assertFalse(slow.lost.called)
+        clock.advance(2)
+        await slow.lost
+        self.assertFalse(quick.lost.called)
         self.assertEqual(len(b.connections()), 1)
 
     async def test_outbound_evicts_oldest(self) -> None:

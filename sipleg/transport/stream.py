@@ -75,6 +75,11 @@ LISTEN_BACKLOG = socket.SOMAXCONN
 DEFAULT_MAX_CONNECTIONS = 1000
 #: Idle expiry bounds of Net::SIP's rule C{MIN + (MAX - MIN) / n}, seconds.
 MIN_EXPIRE = 15.0
+
+#: Seconds an accepted connection has to deliver its first complete
+#: message (a TLS handshake included) before it is closed: a phone sends
+#: its REGISTER at once, a slow-loris attacker trickles bytes forever.
+FIRST_MESSAGE_TIMEOUT = 16.0
 MAX_EXPIRE = 120.0
 #: How long a graceful close may take before the connection is aborted.
 _CLOSE_GRACE = 5.0
@@ -418,10 +423,16 @@ class StreamSocketPool:
     be framed is closed and logged.
 
     Connection cap: at most C{max_connections} connections exist.  Past
-    the cap, accepted connections are closed at once (logged), and a send
-    that needs a new connection first closes the least recently active
-    one; when every connection is still being set up it fails with
-    C{EMFILE}.
+    the cap, a newly accepted connection takes the place of the oldest
+    accepted one that has not delivered a complete message yet, or is
+    closed at once when there is none (logged); a send that needs a new
+    connection first closes the least recently active one; when every
+    connection is still being set up it fails with C{EMFILE}.
+
+    Slow peers: an accepted connection that has not delivered a complete
+    message (TLS handshake included) within C{first_message_timeout}
+    seconds is closed; connections then expire when idle (a partial
+    message is no activity).
 
     With a C{peer}, the pool only talks to that peer: every send goes to
     it, and connections accepted from any other IP address are closed at
@@ -444,6 +455,7 @@ class StreamSocketPool:
         connect_timeout: float = 10.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float | None = None,
+        first_message_timeout: float = FIRST_MESSAGE_TIMEOUT,
     ) -> None:
         """
         @param local: the address to listen on; an IP address (C{addr}
@@ -465,6 +477,7 @@ class StreamSocketPool:
         @param max_connections: the connection cap (see above).
         @param idle_timeout: fixed idle expiry in seconds; L{None} uses the
             adaptive C{15 + 105 / n} rule.
+        @param first_message_timeout: see above.
         @raise ValueError: bad transport, unresolved addresses, or limits
             out of range.
         """
@@ -483,6 +496,8 @@ class StreamSocketPool:
             raise ValueError("max_connections and connect_timeout must be positive")
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
+        if first_message_timeout <= 0:
+            raise ValueError("first_message_timeout must be positive")
         self.local = local
         self.peer = peer
         self.tls = tls
@@ -504,6 +519,11 @@ class StreamSocketPool:
         # Connected ones, least recently active first.
         self._lru: OrderedDict[StreamConnection, None] = OrderedDict()
         self._idle_timer: Any = None
+        self._first_message_timeout = first_message_timeout
+        # Accepted connections that have not delivered a complete message
+        # yet, oldest first, with their deadline.
+        self._unproven: OrderedDict[StreamConnection, float] = OrderedDict()
+        self._unproven_timer: Any = None
 
     def __repr__(self) -> str:
         return f"<StreamSocketPool {self.local.proto}:{self.local}>"
@@ -611,6 +631,9 @@ class StreamSocketPool:
         """
         self._stopping = True
         self._cancel_idle_timer()
+        timer, self._unproven_timer = self._unproven_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         waiting: list[Deferred[Any]] = []
         port, self._port = self._port, None
         if port is not None:
@@ -664,15 +687,55 @@ class StreamSocketPool:
             _log.info("Refused connection from {source}: not the peer", source=source)
             return None
         if len(self._conns) >= self._max_connections:
-            _log.warn(
-                "Refused connection from {source}: {count} connections open",
-                source=source,
-                count=len(self._conns),
-            )
-            return None
+            if not self._unproven:
+                _log.warn(
+                    "Refused connection from {source}: {count} connections open",
+                    source=source,
+                    count=len(self._conns),
+                )
+                return None
+            # Make room: the oldest connection that has sent nothing
+            # usable gives way, so peers hoarding connections cannot lock
+            # newcomers out.
+            oldest = next(iter(self._unproven))
+            _log.info("Connection cap reached: closing {conn}, which sent no message", conn=oldest)
+            oldest.close(DeliveryError(errno.EMFILE, "connection limit reached"), abort=True)
         connection = StreamConnection(self, source, True)
         self._register(connection)
+        self._unproven[connection] = self._clock.seconds() + self._first_message_timeout
+        if self._unproven_timer is None:
+            self._schedule_unproven_check()
         return connection
+
+    def _schedule_unproven_check(self) -> None:
+        """
+        Arm the timer for the oldest unproven connection's deadline.
+        """
+        oldest = next(iter(self._unproven.values()), None)
+        if oldest is None or self._stopping:
+            self._unproven_timer = None
+            return
+        delay = max(0.0, oldest - self._clock.seconds())
+        self._unproven_timer = self._clock.callLater(delay, self._expire_unproven)
+
+    def _expire_unproven(self) -> None:
+        """
+        Close the accepted connections whose first message is overdue.
+        """
+        now = self._clock.seconds()
+        overdue = []
+        for connection, deadline in self._unproven.items():
+            if deadline > now:
+                break
+            overdue.append(connection)
+        for connection in overdue:
+            _log.info(
+                "Closing {conn}: no complete message within {timeout} s",
+                conn=connection,
+                timeout=self._first_message_timeout,
+            )
+            connection.close(DeliveryError(errno.ETIMEDOUT, "no message in time"), abort=True)
+        self._schedule_unproven_check()
 
     def _connection_made(self, connection: StreamConnection) -> None:
         """
@@ -689,6 +752,8 @@ class StreamSocketPool:
         Pass a framed message to the receiver.
         """
         self._touch(connection)
+        if self._unproven:
+            self._unproven.pop(connection, None)
         try:
             self.receiver(data, connection.peer, connection)
         except Exception:  # noqa: BLE001 - a receiver bug must not kill the connection
@@ -708,6 +773,7 @@ class StreamSocketPool:
         """
         self._conns.pop(connection, None)
         self._lru.pop(connection, None)
+        self._unproven.pop(connection, None)
         for key in (connection.key, *connection.aliases):
             if self._by_peer.get(key) is connection:
                 del self._by_peer[key]
