@@ -229,6 +229,24 @@ class TLSPoolTests(TestCase):
         self.assertEqual(client.data, b"")
         self.assertEqual(server.connections(), [])
 
+    async def test_stalled_handshake_closed(self) -> None:
+        """
+        A client that connects to a TLS listener and never completes the
+        handshake is closed after the first-message timeout.
+        """
+        clock = Clock()
+        server, _ = await self.make_pool(config(pki().server), clock=clock, first_message_timeout=16)
+        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", server.local.port).connect(
+            Factory.forProtocol(RawClient)
+        )
+        assert client.transport is not None
+        client.transport.write(b"\x16\x03\x01")  # the start of a ClientHello, and no more
+        clock.advance(15.9)
+        self.assertFalse(client.lost.called)
+        clock.advance(0.1)
+        await client.lost
+        self.assertEqual(server.connections(), [])
+
     def test_server_needs_certificate(self) -> None:
         pool = StreamSocketPool(Address("127.0.0.1", 0, "tls"), Collector(), tls=config(None))
         self.assertRaises(ValueError, pool.listen)
