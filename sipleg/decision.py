@@ -434,6 +434,8 @@ class Rules:
     @ivar locate: the location service (RFC 3261 §16.5): for a
         Request-URI, L{None} (not an address of record of ours), a status
         code (404, 480) or the contact URIs, best first.
+    @ivar scanners: lower-case User-Agent fragments of SIP scanners: their
+        requests from untrusted sources are dropped without an answer.
     """
 
     legs: LegSet
@@ -441,6 +443,7 @@ class Rules:
     routes: IRoutePolicy
     registers: Callable[[URI], bool] | None = None
     locate: Callable[[URI], int | list[str] | None] | None = None
+    scanners: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------
@@ -507,7 +510,8 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     What to do with a request (RFC 3261 §16.3-§16.6, §16.5 with a
     registrar, §10.3 step 1).
 
-    The order: the Request-URI scheme (416, or 400 when malformed), a
+    The order: a SIP scanner from an untrusted source (dropped silently),
+    the Request-URI scheme (416, or 400 when malformed), a
     Proxy-Require (420: we support no extension a proxy must understand),
     strict-route restoration and our own Routes (§16.4), a request
     addressed to the proxy itself (L{addressed_to_us}), the access policy
@@ -519,6 +523,8 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     dropped.
     """
     method = view.method
+    if rules.scanners and _scanner(view, rules):
+        return Drop("scanner")
     uri = view.uri
     if uri is None:
         return _refuse(method, 400, f"Bad Request-URI: {view.uri_error}")
@@ -637,6 +643,18 @@ def addressed_to_us(method: str, registrar: bool) -> Answer | Drop:
     if method == "CANCEL":
         return Answer(481, "Call/Transaction Does Not Exist")
     return Answer(405, "Method Not Allowed", (("Allow", allow),))
+
+
+def _scanner(view: RequestView, rules: Rules) -> bool:
+    """
+    Whether a request from an untrusted source names a SIP scanner as its
+    User-Agent (answering scanners tells them we exist).
+    """
+    agent = view.request.get_header("user-agent")
+    if not agent or rules.access.trusts(view.source):
+        return False
+    agent = agent.lower()
+    return any(fragment in agent for fragment in rules.scanners)
 
 
 def _refuse(method: str, code: int, reason: str) -> Answer | Drop:

@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -48,6 +49,7 @@ from sipleg.decision import (
 )
 from sipleg.dispatcher import Dispatcher, pair_legs
 from sipleg.errors import DeliveryError, SIPParseError
+from sipleg.flood import EdgePolicy, FloodControl, Verdict
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_response
 from sipleg.registrar import Registrar
@@ -77,6 +79,8 @@ class StatelessProxy:
         access: IAccessPolicy | None = None,
         routes: IRoutePolicy | None = None,
         registrar: Registrar | None = None,
+        edge: EdgePolicy | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         """
         @param dispatcher: the dispatcher whose legs the proxy forwards
@@ -86,8 +90,16 @@ class StatelessProxy:
         @param registrar: answers REGISTER for our domains and resolves
             their addresses of record (RFC 3261 §10.3, §16.5); none by
             default.
+        @param edge: what untrusted sources may send (flood control,
+            scanners); none by default.
+        @param clock: the time for flood control (default: the reactor).
         """
         self.registrar = registrar
+        self.edge = edge if edge is not None else EdgePolicy(flood=None, scanners=())
+        self._flood = FloodControl(self.edge.flood) if self.edge.flood is not None else None
+        if clock is None and self._flood is not None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
         self.stats = ProxyStats()
         self.dispatcher = dispatcher
         self.access: IAccessPolicy = access if access is not None else NetworkAccessPolicy()
@@ -100,6 +112,42 @@ class StatelessProxy:
         dispatcher.receiver = self
         # request_view() stamps received/rport on the top Via it parses.
         dispatcher.stamps = False
+        self._gate_legs()
+
+    def _gate_legs(self) -> None:
+        """
+        Put flood control in front of the parser of every leg.
+        """
+        gate = self._admit if self._flood is not None else None
+        for leg in self.dispatcher.legs:
+            leg.gate = gate
+
+    def _admit(self, source: Address) -> bool:
+        """
+        Flood control (L{sipleg.flood}) for a packet from C{source}, before
+        it is parsed: trusted sources always pass; a banned one is dropped
+        without an answer, and its ban logged once in a stable form for
+        fail2ban (C{docs/fail2ban/}).
+        """
+        if self.access.trusts(source):
+            return True
+        assert self._flood is not None and self._clock is not None and source.addr is not None
+        verdict = self._flood.check(source.addr, self._clock.seconds())
+        if verdict is Verdict.ADMIT:
+            return True
+        if verdict is Verdict.BANNED:
+            limits = self._flood.limits
+            self.stats.dropped["ban"] += 1
+            log.warn(
+                "banned source {source} for {ban:g} s: more than {limit} packets in {window:g} s",
+                source=source.addr,
+                ban=limits.ban,
+                limit=limits.limit,
+                window=limits.window,
+            )
+        else:
+            self.stats.dropped["banned"] += 1
+        return False
 
     @property
     def rules(self) -> Rules:
@@ -123,7 +171,10 @@ class StatelessProxy:
             registers = locate = None
             if self.registrar is not None:
                 registers, locate = _registrar_rules(self.registrar, legs)
-            rules = self._rules = Rules(legs, self.access, self.routes, registers, locate)
+            rules = self._rules = Rules(
+                legs, self.access, self.routes, registers, locate, self.edge.scanners
+            )
+            self._gate_legs()
             self._legs = {leg.identity: leg for leg in self.dispatcher.legs}
             self._transports = tuple(dict.fromkeys(leg.proto for leg in self.dispatcher.legs))
         return rules

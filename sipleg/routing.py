@@ -54,6 +54,12 @@ class IAccessPolicy(Interface):
         @return: whether to forward it; a refused request gets 403.
         """
 
+    def trusts(source: Address) -> bool:
+        """
+        @return: whether C{source} is one of ours (trusted networks): flood
+            control and the scanner rule leave it alone.
+        """
+
 
 @implementer(IAccessPolicy)
 class NetworkAccessPolicy:

@@ -18,6 +18,7 @@ from twisted.application.service import MultiService, Service
 from sipleg.address import Address, default_port, split_hostport
 from sipleg.dispatcher import Dispatcher
 from sipleg.errors import SIPError
+from sipleg.flood import EdgePolicy
 from sipleg.leg import DEFAULT_MAX_FORWARDS, Leg
 from sipleg.proxy import StatelessProxy
 from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileError
@@ -96,6 +97,7 @@ class ProxyConfig:
     min_expires: int = 60
     max_expires: int = 3600
     max_bindings: int = DEFAULT_MAX_BINDINGS
+    edge: EdgePolicy = field(default_factory=EdgePolicy)
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -177,6 +179,8 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         access=access,
         routes=StaticRoutes(config.routes, config.outbound_proxy, config.domains),
         registrar=registrar,
+        edge=config.edge,
+        clock=reactor,
     )
     if registrar is not None:
         RegistrarService(registrar).setServiceParent(top)

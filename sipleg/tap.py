@@ -14,6 +14,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from sipleg.errors import SIPParseError
+from sipleg.flood import SCANNERS, EdgePolicy, FloodLimits
 from sipleg.routing import NetworkAccessPolicy
 from sipleg.service import ConfigError, ProxyConfig, bind_socket, make_service, parse_listen
 from sipleg.uri import URI, parse_uri
@@ -46,6 +47,7 @@ class Options(usage.Options):
         ["trace", None, "Log every packet in and out."],
         ["registrar", None, "Answer REGISTER for our --domain(s) and route to their bindings."],
         ["reuse-port", None, "Bind with SO_REUSEPORT (set by --workers for its workers)."],
+        ["no-flood-control", None, "Do not rate-limit and ban untrusted sources."],
     ]
     optParameters = [
         ["tls-cert", None, None, "PEM certificate for tls listeners."],
@@ -58,6 +60,20 @@ class Options(usage.Options):
         ["max-expires", None, 3600, "Longest registration granted.", int],
         ["max-bindings", None, 100_000, "Most registrations kept (beyond: 503).", int],
         ["workers", None, 1, "Run N proxy processes sharing the ports (SO_REUSEPORT).", int],
+        [
+            "flood-limit",
+            None,
+            "200/2",
+            "N/SECONDS: an untrusted source sending more than N packets in SECONDS is banned.",
+        ],
+        ["ban-time", None, 300.0, "Seconds a flooding source stays banned (its packets dropped).", float],
+        [
+            "scanners",
+            None,
+            ",".join(SCANNERS),
+            "Comma-separated User-Agent fragments whose requests from untrusted sources are "
+            "dropped ('' for none).",
+        ],
         [
             "status",
             None,
@@ -126,6 +142,7 @@ class Options(usage.Options):
             raise SystemExit(1) from None
 
     def postOptions(self) -> None:
+        self["edge"] = self._edge()
         if not 1 <= self["workers"] <= 64:
             raise usage.UsageError("--workers must be between 1 and 64")
         if self["max-forwards"] < 1 or self["max-forwards"] > 255:
@@ -139,6 +156,24 @@ class Options(usage.Options):
         outbound: str | None = self["outbound-proxy"]
         if outbound is not None:
             self["outbound-proxy"] = _sip_uri("--outbound-proxy", outbound)
+
+    def _edge(self) -> EdgePolicy:
+        """
+        The flood control and scanner options as an L{EdgePolicy}.
+        """
+        scanners = tuple(part.strip().lower() for part in self["scanners"].split(",") if part.strip())
+        if self["no-flood-control"]:
+            return EdgePolicy(flood=None, scanners=scanners)
+        count, sep, seconds = self["flood-limit"].partition("/")
+        try:
+            limits = FloodLimits(limit=int(count), window=float(seconds), ban=self["ban-time"])
+        except ValueError:
+            raise usage.UsageError(
+                f"--flood-limit {self['flood-limit']!r} / --ban-time: expected N/SECONDS and positive numbers"
+            ) from None
+        if not sep:
+            raise usage.UsageError(f"--flood-limit {self['flood-limit']!r}: expected N/SECONDS")
+        return EdgePolicy(flood=limits, scanners=scanners)
 
     def config(self) -> ProxyConfig:
         """
@@ -161,6 +196,7 @@ class Options(usage.Options):
             max_bindings=self["max-bindings"],
             reuse_port=bool(self["reuse-port"]) or self["workers"] > 1,
             status=self["status"],
+            edge=self["edge"],
         )
         if self["listen"]:
             config.listen = list(self["listen"])

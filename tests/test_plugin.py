@@ -229,6 +229,10 @@ class HelpTests(TwistdTestCase):
             "--tls-ca=",
             "--max-forwards=",
             "--trace",
+            "--flood-limit=",
+            "--ban-time=",
+            "--scanners=",
+            "--no-flood-control",
         ):
             self.assertIn(option, done.stdout)
         self.assertIn("127.0.0.1:5060", done.stdout)
@@ -252,6 +256,13 @@ class BadOptionTests(TwistdTestCase):
         self.assertTrue(lines[0].startswith("sipproxy: "), lines[0])
         self.assertNotIn("Traceback", done.stdout)
         return lines[0]
+
+    def test_bad_flood_limit(self) -> None:
+        """
+        C{--flood-limit} wants N/SECONDS.
+        """
+        self.assertIn("--flood-limit", self.refused("--flood-limit", "200"))
+        self.assertIn("--flood-limit", self.refused("--flood-limit", "0/2"))
 
     def test_bad_cidr(self) -> None:
         """
