@@ -650,8 +650,10 @@ def _scanner(view: RequestView, rules: Rules) -> bool:
     Whether a request from an untrusted source names a SIP scanner as its
     User-Agent (answering scanners tells them we exist).
     """
+    if rules.access.trusts(view.source):
+        return False
     agent = view.request.get_header("user-agent")
-    if not agent or rules.access.trusts(view.source):
+    if not agent:
         return False
     agent = agent.lower()
     return any(fragment in agent for fragment in rules.scanners)
