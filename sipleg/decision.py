@@ -515,7 +515,8 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     Proxy-Require (420: we support no extension a proxy must understand),
     strict-route restoration and our own Routes (§16.4), a request
     addressed to the proxy itself (L{addressed_to_us}), the access policy
-    (403), Max-Forwards (483), REGISTER for us, the location service
+    (403; not for an in-dialog request that came through a Route of
+    ours), Max-Forwards (483), REGISTER for us, the location service
     (404/480 or retarget), the next hop (§16.6 items 6-7: Route set, static
     routes and outbound proxy, else the Request-URI), and last the loop
     check (§16.3 item 4: 482) on the request as it would leave.  An ACK is
@@ -552,7 +553,9 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     registers = method == "REGISTER" and rules.registers is not None and rules.registers(uri)
     if not routes and not registers and uri.user is None and legs.hop(uri) is not None:
         return addressed_to_us(method, rules.registers is not None)
-    if not rules.access.allows(view.request, uri, view.source):
+    if not ((named is not None or restored is not None) and _in_dialog(view)) and not rules.access.allows(
+        view.request, uri, view.source
+    ):
         return _refuse(method, 403, "Forbidden")
     max_forwards = next_max_forwards(view.max_forwards, view.leg.max_forwards)
     if max_forwards is None:
@@ -643,6 +646,23 @@ def addressed_to_us(method: str, registrar: bool) -> Answer | Drop:
     if method == "CANCEL":
         return Answer(481, "Call/Transaction Does Not Exist")
     return Answer(405, "Method Not Allowed", (("Allow", allow),))
+
+
+def _in_dialog(view: RequestView) -> bool:
+    """
+    Whether a request belongs to a dialog (its To has a tag).  Such a
+    request that came through a Route of ours follows a Record-Route we
+    put in the dialog, so the access policy does not apply to it: the ACK
+    and BYE of a call a stranger placed to our domain go to the callee's
+    contact, which is not our domain.
+    """
+    to = view.request.get_header("to")
+    if not to:
+        return False
+    try:
+        return header_tag(to) is not None
+    except SIPParseError:
+        return False
 
 
 def _scanner(view: RequestView, rules: Rules) -> bool:

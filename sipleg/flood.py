@@ -3,12 +3,14 @@ Flood control: per-source request rates and bans, as time-free rules
 (C{now} is an argument), the way Kamailio's pike module is used in its
 default configuration.
 
-A source (an IP address) may send C{limit} packets in every C{window}
-seconds; the packet that goes over bans it for C{ban} seconds, during which
-everything it sends is dropped without an answer (answering a flood would
-amplify it).  Only sources outside the trusted networks are counted (the
-caller decides).  Memory is bounded: at most C{max_sources} sources are
-tracked and C{max_sources} banned; past that the oldest are forgotten.
+A source (an IP address) may send C{limit} requests in every C{window}
+seconds; the request that goes over bans it for C{ban} seconds, during
+which everything it sends is dropped without an answer (answering a flood
+would amplify it).  Responses are not counted (a trunk answering our calls
+is no flood), only dropped while their source is banned.  Only sources
+outside the trusted networks are counted (the caller decides).  Memory is
+bounded: at most C{max_sources} sources are tracked and C{max_sources}
+banned; past that the oldest are forgotten.
 """
 
 from __future__ import annotations
@@ -120,6 +122,13 @@ class FloodControl:
         if len(rates) > limits.max_sources:
             rates.popitem(last=False)
         return Verdict.ADMIT
+
+    def is_banned(self, source: str, now: float) -> bool:
+        """
+        Whether C{source} is banned at C{now} (without counting a packet).
+        """
+        until = self._bans.get(source)
+        return until is not None and now < until
 
     def banned(self, now: float) -> list[str]:
         """

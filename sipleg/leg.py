@@ -206,9 +206,9 @@ class Leg(Service):
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
         self.receiver = receiver
-        #: Asked, with the source, about every packet before it is parsed:
-        #: L{False} drops it (the proxy's flood control).
-        self.gate: Callable[[Address], bool] | None = None
+        #: Asked, with the source and the bytes, about every packet before
+        #: it is parsed: L{False} drops it (the proxy's flood control).
+        self.gate: Callable[[Address, bytes], bool] | None = None
         self._max_forwards = max_forwards
         self.trace = trace
         self._tls = tls
@@ -794,7 +794,7 @@ class Leg(Service):
         if self.trace:
             self._trace("received", "from", source, data)
         gate = self.gate
-        if gate is not None and not gate(source):
+        if gate is not None and not gate(source, data):
             return
         try:
             try:

@@ -122,17 +122,24 @@ class StatelessProxy:
         for leg in self.dispatcher.legs:
             leg.gate = gate
 
-    def _admit(self, source: Address) -> bool:
+    def _admit(self, source: Address, data: bytes) -> bool:
         """
         Flood control (L{sipleg.flood}) for a packet from C{source}, before
-        it is parsed: trusted sources always pass; a banned one is dropped
-        without an answer, and its ban logged once in a stable form for
-        fail2ban (C{docs/fail2ban/}).
+        it is parsed: trusted sources always pass; requests are counted,
+        responses only stopped while their source is banned; a banned
+        source's packets are dropped without an answer, and its ban logged
+        once in a stable form for fail2ban (C{docs/fail2ban/}).
         """
         if self.access.trusts(source):
             return True
         assert self._flood is not None and self._clock is not None and source.addr is not None
-        verdict = self._flood.check(source.addr, self._clock.seconds())
+        now = self._clock.seconds()
+        if data.startswith(b"SIP/"):
+            if not self._flood.is_banned(source.addr, now):
+                return True
+            self.stats.dropped["banned"] += 1
+            return False
+        verdict = self._flood.check(source.addr, now)
         if verdict is Verdict.ADMIT:
             return True
         if verdict is Verdict.BANNED:

@@ -140,6 +140,24 @@ class RefusalTests(TestCase):
         self.assertEqual(found.code, 400)
         self.assertTrue(found.reason.startswith("Bad Request-URI"), found.reason)
 
+    def test_stranger_in_dialog_through_our_route(self) -> None:
+        """
+        The ACK and BYE of a call a stranger placed through us go to the
+        callee's contact, not our domain: an in-dialog request (To tag)
+        that came through a Route of ours passes; without the tag, or
+        without our Route, it would make us an open relay: 403.
+        """
+        rules = Rules(LEGS, NetworkAccessPolicy(domains=["example.com"]), StaticRoutes())
+        route = f"Route: {UDP.record_route}"
+        tagged = request("BYE", "sip:bob@192.0.2.20:5062", route, cseq=2)
+        tagged.set_header("to", "<sip:bob@example.com>;tag=b1")
+        self.assertIsInstance(decide(tagged, STRANGER, rules=rules), Forward)
+        untagged = request("INVITE", "sip:bob@192.0.2.20:5062", route)
+        self.assertEqual(decide(untagged, STRANGER, rules=rules), Answer(403, "Forbidden"))
+        no_route = request("BYE", "sip:bob@192.0.2.20:5062", cseq=2)
+        no_route.set_header("to", "<sip:bob@example.com>;tag=b1")
+        self.assertEqual(decide(no_route, STRANGER, rules=rules), Answer(403, "Forbidden"))
+
     def test_stranger_reaches_our_domain(self) -> None:
         """
         Not an open relay, but our own domains are reachable from anywhere.
