@@ -13,7 +13,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
@@ -442,6 +442,28 @@ class ConnectionCapTests(StreamTestBase):
         newcomer.transport.write(sip(b"hello"))
         await b_got.wait(1)
         self.assertEqual(b_got.received[0][0], sip(b"hello"))
+
+    async def test_per_source_cap(self) -> None:
+        """
+        One IP address cannot hold more than C{max_per_source} accepted
+        connections; a closed one frees its place.
+        """
+        b, b_got = await self.make_pool(max_per_source=2)
+        first = await self.raw_client(b.local)
+        second = await self.raw_client(b.local)
+        third = await self.raw_client(b.local)
+        await third.lost
+        self.assertFalse(first.lost.called or second.lost.called)
+        assert first.transport is not None
+        first.transport.loseConnection()
+        await first.lost
+        while len(b.connections()) > 1:
+            await deferLater(reactor, 0.01, lambda: None)
+        fourth = await self.raw_client(b.local)
+        assert fourth.transport is not None
+        fourth.transport.write(sip(b"fourth"))
+        await b_got.wait(1)
+        self.assertEqual(b_got.received[0][0], sip(b"fourth"))
 
     async def test_first_message_timeout(self) -> None:
         """

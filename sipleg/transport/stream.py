@@ -76,6 +76,11 @@ DEFAULT_MAX_CONNECTIONS = 1000
 #: Idle expiry bounds of Net::SIP's rule C{MIN + (MAX - MIN) / n}, seconds.
 MIN_EXPIRE = 15.0
 
+#: The most connections accepted from one IP address at once: enough for
+#: an office of phones behind one NAT, too few for one peer to take the
+#: whole connection cap.
+DEFAULT_MAX_PER_SOURCE = 128
+
 #: Seconds an accepted connection has to deliver its first complete
 #: message (a TLS handshake included) before it is closed: a phone sends
 #: its REGISTER at once, a slow-loris attacker trickles bytes forever.
@@ -456,6 +461,7 @@ class StreamSocketPool:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         idle_timeout: float | None = None,
         first_message_timeout: float = FIRST_MESSAGE_TIMEOUT,
+        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
     ) -> None:
         """
         @param local: the address to listen on; an IP address (C{addr}
@@ -478,6 +484,8 @@ class StreamSocketPool:
         @param idle_timeout: fixed idle expiry in seconds; L{None} uses the
             adaptive C{15 + 105 / n} rule.
         @param first_message_timeout: see above.
+        @param max_per_source: the most connections accepted from one IP
+            address at once; more are closed at once (logged).
         @raise ValueError: bad transport, unresolved addresses, or limits
             out of range.
         """
@@ -496,8 +504,8 @@ class StreamSocketPool:
             raise ValueError("max_connections and connect_timeout must be positive")
         if idle_timeout is not None and idle_timeout <= 0:
             raise ValueError("idle_timeout must be positive")
-        if first_message_timeout <= 0:
-            raise ValueError("first_message_timeout must be positive")
+        if first_message_timeout <= 0 or max_per_source < 1:
+            raise ValueError("first_message_timeout and max_per_source must be positive")
         self.local = local
         self.peer = peer
         self.tls = tls
@@ -520,6 +528,9 @@ class StreamSocketPool:
         self._lru: OrderedDict[StreamConnection, None] = OrderedDict()
         self._idle_timer: Any = None
         self._first_message_timeout = first_message_timeout
+        self._max_per_source = max_per_source
+        # Accepted connections open per source IP address.
+        self._per_source: dict[str | None, int] = {}
         # Accepted connections that have not delivered a complete message
         # yet, oldest first, with their deadline.
         self._unproven: OrderedDict[StreamConnection, float] = OrderedDict()
@@ -686,6 +697,13 @@ class StreamSocketPool:
         if self.peer is not None and source.addr != self.peer.addr:
             _log.info("Refused connection from {source}: not the peer", source=source)
             return None
+        if self._per_source.get(source.addr, 0) >= self._max_per_source:
+            _log.warn(
+                "Refused connection from {source}: {count} connections from it are open",
+                source=source,
+                count=self._max_per_source,
+            )
+            return None
         if len(self._conns) >= self._max_connections:
             if not self._unproven:
                 _log.warn(
@@ -702,6 +720,7 @@ class StreamSocketPool:
             oldest.close(DeliveryError(errno.EMFILE, "connection limit reached"), abort=True)
         connection = StreamConnection(self, source, True)
         self._register(connection)
+        self._per_source[source.addr] = self._per_source.get(source.addr, 0) + 1
         self._unproven[connection] = self._clock.seconds() + self._first_message_timeout
         if self._unproven_timer is None:
             self._schedule_unproven_check()
@@ -771,7 +790,13 @@ class StreamSocketPool:
         """
         A connection is being closed: no more reuse, no longer counted.
         """
-        self._conns.pop(connection, None)
+        if self._conns.pop(connection, False) is None and connection.inbound:
+            addr = connection.peer.addr
+            left = self._per_source.get(addr, 1) - 1
+            if left > 0:
+                self._per_source[addr] = left
+            else:
+                self._per_source.pop(addr, None)
         self._lru.pop(connection, None)
         self._unproven.pop(connection, None)
         for key in (connection.key, *connection.aliases):
