@@ -45,6 +45,7 @@ from sipleg.transport.base import ISocketPool, send_deferred
 from sipleg.uri import URI, header_tag, parse_uri, parse_via, route_uri, uri_equal, via_branch
 
 if TYPE_CHECKING:
+    from sipleg.transport.base import StreamLimits
     from sipleg.transport.tls import TLSConfig
 
 __all__ = ["Leg", "ForwardRefused", "BadMessage", "MAGIC_COOKIE"]
@@ -151,9 +152,7 @@ class Leg(Service):
         max_forwards: int = DEFAULT_MAX_FORWARDS,
         receiver: LegReceiver | None = None,
         trace: bool = False,
-        connect_timeout: float = 10.0,
-        max_connections: int = 1000,
-        idle_timeout: float | None = None,
+        stream_limits: StreamLimits | None = None,
     ) -> None:
         """
         @param addr: the local IP address, optionally with a port
@@ -181,15 +180,10 @@ class Leg(Service):
         @param max_forwards: cap for Max-Forwards of forwarded requests.
         @param receiver: callback for received packets (see L{receiver}).
         @param trace: log every packet in and out.
-        @param connect_timeout: stream legs: seconds a connect (and TLS
-            handshake) may take before the delivery fails with
-            C{ETIMEDOUT}.
-        @param max_connections: stream legs: the most connections open at
-            once; past it new inbound connections are refused and a new
-            outbound one replaces the least recently used.
-        @param idle_timeout: stream legs: seconds of silence before a
-            connection is closed; L{None} for Net::SIP's rule (15 s plus
-            105 s shared among the open connections).
+        @param stream_limits: stream legs: connect timeout, connection
+            caps, idle and first-message timeouts
+            (L{sipleg.transport.base.StreamLimits}; its defaults follow
+            Net::SIP's idle rule).
         @raise ValueError: contradicting or invalid arguments.
         @raise TypeError: C{sock} together with C{socketpool}.
         """
@@ -288,9 +282,7 @@ class Leg(Service):
                 sock=sock,
                 reactor=reactor,
                 clock=self._clock,
-                connect_timeout=connect_timeout,
-                max_connections=max_connections,
-                idle_timeout=idle_timeout,
+                limits=stream_limits,
             )
         self._identity()
 

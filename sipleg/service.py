@@ -23,6 +23,7 @@ from sipleg.leg import DEFAULT_MAX_FORWARDS, Leg
 from sipleg.proxy import StatelessProxy
 from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileError
 from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
+from sipleg.transport.base import StreamLimits
 from sipleg.uri import URI
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class ProxyConfig:
     max_expires: int = 3600
     max_bindings: int = DEFAULT_MAX_BINDINGS
     edge: EdgePolicy = field(default_factory=EdgePolicy)
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -170,6 +172,7 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
             reactor=reactor,
             max_forwards=config.max_forwards,
             trace=config.trace,
+            stream_limits=config.stream_limits,
         )
         leg.setServiceParent(top)
         legs.append(leg)

@@ -17,6 +17,7 @@ from sipleg.errors import SIPParseError
 from sipleg.flood import SCANNERS, EdgePolicy, FloodLimits
 from sipleg.routing import NetworkAccessPolicy
 from sipleg.service import ConfigError, ProxyConfig, bind_socket, make_service, parse_listen
+from sipleg.transport.base import StreamLimits
 from sipleg.uri import URI, parse_uri
 
 __all__ = ["Options", "makeService"]
@@ -67,6 +68,15 @@ class Options(usage.Options):
             "N/SECONDS: an untrusted source sending more than N packets in SECONDS is banned.",
         ],
         ["ban-time", None, 300.0, "Seconds a flooding source stays banned (its packets dropped).", float],
+        ["max-connections", None, 1000, "Most TCP/TLS connections open at once, per listener.", int],
+        ["max-per-source", None, 128, "Most TCP/TLS connections accepted from one IP address.", int],
+        [
+            "first-message-timeout",
+            None,
+            16.0,
+            "Seconds a new TCP/TLS connection has to send a complete message (TLS handshake included).",
+            float,
+        ],
         [
             "scanners",
             None,
@@ -143,6 +153,16 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["edge"] = self._edge()
+        try:
+            self["stream-limits"] = StreamLimits(
+                max_connections=self["max-connections"],
+                max_per_source=self["max-per-source"],
+                first_message_timeout=self["first-message-timeout"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(
+                f"--max-connections / --max-per-source / --first-message-timeout: {e}"
+            ) from None
         if not 1 <= self["workers"] <= 64:
             raise usage.UsageError("--workers must be between 1 and 64")
         if self["max-forwards"] < 1 or self["max-forwards"] > 255:
@@ -197,6 +217,7 @@ class Options(usage.Options):
             reuse_port=bool(self["reuse-port"]) or self["workers"] > 1,
             status=self["status"],
             edge=self["edge"],
+            stream_limits=self["stream-limits"],
         )
         if self["listen"]:
             config.listen = list(self["listen"])

@@ -168,3 +168,16 @@ class OptionsTests(TestCase):
         )
         self.assertEqual(self.config("--no-flood-control", "--scanners", "").flood, None)
         self.assertEqual(self.config("--scanners", "").scanners, ())
+
+    def test_stream_limits(self) -> None:
+        from sipleg.tap import Options
+        from sipleg.transport.base import StreamLimits
+
+        options = Options()
+        options.parseOptions(
+            ["--max-connections", "50", "--max-per-source", "5", "--first-message-timeout", "4"]
+        )
+        self.assertEqual(
+            options.config().stream_limits,
+            StreamLimits(max_connections=50, max_per_source=5, first_message_timeout=4.0),
+        )

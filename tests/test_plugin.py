@@ -233,6 +233,9 @@ class HelpTests(TwistdTestCase):
             "--ban-time=",
             "--scanners=",
             "--no-flood-control",
+            "--max-connections=",
+            "--max-per-source=",
+            "--first-message-timeout=",
         ):
             self.assertIn(option, done.stdout)
         self.assertIn("127.0.0.1:5060", done.stdout)
@@ -263,6 +266,7 @@ class BadOptionTests(TwistdTestCase):
         """
         self.assertIn("--flood-limit", self.refused("--flood-limit", "200"))
         self.assertIn("--flood-limit", self.refused("--flood-limit", "0/2"))
+        self.assertIn("--max-per-source", self.refused("--max-per-source", "0"))
 
     def test_bad_cidr(self) -> None:
         """

@@ -21,7 +21,7 @@ from zope.interface.verify import verifyObject
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
 from sipleg.transport.base import ISocketPool
-from sipleg.transport.stream import LISTEN_BACKLOG, StreamConnection, StreamSocketPool
+from sipleg.transport.stream import LISTEN_BACKLOG, StreamConnection, StreamLimits, StreamSocketPool
 from tests.support import Collector, RawClient, sip
 
 
@@ -204,7 +204,7 @@ class ExchangeTests(StreamTestBase):
         self.assertRaises(ValueError, StreamSocketPool, Address("127.0.0.1", 0, "tls"), collector)
         self.assertRaises(ValueError, StreamSocketPool, Address("localhost", 0, "tcp"), collector)
         self.assertRaises(
-            ValueError, StreamSocketPool, Address("127.0.0.1", 0, "tcp"), collector, max_connections=0
+            ValueError, StreamLimits, max_connections=0
         )
 
 
@@ -230,7 +230,10 @@ class FailureTests(StreamTestBase):
         """
         memory = MemoryReactorClock()
         pool = StreamSocketPool(
-            Address("127.0.0.1", 0, "tcp"), Collector(), reactor=memory, connect_timeout=5
+            Address("127.0.0.1", 0, "tcp"),
+            Collector(),
+            reactor=memory,
+            limits=StreamLimits(connect_timeout=5),
         )
         first = pool.send(sip(b"1"), Address("127.0.0.1", 5060, "tcp"))
         second = pool.send(sip(b"2"), Address("127.0.0.1", 5060, "tcp"))
@@ -397,7 +400,7 @@ class IdleExpiryTests(StreamTestBase):
 
     async def test_fixed_idle_timeout(self) -> None:
         clock = Clock()
-        a, _ = await self.make_pool(clock=clock, idle_timeout=3)
+        a, _ = await self.make_pool(clock=clock, limits=StreamLimits(idle_timeout=3))
         b, b_got = await self.make_pool()
         await self.connect(a, b, b_got, 1)
         clock.advance(2.9)
@@ -416,7 +419,7 @@ class ConnectionCapTests(StreamTestBase):
         """
         At the cap, with every connection in use, a newcomer is refused.
         """
-        b, b_got = await self.make_pool(max_connections=1)
+        b, b_got = await self.make_pool(limits=StreamLimits(max_connections=1))
         first = await self.raw_client(b.local)
         assert first.transport is not None
         first.transport.write(sip(b"first"))
@@ -432,7 +435,7 @@ class ConnectionCapTests(StreamTestBase):
         complete message gives way to a newcomer, so connections hoarded
         by one peer cannot lock others out.
         """
-        b, b_got = await self.make_pool(max_connections=1)
+        b, b_got = await self.make_pool(limits=StreamLimits(max_connections=1))
         hoarder = await self.raw_client(b.local)
         assert hoarder.transport is not None
         hoarder.transport.write(b"INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: ")
@@ -448,7 +451,7 @@ class ConnectionCapTests(StreamTestBase):
         One IP address cannot hold more than C{max_per_source} accepted
         connections; a closed one frees its place.
         """
-        b, b_got = await self.make_pool(max_per_source=2)
+        b, b_got = await self.make_pool(limits=StreamLimits(max_per_source=2))
         first = await self.raw_client(b.local)
         second = await self.raw_client(b.local)
         third = await self.raw_client(b.local)
@@ -472,7 +475,7 @@ class ConnectionCapTests(StreamTestBase):
         trickling bytes); one that has is kept.
         """
         clock = Clock()
-        b, b_got = await self.make_pool(clock=clock, first_message_timeout=16)
+        b, b_got = await self.make_pool(clock=clock, limits=StreamLimits(first_message_timeout=16))
         slow = await self.raw_client(b.local)
         quick = await self.raw_client(b.local)
         assert slow.transport is not None and quick.transport is not None
@@ -488,7 +491,7 @@ class ConnectionCapTests(StreamTestBase):
         self.assertEqual(len(b.connections()), 1)
 
     async def test_outbound_evicts_oldest(self) -> None:
-        a, _ = await self.make_pool(max_connections=1)
+        a, _ = await self.make_pool(limits=StreamLimits(max_connections=1))
         b, b_got = await self.make_pool()
         c, c_got = await self.make_pool()
         await a.send(sip(b"to b"), b.local)
@@ -503,7 +506,10 @@ class ConnectionCapTests(StreamTestBase):
     def test_all_connecting_at_cap(self) -> None:
         memory = MemoryReactorClock()
         pool = StreamSocketPool(
-            Address("127.0.0.1", 0, "tcp"), Collector(), reactor=memory, max_connections=1
+            Address("127.0.0.1", 0, "tcp"),
+            Collector(),
+            reactor=memory,
+            limits=StreamLimits(max_connections=1),
         )
         pool.send(sip(), Address("127.0.0.1", 5060, "tcp"))
         refused = pool.send(sip(), Address("127.0.0.1", 5061, "tcp"))

@@ -23,7 +23,7 @@ from twisted.trial.unittest import TestCase
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
-from sipleg.transport.stream import StreamConnection, StreamSocketPool
+from sipleg.transport.stream import StreamConnection, StreamLimits, StreamSocketPool
 from sipleg.transport.tls import TLSConfig, describe_tls_failure
 from tests.certs import CertificateAuthority, Leaf
 from tests.support import Collector, RawClient, sip
@@ -235,7 +235,9 @@ class TLSPoolTests(TestCase):
         handshake is closed after the first-message timeout.
         """
         clock = Clock()
-        server, _ = await self.make_pool(config(pki().server), clock=clock, first_message_timeout=16)
+        server, _ = await self.make_pool(
+            config(pki().server), clock=clock, limits=StreamLimits(first_message_timeout=16)
+        )
         client = await TCP4ClientEndpoint(reactor, "127.0.0.1", server.local.port).connect(
             Factory.forProtocol(RawClient)
         )

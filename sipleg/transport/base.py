@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
@@ -22,7 +23,27 @@ from zope.interface import Attribute, Interface
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
 
-__all__ = ["ISocketPool", "Receiver", "delivery_error", "send_deferred"]
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "ISocketPool",
+    "Receiver",
+    "StreamLimits",
+    "delivery_error",
+    "send_deferred",
+]
+
+#: Default cap on the connections of one stream pool.
+DEFAULT_MAX_CONNECTIONS = 1000
+
+#: The most connections a stream pool accepts from one IP address at once:
+#: enough for an office of phones behind one NAT, too few for one peer to
+#: take the whole connection cap.
+DEFAULT_MAX_PER_SOURCE = 128
+
+#: Seconds an accepted connection has to deliver its first complete
+#: message (a TLS handshake included) before it is closed: a phone sends
+#: its REGISTER at once, a slow-loris attacker trickles bytes forever.
+FIRST_MESSAGE_TIMEOUT = 16.0
 
 #: Called by a pool for every received datagram or framed stream message:
 #: C{receiver(data, source, conn)}.  C{source} carries the transport of the
@@ -165,3 +186,35 @@ _CONNECT_ERRORS: tuple[tuple[type[BaseException], int], ...] = (
     (error.UnknownHostError, errno.EHOSTUNREACH),
     (error.ConnectBindError, errno.EADDRNOTAVAIL),
 )
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """
+    The timeouts and caps of a stream pool.
+
+    @ivar connect_timeout: seconds to connect (and finish the TLS handshake)
+        before a send fails with C{ETIMEDOUT}.
+    @ivar max_connections: the connection cap (see
+        L{sipleg.transport.stream.StreamSocketPool}).
+    @ivar idle_timeout: fixed idle expiry in seconds; L{None} uses the
+        adaptive C{15 + 105 / n} rule.
+    @ivar first_message_timeout: seconds an accepted connection has to
+        deliver its first complete message.
+    @ivar max_per_source: the most connections accepted from one IP
+        address at once; more are closed at once (logged).
+    """
+
+    connect_timeout: float = 10.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout: float | None = None
+    first_message_timeout: float = FIRST_MESSAGE_TIMEOUT
+    max_per_source: int = DEFAULT_MAX_PER_SOURCE
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1 or self.connect_timeout <= 0:
+            raise ValueError("max_connections and connect_timeout must be positive")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ValueError("idle_timeout must be positive")
+        if self.first_message_timeout <= 0 or self.max_per_source < 1:
+            raise ValueError("first_message_timeout and max_per_source must be positive")

@@ -48,7 +48,14 @@ from sipleg.address import Address
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.framing import StreamFramer
 from sipleg.message import salvage_response
-from sipleg.transport.base import ISocketPool, Receiver, delivery_error, send_deferred
+from sipleg.transport.base import (
+    DEFAULT_MAX_CONNECTIONS,
+    ISocketPool,
+    Receiver,
+    StreamLimits,
+    delivery_error,
+    send_deferred,
+)
 
 if TYPE_CHECKING:
     # TLS is imported when a TLS pool is made: a TCP-only configuration
@@ -56,6 +63,7 @@ if TYPE_CHECKING:
     from sipleg.transport.tls import TLSConfig
 
 __all__ = [
+    "StreamLimits",
     "DEFAULT_MAX_CONNECTIONS",
     "MAX_EXPIRE",
     "MIN_EXPIRE",
@@ -71,20 +79,9 @@ _log = Logger()
 #: The kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = socket.SOMAXCONN
 
-#: Default cap on the connections of one pool.
-DEFAULT_MAX_CONNECTIONS = 1000
 #: Idle expiry bounds of Net::SIP's rule C{MIN + (MAX - MIN) / n}, seconds.
 MIN_EXPIRE = 15.0
 
-#: The most connections accepted from one IP address at once: enough for
-#: an office of phones behind one NAT, too few for one peer to take the
-#: whole connection cap.
-DEFAULT_MAX_PER_SOURCE = 128
-
-#: Seconds an accepted connection has to deliver its first complete
-#: message (a TLS handshake included) before it is closed: a phone sends
-#: its REGISTER at once, a slow-loris attacker trickles bytes forever.
-FIRST_MESSAGE_TIMEOUT = 16.0
 MAX_EXPIRE = 120.0
 #: How long a graceful close may take before the connection is aborted.
 _CLOSE_GRACE = 5.0
@@ -457,11 +454,7 @@ class StreamSocketPool:
         sock: socket.socket | None = None,
         reactor: Any = None,
         clock: Any = None,
-        connect_timeout: float = 10.0,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        idle_timeout: float | None = None,
-        first_message_timeout: float = FIRST_MESSAGE_TIMEOUT,
-        max_per_source: int = DEFAULT_MAX_PER_SOURCE,
+        limits: StreamLimits | None = None,
     ) -> None:
         """
         @param local: the address to listen on; an IP address (C{addr}
@@ -478,14 +471,8 @@ class StreamSocketPool:
             C{IReactorTime}; the global reactor by default.
         @param clock: C{IReactorTime} for the connect timeout and idle
             expiry; C{reactor} by default.
-        @param connect_timeout: seconds to connect (and finish the TLS
-            handshake).
-        @param max_connections: the connection cap (see above).
-        @param idle_timeout: fixed idle expiry in seconds; L{None} uses the
-            adaptive C{15 + 105 / n} rule.
-        @param first_message_timeout: see above.
-        @param max_per_source: the most connections accepted from one IP
-            address at once; more are closed at once (logged).
+        @param limits: timeouts and caps (L{StreamLimits}; the defaults
+            when not given).
         @raise ValueError: bad transport, unresolved addresses, or limits
             out of range.
         """
@@ -500,12 +487,9 @@ class StreamSocketPool:
             raise ValueError(f"local address {local} is not an IP address")
         if peer is not None and peer.addr is None:
             raise ValueError(f"peer {peer} is not resolved")
-        if max_connections < 1 or connect_timeout <= 0:
-            raise ValueError("max_connections and connect_timeout must be positive")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError("idle_timeout must be positive")
-        if first_message_timeout <= 0 or max_per_source < 1:
-            raise ValueError("first_message_timeout and max_per_source must be positive")
+        if limits is None:
+            limits = StreamLimits()
+        self.limits = limits
         self.local = local
         self.peer = peer
         self.tls = tls
@@ -513,9 +497,9 @@ class StreamSocketPool:
         self._sock = sock
         self._reactor = reactor
         self._clock = reactor if clock is None else clock
-        self._connect_timeout = connect_timeout
-        self._max_connections = max_connections
-        self._idle_timeout = idle_timeout
+        self._connect_timeout = limits.connect_timeout
+        self._max_connections = limits.max_connections
+        self._idle_timeout = limits.idle_timeout
         self._port: Any = None
         self._stopping = False
         # Every connection not being closed, connecting ones included.
@@ -527,8 +511,8 @@ class StreamSocketPool:
         # Connected ones, least recently active first.
         self._lru: OrderedDict[StreamConnection, None] = OrderedDict()
         self._idle_timer: Any = None
-        self._first_message_timeout = first_message_timeout
-        self._max_per_source = max_per_source
+        self._first_message_timeout = limits.first_message_timeout
+        self._max_per_source = limits.max_per_source
         # Accepted connections open per source IP address.
         self._per_source: dict[str | None, int] = {}
         # Accepted connections that have not delivered a complete message
