@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load import free_port
+from load import free_port, terminate
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -137,12 +136,7 @@ def main() -> int:
         print(f"bans logged: {len(bans)}" + (f"; first: {bans[0]}" if bans else ""))
     finally:
         for process in (uac, uas, proxy):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            terminate(process)
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from load import free_port
+from load import free_port, terminate
+from memory import rss_kib
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -107,14 +107,6 @@ def cases() -> Iterator[bytes]:
             data = TEMPLATE.format(**fields).encode("utf-8", "surrogateescape")
             if len(data) <= 65000:
                 yield data
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def send_udp(port: int, messages: list[bytes]) -> None:
@@ -218,11 +210,7 @@ def main() -> int:
         log = (workdir / "twistd.log").read_text(errors="replace")
         print(f"tracebacks in the proxy's log: {log.count('Traceback')}")
     finally:
-        proxy.send_signal(signal.SIGTERM)
-        try:
-            proxy.wait(10)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
+        terminate(proxy)
     return 0
 
 

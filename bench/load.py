@@ -202,6 +202,21 @@ def pss_kib(root: int) -> int:
     return total
 
 
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
+    """
+    End a process started without a process group of its own: SIGTERM,
+    then SIGKILL after 10 s.  Nothing for one not started or already gone.
+    """
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def udp_drops(ports: Sequence[int]) -> dict[int, int]:
     """
     Datagrams the kernel dropped so far, for want of receive buffer, at the

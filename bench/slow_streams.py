@@ -1,7 +1,8 @@
 """
 Slow-loris against the stream listener: N connections each trickle one
-byte of a request every 2 s, while a legitimate client sends an OPTIONS
-to the proxy over UDP and over a new TCP connection every 2 s.  Reports
+byte of a request every 2 s, while a legitimate client (from 127.0.0.2)
+sends an OPTIONS to the proxy over UDP and over a new TCP connection every
+2 s.  Reports
 how long the legitimate OPTIONS take to be answered, and when the
 attacking connections are closed by the proxy.
 
@@ -17,7 +18,6 @@ import argparse
 import os
 import resource
 import selectors
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load import free_port
+from load import free_port, terminate
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -39,15 +39,19 @@ SLOW = (
 def options(port: int, transport: str, local_port: int, n: int) -> bytes:
     return (
         f"OPTIONS sip:{HOST}:{port};transport={transport.lower()} SIP/2.0\r\n"
-        f"Via: SIP/2.0/{transport} {HOST}:{local_port};branch=z9hG4bK-legit-{n}\r\n"
+        f"Via: SIP/2.0/{transport} {LEGIT}:{local_port};branch=z9hG4bK-legit-{n}\r\n"
         f"From: <sip:legit@{HOST}>;tag={n}\r\nTo: <sip:legit@{HOST}>\r\nCall-ID: legit-{n}@{HOST}\r\n"
         "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
     ).encode()
 
 
+#: The legitimate client's own address (the attackers use 127.0.0.1).
+LEGIT = "127.0.0.2"
+
+
 def legit_udp(port: int, n: int) -> float | None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((HOST, 0))
+        sock.bind((LEGIT, 0))
         sock.settimeout(1.0)
         start = time.monotonic()
         sock.sendto(options(port, "UDP", sock.getsockname()[1], n), (HOST, port))
@@ -61,7 +65,7 @@ def legit_udp(port: int, n: int) -> float | None:
 def legit_tcp(port: int, n: int) -> float | None:
     start = time.monotonic()
     try:
-        with socket.create_connection((HOST, port), timeout=1.0) as sock:
+        with socket.create_connection((HOST, port), timeout=1.0, source_address=(LEGIT, 0)) as sock:
             sock.sendall(options(port, "TCP", sock.getsockname()[1], n))
             data = sock.recv(65535)
     except OSError:
@@ -151,11 +155,7 @@ def main() -> int:
     finally:
         for sock in attackers:
             sock.close()
-        proxy.send_signal(signal.SIGTERM)
-        try:
-            proxy.wait(10)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
+        terminate(proxy)
     return 0
 
 
