@@ -42,7 +42,6 @@ from sipleg.routing import IAccessPolicy, IRoutePolicy, response_fallback, respo
 from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
 
 __all__ = [
-    "addressed_to_us",
     "Answer",
     "Decision",
     "Drop",
@@ -55,14 +54,18 @@ __all__ = [
     "ResponseView",
     "Return",
     "Rules",
-    "decide_request",
+    "addressed_to_us",
     "carries_loop",
-    "leg_identity",
+    "decide_request",
     "decide_response",
+    "from_tag",
+    "leg_identity",
     "next_max_forwards",
     "request_view",
+    "response_targets",
     "response_view",
     "restore_strict_route",
+    "route_value_uri",
     "stamp_via",
     "strip_own_routes",
 ]
@@ -460,11 +463,27 @@ def next_max_forwards(value: int | None, cap: int) -> int | None:
     return value - 1 if value > 0 else None
 
 
-def _uri_of(value: str) -> URI | None:
+def route_value_uri(value: str) -> URI | None:
+    """
+    The URI of a Route / Record-Route value, or L{None} when unparsable.
+    """
     try:
         return route_uri(value)
     except SIPParseError:
         return None
+
+
+def from_tag(value: str | None) -> str:
+    """
+    The tag of a From value, as the loop hash takes it: C{""} when there
+    is none, the whole value when it cannot be parsed.
+    """
+    if not value:
+        return ""
+    try:
+        return header_tag(value) or ""
+    except SIPParseError:
+        return value
 
 
 def restore_strict_route(uri: URI | None, routes: tuple[str, ...], legs: LegSet) -> tuple[str, ...] | None:
@@ -477,7 +496,7 @@ def restore_strict_route(uri: URI | None, routes: tuple[str, ...], legs: LegSet)
         new Request-URI), or L{None} when there is nothing to restore.
     """
     if routes and uri is not None and uri.user is None and legs.hop(uri) is not None:
-        if _uri_of(routes[-1]) is not None:
+        if route_value_uri(routes[-1]) is not None:
             return routes[:-1]
     return None
 
@@ -493,7 +512,7 @@ def strip_own_routes(routes: tuple[str, ...], legs: LegSet) -> tuple[tuple[str, 
     found = None
     start = 0
     while start < len(routes):
-        leg = legs.hop(_uri_of(routes[start]))
+        leg = legs.hop(route_value_uri(routes[start]))
         if leg is None:
             break
         found = leg
@@ -553,9 +572,8 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     registers = method == "REGISTER" and rules.registers is not None and rules.registers(uri)
     if not routes and not registers and uri.user is None and legs.hop(uri) is not None:
         return addressed_to_us(method, rules.registers is not None)
-    if not ((named is not None or restored is not None) and _in_dialog(view)) and not rules.access.allows(
-        view.request, uri, view.source
-    ):
+    through_us = (named is not None or restored is not None) and _in_dialog(view)
+    if not through_us and not rules.access.allows(view.request, uri, view.source):
         return _refuse(method, 403, "Forbidden")
     max_forwards = next_max_forwards(view.max_forwards, view.leg.max_forwards)
     if max_forwards is None:
@@ -574,7 +592,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
                 return _refuse(method, 400, e.reason)
 
     if routes:
-        first = _uri_of(routes[0])
+        first = route_value_uri(routes[0])
         if first is None:
             return _refuse(method, 400, "Bad Route")
         if "lr" in first.params:
@@ -591,11 +609,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
 
     out_uri = new_uri if new_uri is not None else text
     from_value = view.from_value
-    try:
-        from_tag = (header_tag(from_value) or "") if from_value else ""
-    except SIPParseError:
-        from_tag = from_value
-    loop = loop_hash(out_uri, from_tag, view.tid, routes, view.proxy_require)
+    loop = loop_hash(out_uri, from_tag(from_value), view.tid, routes, view.proxy_require)
     if carries_loop(view.vias, legs, loop):
         return _refuse(method, 482, "Loop Detected")
     top_branch = view.via.branch or view.vias[0]

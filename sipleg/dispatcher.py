@@ -260,6 +260,29 @@ class Dispatcher:
         seed = f"{packet.get_header('call-id')} {''.join(cseq)}"
         return resolver.resolve_uri(uri, transports=transports, seed=seed).addCallback(pair_legs, legs)
 
+    def send_to(
+        self,
+        uri: URI,
+        legs: Sequence[Leg],
+        packet: Message,
+        build: Build,
+        failed: Failed | None = None,
+        transports: tuple[str, ...] | None = None,
+    ) -> Maybe[tuple[Leg, Address]]:
+        """
+        L{resolve} C{uri}, then L{send_in_order}: at once for an IP
+        literal, after DNS otherwise.
+
+        @return: as L{send_in_order}; a L{Deferred} when DNS or a send
+            waits.
+        @raise DeliveryError: as L{resolve} and L{send_in_order}, when it
+            fails at once.
+        """
+        found = self.resolve(uri, legs, packet, transports)
+        if isinstance(found, Deferred):
+            return found.addCallback(self.send_in_order, build, 0, failed)
+        return self.send_in_order(found, build, failed=failed)
+
     def send_in_order(
         self,
         pairs: Sequence[tuple[Leg, Address]],

@@ -34,15 +34,17 @@ from sipleg.branch import MAGIC_COOKIE, leg_prefix, loop_hash, tid_hash, transac
 from sipleg.decision import (
     LegSet,
     carries_loop,
+    from_tag,
     leg_identity,
     next_max_forwards,
     restore_strict_route,
+    route_value_uri,
     strip_own_routes,
 )
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.message import Message, Request, Response, parse_message
 from sipleg.transport.base import ISocketPool, send_deferred
-from sipleg.uri import URI, header_tag, parse_uri, parse_via, route_uri, uri_equal, via_branch
+from sipleg.uri import URI, parse_uri, parse_via, route_uri, uri_equal, via_branch
 
 if TYPE_CHECKING:
     from sipleg.transport.base import StreamLimits
@@ -100,16 +102,6 @@ class BadMessage:
 LegReceiver = Callable[[Message | BadMessage, Address, "Leg"], None]
 
 Spec = Address | str | URI | None
-
-
-def _route_uri(value: str) -> URI | None:
-    """
-    The URI of a Route / Record-Route value, or L{None} when unparsable.
-    """
-    try:
-        return route_uri(value)
-    except SIPParseError:
-        return None
 
 
 class Leg(Service):
@@ -519,7 +511,7 @@ class Leg(Service):
     def _loop_hash(packet: Request, tid: str) -> str:
         return loop_hash(
             packet.uri,
-            _tag(packet.get_header("from")),
+            from_tag(packet.get_header("from")),
             tid,
             packet.get_headers("route"),
             packet.get_headers("proxy-require"),
@@ -633,7 +625,7 @@ class Leg(Service):
             top = packet.get_header("record-route")
             if top != self.record_route and (
                 top is None
-                or (top_uri := _route_uri(top)) is None
+                or (top_uri := route_value_uri(top)) is None
                 or not uri_equal(top_uri, self.record_route_uri)
             ):
                 packet.insert_header("record-route", self.record_route)
@@ -873,15 +865,6 @@ def _bare_uri(text: str) -> URI | None:
         return parse_uri(text.strip().strip("<>"))
     except SIPParseError:
         return None
-
-
-def _tag(value: str | None) -> str:
-    if value is None:
-        return ""
-    try:
-        return header_tag(value) or ""
-    except SIPParseError:
-        return value
 
 
 def _sock_address(sock: socket.socket, proto: str | None, tls: Any) -> Address:

@@ -319,16 +319,7 @@ class StatelessProxy:
         # left.
         failed = partial(self._undeliverable, view, in_leg)
         try:
-            found = self.dispatcher.resolve(forward.targets[0], legs, request, self._transports)
-        except DeliveryError as e:
-            self._undeliverable(view, in_leg, e)
-            return None
-        if isinstance(found, Deferred):
-            d = found.addCallback(self.dispatcher.send_in_order, build, 0, failed)
-            d.addCallbacks(self._forwarded, self._unreachable, (request,), errbackArgs=(view, in_leg))
-            return d
-        try:
-            sent = self.dispatcher.send_in_order(found, build, failed=failed)
+            sent = self.dispatcher.send_to(forward.targets[0], legs, request, build, failed, self._transports)
         except DeliveryError as e:
             self._undeliverable(view, in_leg, e)
             return None
@@ -433,13 +424,9 @@ class StatelessProxy:
         failed = partial(_unsent, response.code)
         try:
             if isinstance(targets, URI):
-                found = dispatcher.resolve(targets, legs, response, self._transports)
-                if isinstance(found, Deferred):
-                    d = found.addCallback(dispatcher.send_in_order, build, 0, failed)
-                    return d.addErrback(lambda reason: failed(reason.value))
+                sent = dispatcher.send_to(targets, legs, response, build, failed, self._transports)
             else:
-                found = pair_legs(targets, legs)
-            sent = dispatcher.send_in_order(found, build, failed=failed)
+                sent = dispatcher.send_in_order(pair_legs(targets, legs), build, failed=failed)
         except DeliveryError as e:
             failed(e)
             return None

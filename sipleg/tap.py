@@ -184,15 +184,14 @@ class Options(usage.Options):
         scanners = tuple(part.strip().lower() for part in self["scanners"].split(",") if part.strip())
         if self["no-flood-control"]:
             return EdgePolicy(flood=None, scanners=scanners)
-        count, sep, seconds = self["flood-limit"].partition("/")
+        count, _, seconds = self["flood-limit"].partition("/")
         try:
+            # A missing "/SECONDS" fails float("") as well.
             limits = FloodLimits(limit=int(count), window=float(seconds), ban=self["ban-time"])
         except ValueError:
             raise usage.UsageError(
                 f"--flood-limit {self['flood-limit']!r} / --ban-time: expected N/SECONDS and positive numbers"
             ) from None
-        if not sep:
-            raise usage.UsageError(f"--flood-limit {self['flood-limit']!r}: expected N/SECONDS")
         return EdgePolicy(flood=limits, scanners=scanners)
 
     def config(self) -> ProxyConfig:

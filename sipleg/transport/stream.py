@@ -774,13 +774,16 @@ class StreamSocketPool:
         """
         A connection is being closed: no more reuse, no longer counted.
         """
-        if self._conns.pop(connection, False) is None and connection.inbound:
-            addr = connection.peer.addr
-            left = self._per_source.get(addr, 1) - 1
-            if left > 0:
-                self._per_source[addr] = left
-            else:
-                self._per_source.pop(addr, None)
+        if connection in self._conns:
+            del self._conns[connection]
+            if connection.inbound:
+                # (Counted once: a connection is detached again when lost.)
+                addr = connection.peer.addr
+                left = self._per_source.get(addr, 1) - 1
+                if left > 0:
+                    self._per_source[addr] = left
+                else:
+                    self._per_source.pop(addr, None)
         self._lru.pop(connection, None)
         self._unproven.pop(connection, None)
         for key in (connection.key, *connection.aliases):
