@@ -109,8 +109,9 @@ class StreamFramer:
         self.max_header = max_header
         self.max_body = max_body
         self.error: SIPParseError | None = None
-        #: The header block of a message refused for the size of its body
-        #: (so the caller can still answer a request with 513).
+        #: The complete header block of a message refused for its
+        #: Content-Length (too large: 513; missing, malformed or
+        #: conflicting: 400), so the caller can still answer a request.
         self.refused_head: bytes | None = None
         self._buffer = bytearray()
         # Offset up to which the buffer was searched for the end of the
@@ -214,7 +215,7 @@ class StreamFramer:
         header_length = end + len(_END_OF_HEADERS)
         try:
             body_length = self._content_length(end + len(_CRLF))
-        except MessageTooLarge:
+        except SIPParseError:
             self.refused_head = bytes(buffer[:header_length])
             raise
         return header_length + body_length

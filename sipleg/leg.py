@@ -784,13 +784,15 @@ class Leg(Service):
             try:
                 packet = parse_message(data, datagram=conn is None)
             except SIPParseError as e:
-                log.info(
-                    "dropping bad packet from {source}: {reason}",
-                    source=source,
-                    reason=e.reason,
-                )
                 if self.receiver is not None:
+                    # The layer above answers it or logs its drop.
                     self.receiver(BadMessage(e, data), source, self)
+                else:
+                    log.info(
+                        "dropping bad packet from {source}: {reason}",
+                        source=source,
+                        reason=e.reason,
+                    )
                 return
             if conn is not None and isinstance(packet, Request):
                 self._remember_connection(packet.tid, conn)

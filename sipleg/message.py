@@ -47,7 +47,7 @@ __all__ = [
     "Response",
     "parse_message",
     "make_response",
-    "salvage_response",
+    "salvage_answer",
     "REASONS",
 ]
 
@@ -402,15 +402,26 @@ def _decode(key: str, line: bytes) -> list[str]:
     if value.find(b"\n") >= 0:
         value = _unfold(value)
     text = value.strip(b" \t").decode("utf-8", "surrogateescape")
-    if key in _LIST_HEADERS:
-        if "," in text or '"' in text or not text:
-            return _scan(text, True)
-    elif key not in _ADDRESS_HEADERS:
-        return [text]
-    # One element, maybe with brackets: the quick form of _scan().
-    if "<" in text and text.rfind("<") > text.rfind(">") or '"' in text:
-        return _scan(text, False)
+    try:
+        if key in _LIST_HEADERS:
+            if "," in text or '"' in text or not text:
+                return _scan(text, True)
+        elif key not in _ADDRESS_HEADERS:
+            return [text]
+        # One element, maybe with brackets: the quick form of _scan().
+        if "<" in text and text.rfind("<") > text.rfind(">") or '"' in text:
+            return _scan(text, False)
+    except SIPParseError as e:
+        raise _malformed(key, e) from None
     return [text]
+
+
+def _malformed(key: str, error: SIPParseError) -> SIPParseError:
+    """
+    C{error}, found in a value of the header C{key}, with the header named
+    (the reason phrase of the answer says which header is at fault).
+    """
+    return SIPParseError(f"malformed {_CANONICAL.get(key, key)}: {error.reason}", error.status)
 
 
 def _new_values(name: str, value: str) -> tuple[str, str, list[str]]:
@@ -1204,7 +1215,8 @@ def _check_headers(
     present = set(keys)
     if len(present) < len(keys) and sum(map(keys.count, once := present & _ONCE)) > len(once):
         # (Repeated lines are usually Via, Route, Record-Route: lists.)
-        for key in once:
+        # (In message order: the reason names the first.)
+        for key in sorted(once, key=keys.index):
             if keys.count(key) > 1:
                 # A repeated once-only header is tolerated only when it
                 # repeats the same value.
@@ -1227,7 +1239,10 @@ def _check_headers(
             value = _raw_value(line)
         text = value.decode("utf-8", "surrogateescape")
         if "," in text or '"' in text or "<" in text:
-            values = vals[at] = _scan(text, True)
+            try:
+                values = vals[at] = _scan(text, True)
+            except SIPParseError as e:
+                raise _malformed("via", e) from None
             if not values:
                 raise SIPParseError("empty Via")
         elif text:
@@ -1450,62 +1465,68 @@ def _response_tag(*fields: str | None) -> str:
     return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
-#: The headers a stateless response copies from its request (§8.2.6).
-_ECHOED = ("via", "from", "to", "call-id", "cseq")
+#: The headers a stateless response copies from its request (§8.2.6),
+#: as written in an answer, by key.
+_ECHOED = {"via": b"Via", "from": b"From", "to": b"To", "call-id": b"Call-ID", "cseq": b"CSeq"}
 
 
-def salvage_response(data: bytes, code: int, reason: str | None = None) -> Response | None:
+def salvage_answer(data: bytes, code: int, reason: str | None = None) -> bytes | None:
     """
-    Answer bytes that failed to parse as a request, when that can be done
-    safely: RFC 3261 §16.3 asks for an error response to a malformed
-    request, but a response needs the request's Via, From, To, Call-ID and
-    CSeq.  They are picked from the raw header lines (compact forms
-    included); when the start line is not a request line or one of them
-    is missing, there is nobody to answer and L{None} is returned.
+    Answer bytes that failed to parse as a request: RFC 3261 §16.3 and
+    RFC 4475 §3.1.2 ask for an error response to a malformed request.
+
+    The response copies the request's Via lines and its first From, To,
+    Call-ID and CSeq from the raw header lines (compact forms included)
+    I{verbatim}, as §8.2.6.2 asks, even where one of them is what is
+    malformed: the requester matches the answer to its transaction by the
+    top Via's branch and the CSeq method (§17.1.3), which are its own
+    bytes, never ours.  A To without a tag gets one.  So an answer is
+    never much larger than its request (no amplification).
+
+    There is nobody to answer, and L{None} is returned, when the start
+    line is not a request line or the request has no Via or no CSeq.
+    Lines holding a bare CR are not copied.
 
     @param data: the raw bytes that did not parse.
     @param code: the status to answer with (C{SIPParseError.status}).
-    @param reason: the reason phrase; replaced by the default phrase when
-        it cannot be used on the wire.
+    @param reason: the reason phrase; replaced by the default phrase of
+        C{code} when it cannot be written on the wire.
+    @return: the answer's bytes.
     """
     head = data.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     lines = head.lstrip(b"\r\n").split(b"\n")
     start = lines[0].rstrip(b"\r")
     if not start or start.startswith(b"SIP/") or b" " not in start:
         return None
-    found: dict[str, list[str]] = {key: [] for key in _ECHOED}
+    found: dict[str, list[bytes]] = {key: [] for key in _ECHOED}
     for line in lines[1:]:
         if not line or line[:1] in (b" ", b"\t"):
             continue
-        name, sep, value = line.rstrip(b"\r").partition(b":")
+        name, _, value = line.rstrip(b"\r").partition(b":")
         try:
             key = _api_key(name.strip().decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             continue
-        if key in found and value.strip():
-            found[key].append(value.strip().decode("utf-8", "surrogateescape"))
-    if not all(found.values()):
+        value = value.strip(b" \t")
+        if key in found and value and b"\r" not in value:
+            found[key].append(value)
+    if not (found["via"] and found["cseq"]):
         return None
-    headers = [("Via", value) for value in found["via"]]
-    to = found["to"][0]
-    if code > 100 and not _has_tag(to):
-        to += ";tag=" + _response_tag(
-            found["call-id"][0], found["from"][0], found["cseq"][0], found["via"][0]
-        )
-    headers += [
-        ("From", found["from"][0]),
-        ("To", to),
-        ("Call-ID", found["call-id"][0]),
-        ("CSeq", found["cseq"][0]),
-        ("Content-Length", "0"),
-    ]
-    for phrase in (reason, None):
-        try:
-            response = Response(code, phrase, headers)
-            # What was salvaged must make a valid message, or nobody can
-            # use the answer.
-            parse_message(bytes(response))
-        except (ValueError, TypeError, SIPParseError):
+    if reason is None or "\r" in reason or "\n" in reason:
+        reason = REASONS.get(code) or REASONS.get(code - code % 100, "Unknown")
+    out = [b"SIP/2.0 %d %s" % (code, reason.encode("utf-8", "surrogateescape"))]
+    out += [b"Via: " + value for value in found["via"]]
+    for key, name in _ECHOED.items():
+        values = found[key]
+        if key == "via" or not values:
             continue
-        return response
-    return None
+        value = values[0]
+        if key == "to" and code > 100 and not _has_tag(value.decode("utf-8", "surrogateescape")):
+            tag = _response_tag(*(
+                (found[k] or [b""])[0].decode("utf-8", "surrogateescape")
+                for k in ("call-id", "from", "cseq", "via")
+            ))
+            value += b";tag=" + tag.encode()
+        out.append(name + b": " + value)
+    out.append(b"Content-Length: 0\r\n\r\n")
+    return b"\r\n".join(out)

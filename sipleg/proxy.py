@@ -51,7 +51,7 @@ from sipleg.dispatcher import Dispatcher, pair_legs
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.flood import EdgePolicy, FloodControl, Verdict
 from sipleg.leg import BadMessage, Leg
-from sipleg.message import Message, Request, Response, make_response, salvage_response
+from sipleg.message import Message, Request, Response, make_response, salvage_answer
 from sipleg.registrar import Registrar
 from sipleg.routing import IAccessPolicy, IRoutePolicy, NetworkAccessPolicy, StaticRoutes
 from sipleg.stats import ProxyStats
@@ -381,15 +381,37 @@ class StatelessProxy:
 
     def _answer_bad(self, bad: BadMessage, leg: Leg, source: Address) -> None:
         """
-        Answer bytes that did not parse, from what can be salvaged of
-        them, to the address they came from.
+        Answer bytes that did not parse (L{salvage_answer}) to the address
+        they came from, or log their drop once when nobody can be
+        answered.
         """
-        response = salvage_response(bad.data, bad.error.status, bad.error.reason)
-        if response is None:
+        error = bad.error
+        data = salvage_answer(bad.data, error.status, error.reason)
+        if data is None:
             self.stats.dropped["unparsable"] += 1
+            log.info(
+                "dropping unparsable packet from {source}: {reason}",
+                source=source,
+                reason=error.reason,
+            )
             return
-        self.stats.answered[response.code] += 1
-        self._send(response, (source,), [leg], _wire(response))
+        self.stats.answered[error.status] += 1
+        log.info(
+            "answering bad request from {source}: {code} {reason}",
+            source=source,
+            code=error.status,
+            reason=error.reason,
+        )
+        failed = partial(_unsent, error.status)
+        try:
+            sent = self.dispatcher.send_in_order(
+                pair_legs((source,), [leg]), lambda leg: (data, None), failed=failed
+            )
+        except DeliveryError as e:
+            failed(e)
+            return
+        if isinstance(sent, Deferred):
+            sent.addErrback(lambda reason: failed(reason.value))
 
     def _send_response(self, response: Response, via: Via, leg: Leg, source: Address) -> Deferred[Any] | None:
         """

@@ -352,6 +352,14 @@ class RefusedHeadTests(TestCase):
         self.assertRaises(MessageTooLarge, framer.feed, head + b"x")
         self.assertEqual(framer.refused_head, head)
 
+    def test_head_kept_for_a_refused_content_length(self) -> None:
+        # So the request can still be answered 400 before the close.
+        for length in (b"Content-Length: -1\r\n", b"l: 1\r\nl: 2\r\n", b""):
+            framer = StreamFramer()
+            head = b"INVITE sip:x SIP/2.0\r\n" + length + b"\r\n"
+            self.assertRaises(FramingError, framer.feed, head + b"x")
+            self.assertEqual(framer.refused_head, head)
+
     def test_no_head_for_an_oversized_header(self) -> None:
         framer = StreamFramer(max_header=64)
         self.assertRaises(MessageTooLarge, framer.feed, b"INVITE sip:x SIP/2.0\r\n" + b"X: y\r\n" * 20)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.trial.unittest import TestCase
 
 from sipleg.errors import SIPParseError
-from sipleg.message import REASONS, Request, Response, make_response, parse_message, salvage_response
+from sipleg.message import REASONS, Request, Response, make_response, parse_message, salvage_answer
 
 START = b"INVITE sip:bob@example.com SIP/2.0"
 BASE = [
@@ -841,9 +841,9 @@ class MakeResponseTests(TestCase):
         self.assertRegex(to, r"^<sip:bob@example.com;tag=uri-param>;tag=[0-9a-f]{16}$")
 
 
-class SalvageResponseTests(TestCase):
+class SalvageAnswerTests(TestCase):
     """
-    L{salvage_response}: answering bytes that did not parse (RFC 3261 §16.3).
+    L{salvage_answer}: answering bytes that did not parse (RFC 3261 §16.3).
     """
 
     BROKEN = (
@@ -857,27 +857,72 @@ class SalvageResponseTests(TestCase):
         b"Content-Length: 5\r\n\r\n"
     )
 
+    def answer(self, data: bytes, code: int = 400, reason: str | None = None) -> Response:
+        wire = salvage_answer(data, code, reason)
+        assert wire is not None
+        response = parse_message(wire)
+        assert isinstance(response, Response)
+        return response
+
     def test_answers_from_raw_lines(self) -> None:
-        response = salvage_response(self.BROKEN, 505, "Version Not Supported")
-        assert response is not None
+        response = self.answer(self.BROKEN, 505, "Version Not Supported")
         self.assertEqual((response.code, response.reason), (505, "Version Not Supported"))
         self.assertEqual(
             response.get_headers("via"),
             ["SIP/2.0/UDP a.example;branch=z9hG4bK1", "SIP/2.0/UDP b.example;branch=z9hG4bK2"],
         )
         self.assertEqual(response.get_header("cseq"), "1 INVITE")
+        self.assertEqual(response.get_header("from"), "<sip:alice@example.com>;tag=1")
         self.assertRegex(response.get_header("to") or "", r"^<sip:bob@example.com>;tag=[0-9a-f]{16}$")
-        self.assertEqual(salvage_response(self.BROKEN, 505).get_header("to"), response.get_header("to"))
-        again = parse_message(bytes(response))
-        self.assertEqual(again.get_header("call-id"), "broken@x")
+        # A retransmission gets the same tag.
+        self.assertEqual(self.answer(self.BROKEN, 505).get_header("to"), response.get_header("to"))
+        self.assertEqual(response.get_header("call-id"), "broken@x")
+        self.assertEqual(response.body, b"")
+
+    def test_malformed_fields_echoed_verbatim(self) -> None:
+        """
+        The field at fault is copied as it came (§8.2.6.2): the requester
+        matches the answer by its own Via branch and CSeq method.
+        """
+        data = self.BROKEN.replace(b"To: <sip:bob@example.com>", b'To: "Bob <sip:bob@example.com>')
+        data = data.replace(b"CSeq: 1 INVITE", b"CSeq: 36893488147419103232 INVITE")
+        wire = salvage_answer(data, 400, "malformed To")
+        assert wire is not None
+        lines = wire.split(b"\r\n")
+        self.assertEqual(lines[0], b"SIP/2.0 400 malformed To")
+        self.assertIn(b"CSeq: 36893488147419103232 INVITE", lines)
+        self.assertTrue(any(line.startswith(b'To: "Bob <sip:bob@example.com>;tag=') for line in lines))
+        self.assertTrue(wire.endswith(b"\r\nContent-Length: 0\r\n\r\n"))
+        # Never much larger than the request: no amplification.
+        self.assertLess(len(wire), len(data) + 64)
+
+    def test_missing_fields_stay_missing(self) -> None:
+        # RFC 4475 §3.3.1: no From, To or Call-ID; the Via and CSeq make
+        # an answer the requester can match.
+        data = self.BROKEN.replace(b"To: <sip:bob@example.com>\r\n", b"")
+        data = data.replace(b"Call-ID: broken@x\r\n", b"")
+        wire = salvage_answer(data, 400, "missing To header")
+        assert wire is not None
+        self.assertNotIn(b"\r\nTo:", wire)
+        self.assertNotIn(b"Call-ID", wire)
+        self.assertIn(b"\r\nCSeq: 1 INVITE\r\n", wire)
 
     def test_nobody_to_answer(self) -> None:
-        self.assertIsNone(salvage_response(b"SIP/2.0 200 OK\r\nVia: x\r\n\r\n", 400))
-        self.assertIsNone(salvage_response(self.BROKEN.replace(b"Call-ID: broken@x\r\n", b""), 400))
-        self.assertIsNone(salvage_response(b"", 400))
-        self.assertIsNone(salvage_response(b"\x00\x01garbage", 400))
+        self.assertIsNone(salvage_answer(b"SIP/2.0 200 OK\r\nVia: x\r\nCSeq: 1 A\r\n\r\n", 400))
+        self.assertIsNone(salvage_answer(self.BROKEN.replace(b"CSeq: 1 INVITE\r\n", b""), 400))
+        no_via = self.BROKEN.replace(b"v: SIP/2.0/UDP a.example;branch=z9hG4bK1\r\n", b"")
+        no_via = no_via.replace(b"Via: SIP/2.0/UDP b.example;branch=z9hG4bK2\r\n", b"")
+        self.assertIsNone(salvage_answer(no_via, 400))
+        self.assertIsNone(salvage_answer(b"", 400))
+        self.assertIsNone(salvage_answer(b"\x00\x01garbage", 400))
 
     def test_unusable_reason_falls_back(self) -> None:
-        response = salvage_response(self.BROKEN, 400, "bad\r\nInjected: yes")
-        assert response is not None
+        response = self.answer(self.BROKEN, 400, "bad\r\nInjected: yes")
         self.assertEqual(response.reason, REASONS[400])
+        self.assertIsNone(response.get_header("injected"))
+
+    def test_bare_cr_lines_not_copied(self) -> None:
+        data = self.BROKEN.replace(b"Call-ID: broken@x", b"Call-ID: broken\rInjected: yes")
+        wire = salvage_answer(data, 400)
+        assert wire is not None
+        self.assertNotIn(b"Injected", wire)

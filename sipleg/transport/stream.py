@@ -47,7 +47,7 @@ from zope.interface import implementer
 from sipleg.address import Address
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.framing import StreamFramer
-from sipleg.message import salvage_response
+from sipleg.message import salvage_answer
 from sipleg.transport.base import (
     DEFAULT_MAX_CONNECTIONS,
     ISocketPool,
@@ -349,18 +349,19 @@ class StreamConnection(Protocol):
     def _broken(self, reason: SIPParseError) -> None:
         """
         The stream cannot be framed any more: close the connection, after
-        answering 513 when it was a request whose body is too large (its
-        header block is complete, so it can be answered).
+        answering a request whose header block is complete but whose
+        Content-Length is refused (513 for a body too large; 400 for a
+        Content-Length missing, malformed or conflicting).
         """
         _log.warn(
             "Closing {conn}: broken SIP stream: {reason}", conn=self, reason=reason.reason
         )
         head = self._framer.refused_head
         if head is not None and self.ready:
-            answer = salvage_response(head, reason.status, reason.reason)
+            answer = salvage_answer(head, reason.status, reason.reason)
             if answer is not None:
                 transport: Any = self.transport
-                transport.write(bytes(answer))
+                transport.write(answer)
         self.close(DeliveryError(None, f"broken SIP stream: {reason.reason}"))
 
     def _finish(self, error: DeliveryError) -> None:
