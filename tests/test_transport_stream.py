@@ -299,6 +299,44 @@ class KeepaliveAndFramingTests(StreamTestBase):
         await client.lost
         self.assertEqual(b.connections(), [])
 
+    async def test_endless_header_block_closes(self) -> None:
+        """
+        A peer sending a 20 MB header block without the blank line that
+        ends it has its connection closed once the block passes the
+        framer's limit (16 KiB): the pool reads less than 1 MiB of it and
+        the peer cannot write it all.
+        """
+        read: list[int] = []
+        frame = StreamConnection.dataReceived
+
+        def counting(conn: StreamConnection, data: bytes) -> None:
+            read.append(len(data))
+            frame(conn, data)
+
+        self.patch(StreamConnection, "dataReceived", counting)
+        b, b_got = await self.make_pool()
+        peer = socket.create_connection((b.local.host, b.local.port))
+        self.addCleanup(peer.close)
+        peer.setblocking(False)
+        total = 20 * 2**20
+        # 64 lines of 1 KiB; a partial send never makes a blank line, as
+        # every chunk starts with a header name.
+        chunk = (b"X-Filler: " + b"a" * 1012 + b"\r\n") * 64
+        written = peer.send(b"OPTIONS sip:x SIP/2.0\r\n")
+        while written < total:
+            try:
+                written += peer.send(chunk)
+            except BlockingIOError:
+                await deferLater(reactor, 0.01, lambda: None)
+            except OSError as e:
+                self.assertIn(e.errno, (errno.ECONNRESET, errno.EPIPE))
+                break
+        self.assertLess(written, total)
+        self.assertGreaterEqual(sum(read), 16384)
+        self.assertLess(sum(read), 2**20)
+        self.assertEqual(b_got.received, [])
+        self.assertEqual(b.connections(), [])
+
     async def test_too_large_request_answered_513(self) -> None:
         """
         A request whose header block is complete but whose body is too
