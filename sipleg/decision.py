@@ -43,6 +43,7 @@ from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, vi
 
 __all__ = [
     "Answer",
+    "Authenticated",
     "Decision",
     "Drop",
     "Edits",
@@ -345,6 +346,8 @@ class Edits(NamedTuple):
     @ivar routes: the Route values to leave with, or L{None} to keep them.
     @ivar record_route: whether to Record-Route (not for REGISTER).
     @ivar branch: the branch after the leg's prefix (RFC 3261 §16.11).
+    @ivar strip: the indexes of the Proxy-Authorization values to remove:
+        our own credentials, used up here (§22.3).
     """
 
     max_forwards: int
@@ -352,6 +355,7 @@ class Edits(NamedTuple):
     routes: tuple[str, ...] | None
     record_route: bool
     branch: str
+    strip: tuple[int, ...] = ()
 
 
 class Forward(NamedTuple):
@@ -391,6 +395,20 @@ class Drop(NamedTuple):
     """
 
     reason: str
+
+
+class Authenticated(NamedTuple):
+    """
+    The authentication step's answer for a request whose sender proved
+    who they are (L{sipleg.auth}).
+
+    @ivar user: the user proved.
+    @ivar strip: the indexes of the Proxy-Authorization values that are
+        ours, to remove before forwarding (RFC 3261 §22.3).
+    """
+
+    user: str
+    strip: tuple[int, ...] = ()
 
 
 class Register(NamedTuple):
@@ -439,6 +457,10 @@ class Rules:
         code (404, 480) or the contact URIs, best first.
     @ivar scanners: lower-case User-Agent fragments of SIP scanners: their
         requests from untrusted sources are dropped without an answer.
+    @ivar auth: the authentication step (L{sipleg.auth.Authenticator}):
+        given the request and whether it is a REGISTER for our registrar,
+        L{None} (nothing to prove), L{Authenticated} or the L{Answer}
+        (a challenge, 403).
     """
 
     legs: LegSet
@@ -447,6 +469,7 @@ class Rules:
     registers: Callable[[URI], bool] | None = None
     locate: Callable[[URI], int | list[str] | None] | None = None
     scanners: tuple[str, ...] = ()
+    auth: Callable[[RequestView, bool], Answer | Authenticated | None] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -535,7 +558,10 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     strict-route restoration and our own Routes (§16.4), a request
     addressed to the proxy itself (L{addressed_to_us}), the access policy
     (403; not for an in-dialog request that came through a Route of
-    ours), Max-Forwards (483), REGISTER for us, the location service
+    ours), Max-Forwards (483), authentication (401/407 challenges, 403;
+    not for an in-dialog request through a Route of ours; an
+    authenticated user of ours passes the access policy), REGISTER for
+    us, the location service
     (404/480 or retarget), the next hop (§16.6 items 6-7: Route set, static
     routes and outbound proxy, else the Request-URI), and last the loop
     check (§16.3 item 4: 482) on the request as it would leave.  An ACK is
@@ -573,9 +599,15 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     if not routes and not registers and uri.user is None and legs.hop(uri) is not None:
         return addressed_to_us(method, rules.registers is not None)
     through_us = (named is not None or restored is not None) and _in_dialog(view)
-    if not through_us and not rules.access.allows(view.request, uri, view.source):
-        return _refuse(method, 403, "Forbidden")
     max_forwards = next_max_forwards(view.max_forwards, view.leg.max_forwards)
+    proved: Authenticated | None = None
+    if rules.auth is not None and not through_us and max_forwards is not None:
+        step = rules.auth(view, registers)
+        if isinstance(step, Answer):
+            return step
+        proved = step
+    if not through_us and proved is None and not rules.access.allows(view.request, uri, view.source):
+        return _refuse(method, 403, "Forbidden")
     if max_forwards is None:
         return _refuse(method, 483, "Too Many Hops")
     if registers:
@@ -629,6 +661,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         routes if routes != view.routes else None,
         method != "REGISTER",
         branch,
+        proved.strip if proved is not None else (),
     )
     return Forward((target,), edits, named or view.leg)
 

@@ -10,6 +10,8 @@ matter to callers:
  - L{DeliveryError}: a packet could not be handed to the network.  It
    carries C{errno} (an L{errno} constant) and/or C{reason}.
 
+L{ConfigError} is the operator's: the proxy cannot start as configured.
+
 Misuse of the API by the programmer is reported with the usual C{TypeError}
 and C{ValueError}.
 """
@@ -25,6 +27,7 @@ __all__ = [
     "MessageTooLarge",
     "FramingError",
     "DeliveryError",
+    "ConfigError",
 ]
 
 
@@ -91,3 +94,11 @@ class DeliveryError(SIPError):
             return self.reason
         name = _errno.errorcode.get(self.errno, str(self.errno))
         return f"[{name}] {self.reason}"
+
+
+class ConfigError(SIPError):
+    """
+    The proxy cannot start as configured (bad option, port in use,
+    unreadable certificate or user file ...).  The message is one line for
+    the operator.
+    """

@@ -111,10 +111,7 @@ class FloodControl:
             start, count = now, 0
         count += 1
         if count > limits.limit:
-            self._rates.pop(source, None)
-            self._bans[source] = now + limits.ban
-            if len(self._bans) > limits.max_sources:
-                self._bans.popitem(last=False)
+            self.ban(source, now)
             return Verdict.BANNED
         rates = self._rates
         rates[source] = (start, count)
@@ -122,6 +119,17 @@ class FloodControl:
         if len(rates) > limits.max_sources:
             rates.popitem(last=False)
         return Verdict.ADMIT
+
+    def ban(self, source: str, now: float) -> None:
+        """
+        Ban C{source} from C{now} for the ban time, whatever its rate (it
+        failed to authenticate too often, say).
+        """
+        self._rates.pop(source, None)
+        self._bans[source] = now + self.limits.ban
+        self._bans.move_to_end(source)
+        if len(self._bans) > self.limits.max_sources:
+            self._bans.popitem(last=False)
 
     def is_banned(self, source: str, now: float) -> bool:
         """

@@ -24,7 +24,7 @@ Nothing waits on a L{Deferred} unless I/O does (DNS, a stream connect).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -49,13 +49,16 @@ from sipleg.decision import (
 )
 from sipleg.dispatcher import Dispatcher, pair_legs
 from sipleg.errors import DeliveryError, SIPParseError
-from sipleg.flood import EdgePolicy, FloodControl, Verdict
+from sipleg.flood import EdgePolicy, FloodControl, FloodLimits, Verdict
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_answer
 from sipleg.registrar import Registrar
 from sipleg.routing import IAccessPolicy, IRoutePolicy, NetworkAccessPolicy, StaticRoutes
 from sipleg.stats import ProxyStats
 from sipleg.uri import URI, Via
+
+if TYPE_CHECKING:
+    from sipleg.auth import Authenticator
 
 __all__ = ["StatelessProxy"]
 
@@ -81,6 +84,7 @@ class StatelessProxy:
         registrar: Registrar | None = None,
         edge: EdgePolicy | None = None,
         clock: IReactorTime | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         """
         @param dispatcher: the dispatcher whose legs the proxy forwards
@@ -93,10 +97,19 @@ class StatelessProxy:
         @param edge: what untrusted sources may send (flood control,
             scanners); none by default.
         @param clock: the time for flood control (default: the reactor).
+        @param auth: who must authenticate, and how (L{sipleg.auth}); its
+            bans of sources that fail too often are the proxy's to keep.
         """
         self.registrar = registrar
+        self.auth = auth
         self.edge = edge if edge is not None else EdgePolicy(flood=None, scanners=())
-        self._flood = FloodControl(self.edge.flood) if self.edge.flood is not None else None
+        limits = self.edge.flood
+        # Sources that fail to authenticate are banned even without rate
+        # limits (then with the default ban time).
+        flooding = limits is not None or auth is not None
+        self._flood = FloodControl(limits or FloodLimits()) if flooding else None
+        if auth is not None:
+            auth.on_ban = self._auth_ban
         if clock is None and self._flood is not None:
             from twisted.internet import reactor as clock
         self._clock = clock
@@ -139,7 +152,10 @@ class StatelessProxy:
                 return True
             self.stats.dropped["banned"] += 1
             return False
-        verdict = self._flood.check(source.addr, now)
+        if self.edge.flood is None:
+            verdict = Verdict.DROP if self._flood.is_banned(source.addr, now) else Verdict.ADMIT
+        else:
+            verdict = self._flood.check(source.addr, now)
         if verdict is Verdict.ADMIT:
             return True
         if verdict is Verdict.BANNED:
@@ -156,6 +172,24 @@ class StatelessProxy:
             self.stats.dropped["banned"] += 1
         return False
 
+    def _auth_ban(self, source: Address, user: str, failures: int, window: float) -> None:
+        """
+        Ban a source that failed to authenticate too often (L{sipleg.auth}),
+        logged once in the form of the flood bans, with the user it tried.
+        """
+        assert self._flood is not None and self._clock is not None and source.addr is not None
+        self._flood.ban(source.addr, self._clock.seconds())
+        self.stats.dropped["ban"] += 1
+        log.warn(
+            "banned source {source} for {ban:g} s: {failures} failed authentications in {window:g} s"
+            " (user {user!r})",
+            source=source.addr,
+            ban=self._flood.limits.ban,
+            failures=failures,
+            window=window,
+            user=user[:64],
+        )
+
     @property
     def rules(self) -> Rules:
         """
@@ -170,6 +204,7 @@ class StatelessProxy:
             or rules.access is not self.access
             or rules.routes is not self.routes
             or self._registrar is not self.registrar
+            or rules.auth is not self.auth
         ):
             self._rules_key = (dispatcher.generation, len(dispatcher.legs), Leg.identities_made)
             self._registrar = self.registrar
@@ -179,7 +214,7 @@ class StatelessProxy:
             if self.registrar is not None:
                 registers, locate = _registrar_rules(self.registrar, legs)
             rules = self._rules = Rules(
-                legs, self.access, self.routes, registers, locate, self.edge.scanners
+                legs, self.access, self.routes, registers, locate, self.edge.scanners, self.auth
             )
             self._gate_legs()
             self._legs = {leg.identity: leg for leg in self.dispatcher.legs}
@@ -290,6 +325,8 @@ class StatelessProxy:
                 request.set_header("route", ", ".join(edits.routes))
             else:
                 request.remove_header("route")
+        for index in reversed(edits.strip):
+            request.remove_header("proxy-authorization", index)
         data = bytes(request)
         cut = data.index(b"\r\n") + 2
         start, rest = data[:cut], data[cut:]

@@ -68,6 +68,7 @@ __all__ = [
     "LookupResult",
     "RegistrationFileError",
     "Registrar",
+    "domain_key",
 ]
 
 log = Logger()
@@ -148,9 +149,11 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _domain_key(host: str) -> str:
-    # Host names compare case-insensitively; "example.com." is
-    # "example.com"; IPv6 literals are kept without brackets.
+def domain_key(host: str) -> str:
+    """
+    How a host compares with our domains: case-insensitively,
+    C{example.com.} as C{example.com}, IPv6 literals without brackets.
+    """
     return host.strip("[]").rstrip(".").lower()
 
 
@@ -209,7 +212,7 @@ class BindingTable:
                 f"need 0 <= min_expires <= max_expires and max_expires >= 1, "
                 f"got {min_expires} and {max_expires}"
             )
-        self.domains = frozenset(_domain_key(domain) for domain in domains)
+        self.domains = frozenset(domain_key(domain) for domain in domains)
         self.min_expires = min_expires
         self.max_expires = max_expires
         self.default_expires = min(max(default_expires, min_expires), max_expires)
@@ -231,7 +234,7 @@ class BindingTable:
         """
         if not uri.is_sip or not uri.user:
             return None
-        host = _domain_key(uri.host)
+        host = domain_key(uri.host)
         if host not in self.domains:
             return None
         # RFC 3261 §10.3 step 5: parameters removed, escapes decoded.
@@ -244,7 +247,7 @@ class BindingTable:
         host is one of them, with no port or the default port of its
         scheme, or one that C{own_uri} accepts.
         """
-        if not uri.is_sip or _domain_key(uri.host) not in self.domains:
+        if not uri.is_sip or domain_key(uri.host) not in self.domains:
             return False
         if uri.port is None or uri.port == (5061 if uri.is_secure else 5060):
             return True

@@ -9,7 +9,9 @@ then exits with a one-line reason instead of running without a leg).
 
 from __future__ import annotations
 
+import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,26 +19,20 @@ from twisted.application.service import MultiService, Service
 
 from sipleg.address import Address, default_port, split_hostport
 from sipleg.dispatcher import Dispatcher
-from sipleg.errors import SIPError
+from sipleg.errors import ConfigError, SIPError
 from sipleg.flood import EdgePolicy
 from sipleg.leg import DEFAULT_MAX_FORWARDS, Leg
 from sipleg.proxy import StatelessProxy
-from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileError
+from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileError, domain_key
 from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
 from sipleg.transport.base import StreamLimits
 from sipleg.uri import URI
 
 if TYPE_CHECKING:
+    from sipleg.auth import Authenticator, AuthSettings
     from sipleg.transport.tls import TLSConfig
 
 __all__ = ["ConfigError", "ListenSpec", "ProxyConfig", "parse_listen", "make_service"]
-
-
-class ConfigError(SIPError):
-    """
-    The proxy cannot start as configured (bad option, port in use,
-    unreadable certificate ...).  The message is one line for the operator.
-    """
 
 
 @dataclass(frozen=True)
@@ -100,6 +96,7 @@ class ProxyConfig:
     max_bindings: int = DEFAULT_MAX_BINDINGS
     edge: EdgePolicy = field(default_factory=EdgePolicy)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
+    auth: AuthSettings | None = None
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -162,6 +159,7 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
 
     registrar = make_registrar(config, reactor)
     top = MultiService()
+    auth = make_authenticator(config, access, reactor, top)
     legs = []
     sockets = [bind_socket(spec, config.reuse_port) for spec in config.listen]
     for spec, sock in zip(config.listen, sockets, strict=False):
@@ -184,9 +182,10 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         registrar=registrar,
         edge=config.edge,
         clock=reactor,
+        auth=auth,
     )
     if registrar is not None:
-        RegistrarService(registrar).setServiceParent(top)
+        _Running(lambda: None, registrar.stop).setServiceParent(top)
     if config.status is not None:
         # twisted.web is imported only with --status.
         from twisted.application import strports
@@ -203,17 +202,67 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
     return top
 
 
-class RegistrarService(Service):
+class _Running(Service):
     """
-    Stops the registrar's expiry timer with the rest of the proxy.
+    Starts and stops something with timers (a watched file) with the
+    proxy.
     """
 
-    def __init__(self, registrar: Registrar) -> None:
-        self.registrar = registrar
+    def __init__(self, start: Callable[[], None], stop: Callable[[], None]) -> None:
+        self._start = start
+        self._stop = stop
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._start()
 
     def stopService(self) -> None:
         Service.stopService(self)
-        self.registrar.stop()
+        self._stop()
+
+
+def make_authenticator(
+    config: ProxyConfig, access: NetworkAccessPolicy, reactor: Any, parent: MultiService
+) -> Authenticator | None:
+    """
+    The authentication C{config} asks for, its user file read (and then
+    watched by a service under C{parent}).
+
+    @raise ConfigError: no domain, an unreadable or malformed user file,
+        an unusable secret file.
+    """
+    settings = config.auth
+    if settings is None:
+        return None
+    if not config.domains:
+        raise ConfigError("--auth-file needs at least one --domain (whose users authenticate)")
+    # Imported only by a configuration that authenticates.
+    from sipleg.auth import Authenticator
+    from sipleg.users import UserFile
+
+    if reactor is None:
+        from twisted.internet import reactor
+    users = UserFile(settings.users_file, reactor)
+    if settings.secret_file is None:
+        secret = os.urandom(32)
+    else:
+        try:
+            with open(settings.secret_file, "rb") as f:
+                secret = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"--auth-secret-file: {e}") from None
+        if len(secret) < 16:
+            raise ConfigError(f"--auth-secret-file {settings.secret_file}: needs at least 16 bytes")
+    _Running(users.start, users.stop).setServiceParent(parent)
+    domains = frozenset(domain_key(domain) for domain in config.domains)
+    return Authenticator(
+        settings.config,
+        lambda: users.users,
+        secret,
+        lambda uri: uri.is_sip and domain_key(uri.host) in domains,
+        access.trusts,
+        reactor,
+    )
 
 
 def make_registrar(config: ProxyConfig, reactor: Any) -> Registrar | None:

@@ -84,6 +84,27 @@ class Options(usage.Options):
             "Comma-separated User-Agent fragments whose requests from untrusted sources are "
             "dropped ('' for none).",
         ],
+        ["auth-file", None, None, "Users who must authenticate (htdigest format; see the README)."],
+        ["auth-realm", None, None, "Digest realm (default: the first --domain)."],
+        [
+            "auth-algorithms",
+            None,
+            "MD5",
+            "Comma-separated digest algorithms offered, preferred first (MD5, SHA-256, SHA-512-256).",
+        ],
+        [
+            "auth-secret-file",
+            None,
+            None,
+            "File keying the nonces, shared by processes that accept each other's (default: random).",
+        ],
+        ["nonce-lifetime", None, 300.0, "Seconds a nonce is good for (then stale=true).", float],
+        [
+            "auth-failures",
+            None,
+            "10/60",
+            "N/SECONDS: an untrusted source failing to authenticate more than N times in SECONDS is banned.",
+        ],
         [
             "status",
             None,
@@ -153,6 +174,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["edge"] = self._edge()
+        self["auth"] = self._auth()
         try:
             self["stream-limits"] = StreamLimits(
                 max_connections=self["max-connections"],
@@ -194,6 +216,36 @@ class Options(usage.Options):
             ) from None
         return EdgePolicy(flood=limits, scanners=scanners)
 
+    def _auth(self) -> Any:
+        """
+        The authentication options as an L{sipleg.auth.AuthSettings}, or
+        L{None} without C{--auth-file}.
+        """
+        path: str | None = self["auth-file"]
+        if path is None:
+            return None
+        from sipleg.auth import AuthConfig, AuthSettings
+
+        realm = self["auth-realm"] or (self["domain"][0] if self["domain"] else None)
+        if realm is None:
+            raise usage.UsageError("--auth-file needs --auth-realm or a --domain")
+        count, _, seconds = self["auth-failures"].partition("/")
+        names = self["auth-algorithms"].split(",")
+        algorithms = tuple(part.strip().upper() for part in names if part.strip())
+        try:
+            config = AuthConfig(
+                realm,
+                algorithms,
+                nonce_lifetime=self["nonce-lifetime"],
+                max_failures=int(count),
+                failure_window=float(seconds),
+            )
+        except ValueError as e:
+            raise usage.UsageError(
+                f"--auth-realm / --auth-algorithms / --nonce-lifetime / --auth-failures: {e}"
+            ) from None
+        return AuthSettings(path, config, self["auth-secret-file"])
+
     def config(self) -> ProxyConfig:
         """
         The L{ProxyConfig} these options describe.
@@ -217,6 +269,7 @@ class Options(usage.Options):
             status=self["status"],
             edge=self["edge"],
             stream_limits=self["stream-limits"],
+            auth=self["auth"],
         )
         if self["listen"]:
             config.listen = list(self["listen"])
@@ -240,6 +293,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             )
         if config.status is not None:
             raise ConfigError("--status shows one process; it cannot be used with --workers")
+        if config.auth is not None and config.auth.secret_file is None:
+            raise ConfigError(
+                "--auth-file with --workers needs --auth-secret-file"
+                " (every worker must accept the others' nonces)"
+            )
         for sock in (bind_socket(spec, reuse_port=True) for spec in config.listen):
             sock.close()
         from sipleg.workers import WorkerSupervisor, worker_arguments

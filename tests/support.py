@@ -1,13 +1,19 @@
 """
 Helpers shared by the test modules: receivers that record what they get,
-a raw TCP client, minimal framed requests.
+a raw TCP client, minimal framed requests, the proxy's log lines as twistd
+writes them and the fail2ban filter that reads them.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Any
+
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from sipleg.address import Address
@@ -77,3 +83,39 @@ class RawClient(Protocol):
         waiter: Deferred[None] = Deferred()
         self._waiters.append((expected, waiter))
         return waiter
+
+
+#: The fail2ban filter shipped in docs/.
+FAIL2BAN_FILTER = Path(__file__).resolve().parent.parent / "docs" / "fail2ban" / "sipleg.conf"
+
+
+def fail2ban_patterns() -> list[re.Pattern[str]]:
+    """
+    The filter's C{failregex} lines, with C{<HOST>} as the group C{host}.
+    """
+    text = FAIL2BAN_FILTER.read_text()
+    block = re.search(r"^failregex = (.*?)\n(?=\S)", text, re.M | re.S)
+    assert block is not None
+    return [
+        re.compile(line.strip().replace("<HOST>", r"(?P<host>\S+)"))
+        for line in block.group(1).splitlines()
+        if line.strip()
+    ]
+
+
+def proxy_log_lines(test: Any) -> list[str]:
+    """
+    Record the log lines of L{sipleg.proxy} as twistd writes them to its
+    log file, until C{test} ends.
+    """
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "sipleg.proxy":
+            lines.append(
+                f"2026-12-02T15:50:01+0000 [sipleg.proxy#{event['log_level'].name}] {formatEvent(event)}"
+            )
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return lines
