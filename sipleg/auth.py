@@ -82,7 +82,8 @@ class AuthConfig:
             raise ValueError(f"bad realm {self.realm!r}")
         unknown = [name for name in self.algorithms if name not in ALGORITHMS]
         if unknown or not self.algorithms or len(set(self.algorithms)) != len(self.algorithms):
-            raise ValueError(f"algorithms must be some of {', '.join(ALGORITHMS)}, each once")
+            given = ", ".join(self.algorithms)
+            raise ValueError(f"algorithms {given!r}: expected some of {', '.join(ALGORITHMS)}, each once")
         if self.nonce_lifetime <= 0 or self.max_failures < 1 or self.failure_window <= 0:
             raise ValueError("nonce lifetime, failures and window must be positive")
 

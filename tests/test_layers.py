@@ -33,15 +33,15 @@ class SansIOTests(unittest.TestCase):
     def test_core_imports_no_twisted(self) -> None:
         code = (
             "import sipleg, sipleg.errors, sipleg.address, sipleg.uri, sipleg.message, sipleg.framing\n"
-            "import sipleg.branch, sipleg.decision, sipleg.routing, sipleg.stats\n"
+            "import sipleg.branch, sipleg.decision, sipleg.digest, sipleg.routing, sipleg.stats\n"
         )
         self.assertEqual(imported(code, ("twisted",)), [])
 
     def test_optional_parts_imported_on_demand(self) -> None:
         """
-        A proxy without C{--status}, C{--workers} or a TLS listener imports
-        neither twisted.web nor the worker supervisor nor sipleg's TLS
-        module.
+        A proxy without C{--status}, C{--workers}, a TLS listener or
+        C{--auth-file} imports neither twisted.web nor the worker
+        supervisor nor sipleg's TLS or authentication modules.
         """
         code = (
             "from sipleg.service import ProxyConfig, make_service, parse_listen\n"
@@ -49,7 +49,10 @@ class SansIOTests(unittest.TestCase):
             "make_service(ProxyConfig(listen=listen))\n"
             "import sipleg.tap\n"
         )
-        wanted = ("twisted.web", "sipleg.status", "sipleg.workers", "sipleg.transport.tls")
+        wanted = (
+            "twisted.web", "sipleg.status", "sipleg.workers", "sipleg.transport.tls",
+            "sipleg.auth", "sipleg.digest", "sipleg.users",
+        )
         self.assertEqual(imported(code, wanted), [])
 
     def test_public_names(self) -> None:

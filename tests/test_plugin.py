@@ -375,6 +375,25 @@ class BadOptionTests(TwistdTestCase):
     def test_registrar_needs_a_domain(self) -> None:
         self.assertIn("--domain", self.refused("--registrar", "--listen", "udp:127.0.0.1:0"))
 
+    def test_bad_auth_options(self) -> None:
+        """
+        A missing or malformed user file, an unknown algorithm, no realm,
+        and C{--workers} without a shared nonce secret: one line each.
+        """
+        users = (self.rundir / "users").resolve()
+        listen = ("--listen", "udp:127.0.0.1:0", "--domain", "example.test")
+        self.assertIn("cannot read the user file", self.refused("--auth-file", str(users), *listen))
+        users.write_text("alice:example.test:" + "0" * 32 + "\nbob:example.test\n")
+        self.assertIn(f"{users}:2: expected user:realm:HA1", self.refused("--auth-file", str(users), *listen))
+        users.write_text("alice:example.test:" + "0" * 32 + "\n")
+        self.assertIn(
+            "SHA-1", self.refused("--auth-file", str(users), "--auth-algorithms", "SHA-1", *listen)
+        )
+        self.assertIn("--auth-realm", self.refused("--auth-file", str(users), "--listen", "udp:127.0.0.1:0"))
+        self.assertIn(
+            "--auth-secret-file", self.refused("--auth-file", str(users), "--workers", "2", *listen)
+        )
+
 
 class ProxyProcessTestCase(TwistdTestCase):
     """
