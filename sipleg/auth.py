@@ -176,9 +176,8 @@ class Authenticator:
             header = "proxy-authorization"
         realm = self.config.realm
         stale = False
-        values = request.get_headers(header)
-        for value in values:
-            credentials = parse_credentials(value)
+        offered = [parse_credentials(value) for value in request.get_headers(header)]
+        for credentials in offered:
             if credentials is None or credentials.realm != realm:
                 continue
             proof = self._prove(credentials, method)
@@ -186,7 +185,7 @@ class Authenticator:
                 if speaks_for is None or credentials.username != speaks_for.user:
                     return Answer(403, "Forbidden: authenticated as another user")
                 strip = () if registers else tuple(
-                    index for index, other in enumerate(values) if _realm_of(other) == realm
+                    index for index, other in enumerate(offered) if other is not None and other.realm == realm
                 )
                 return Authenticated(credentials.username, strip)
             if proof is _Proof.STALE:
@@ -273,7 +272,3 @@ def _uri_of(value: str | None) -> URI | None:
     except SIPParseError:
         return None
 
-
-def _realm_of(value: str) -> str | None:
-    credentials = parse_credentials(value)
-    return None if credentials is None else credentials.realm

@@ -115,17 +115,15 @@ def parse_credentials(value: str) -> Credentials | None:
         while at < end and rest[at] in " \t":
             at += 1
         if at < end and rest[at] == '"':
-            chars = []
-            at += 1
-            while at < end and rest[at] != '"':
-                if rest[at] == "\\" and at + 1 < end:
-                    at += 1
-                chars.append(rest[at])
-                at += 1
-            if at >= end:
+            close = rest.find('"', at + 1)
+            if close < 0:
                 return None
-            at += 1
-            param = "".join(chars)
+            param = rest[at + 1:close]
+            if "\\" in param:
+                param, close = _unescape(rest, at + 1)
+                if close < 0:
+                    return None
+            at = close + 1
         else:
             comma = rest.find(",", at)
             comma = end if comma < 0 else comma
@@ -143,6 +141,22 @@ def parse_credentials(value: str) -> Credentials | None:
         params.get("qop", "").lower(),
         params.get("nc", ""),
     )
+
+
+def _unescape(text: str, at: int) -> tuple[str, int]:
+    """
+    The quoted string starting at C{at} (after its quote) with its
+    backslash escapes resolved, and the index of its closing quote (-1
+    when unterminated).
+    """
+    chars = []
+    end = len(text)
+    while at < end and text[at] != '"':
+        if text[at] == "\\" and at + 1 < end:
+            at += 1
+        chars.append(text[at])
+        at += 1
+    return "".join(chars), (at if at < end else -1)
 
 
 def challenge(realm: str, nonce: str, algorithm: str, stale: bool = False) -> str:
