@@ -615,6 +615,9 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     if rules.locate is not None and not routes:
         found = rules.locate(uri)
         if isinstance(found, int):
+            if found == 480 and not rules.access.trusts(view.source):
+                # Strangers do not learn which users ever registered.
+                found = 404
             return _refuse(method, found, _LOCATE_REASONS[found])
         if found:
             new_uri = found[0]

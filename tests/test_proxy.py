@@ -522,6 +522,14 @@ class RegistrarTests(ProxyTestCase):
         yield self.uac_got.wait(2)
         codes = {m.get_header("call-id"): m.code for m in self.uac_got.messages() if isinstance(m, Response)}
         self.assertEqual(codes, {"c1": 404, "c2": 480})
+        # Strangers cannot tell the two apart (no user enumeration).
+        self.proxy.access = NetworkAccessPolicy(["127.0.0.254/32"], ["example.test"])
+        yield self.send(options("sip:nobody@example.test", call_id="c3"))
+        yield self.uac_got.wait(3)
+        yield self.send(options("sip:gone@example.test", call_id="c4"))
+        yield self.uac_got.wait(4)
+        codes = {m.get_header("call-id"): m.code for m in self.uac_got.messages() if isinstance(m, Response)}
+        self.assertEqual((codes["c3"], codes["c4"]), (404, 404))
 
     @inlineCallbacks
     def test_register_for_foreign_domain_is_forwarded(self) -> Any:
