@@ -51,6 +51,7 @@ from sipleg.digest import (
 )
 from sipleg.errors import SIPParseError
 from sipleg.flood import FloodControl, FloodLimits, Verdict
+from sipleg.message import Request
 from sipleg.uri import URI, parse_name_addr
 from sipleg.users import Users
 
@@ -184,10 +185,7 @@ class Authenticator:
             if proof is _Proof.VALID:
                 if speaks_for is None or credentials.username != speaks_for.user:
                     return Answer(403, "Forbidden: authenticated as another user")
-                strip = () if registers else tuple(
-                    index for index, other in enumerate(offered) if other is not None and other.realm == realm
-                )
-                return Authenticated(credentials.username, strip)
+                return Authenticated(credentials.username)
             if proof is _Proof.STALE:
                 stale = True
             else:
@@ -195,6 +193,21 @@ class Authenticator:
             # Only the first credentials for our realm count.
             break
         return self._challenge(registers, stale)
+
+    def own_credentials(self, request: Request) -> tuple[int, ...]:
+        """
+        The indexes of C{request}'s Proxy-Authorization values for our
+        realm: what the proxy removes before forwarding (RFC 3261 §22.3).
+        """
+        values = request.get_headers("proxy-authorization")
+        if not values:
+            return ()
+        realm = self.config.realm
+        return tuple(
+            index
+            for index, value in enumerate(values)
+            if (credentials := parse_credentials(value)) is not None and credentials.realm == realm
+        )
 
     def _challenge(self, registers: bool, stale: bool) -> Answer:
         config = self.config

@@ -403,12 +403,9 @@ class Authenticated(NamedTuple):
     who they are (L{sipleg.auth}).
 
     @ivar user: the user proved.
-    @ivar strip: the indexes of the Proxy-Authorization values that are
-        ours, to remove before forwarding (RFC 3261 §22.3).
     """
 
     user: str
-    strip: tuple[int, ...] = ()
 
 
 class Register(NamedTuple):
@@ -461,6 +458,10 @@ class Rules:
         given the request and whether it is a REGISTER for our registrar,
         L{None} (nothing to prove), L{Authenticated} or the L{Answer}
         (a challenge, 403).
+    @ivar credentials: with C{auth}, the indexes of a request's
+        Proxy-Authorization values for our realm: removed from every
+        request forwarded, checked or not (RFC 3261 §22.3; the ACK of a
+        2xx repeats the INVITE's, §13.2.2.4).
     """
 
     legs: LegSet
@@ -470,6 +471,7 @@ class Rules:
     locate: Callable[[URI], int | list[str] | None] | None = None
     scanners: tuple[str, ...] = ()
     auth: Callable[[RequestView, bool], Answer | Authenticated | None] | None = None
+    credentials: Callable[[Request], tuple[int, ...]] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -664,7 +666,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         routes if routes != view.routes else None,
         method != "REGISTER",
         branch,
-        proved.strip if proved is not None else (),
+        rules.credentials(view.request) if rules.credentials is not None else (),
     )
     return Forward((target,), edits, named or view.leg)
 

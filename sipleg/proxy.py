@@ -214,7 +214,14 @@ class StatelessProxy:
             if self.registrar is not None:
                 registers, locate = _registrar_rules(self.registrar, legs)
             rules = self._rules = Rules(
-                legs, self.access, self.routes, registers, locate, self.edge.scanners, self.auth
+                legs,
+                self.access,
+                self.routes,
+                registers,
+                locate,
+                self.edge.scanners,
+                self.auth,
+                self.auth.own_credentials if self.auth is not None else None,
             )
             self._gate_legs()
             self._legs = {leg.identity: leg for leg in self.dispatcher.legs}

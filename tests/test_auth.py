@@ -221,6 +221,26 @@ class AuthProxyTests(TestCase):
         # realm's go on.
         self.assertEqual(forwarded.get_headers("proxy-authorization"), [foreign])
 
+    def test_credentials_never_forwarded(self) -> None:
+        """
+        The ACK of a 2xx repeats the INVITE's credentials (RFC 3261
+        §13.2.2.4) and is not checked: ours are removed all the same, so
+        the callee never sees the caller's digest.
+        """
+        challenged = self.answer(request("INVITE", "sip:carol@127.0.0.1:5077", "sip:alice@example.test"))
+        offer = challenged.get_header("proxy-authenticate") or ""
+        proof = answer_to(offer, "alice", "wonderland", "INVITE", "sip:carol@127.0.0.1:5077")
+        ack = request(
+            "ACK", "sip:carol@127.0.0.1:5077", "sip:alice@example.test", n=2,
+            headers=(("Proxy-Authorization", proof), ("Route", "<sip:127.0.0.1:5060;lr>")),
+        )
+        ack.set_header("to", "<sip:carol@127.0.0.1:5077>;tag=callee")
+        sent = self.send(ack)
+        self.assertEqual(len(sent), 1)
+        forwarded = parse_message(sent[0][0])
+        assert isinstance(forwarded, Request)
+        self.assertEqual((forwarded.method, forwarded.get_headers("proxy-authorization")), ("ACK", []))
+
     def test_calling_as_another_user_refused(self) -> None:
         challenged = self.answer(request("INVITE", "sip:carol@elsewhere.test", "sip:alice@example.test"))
         proof = answer_to(challenged.get_header("proxy-authenticate") or "", "bob", "builder", "INVITE", "x")
