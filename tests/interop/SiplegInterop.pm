@@ -14,7 +14,7 @@ use Exporter 'import';
 use JSON::PP ();
 use Net::SIP::Util ();
 
-our @EXPORT_OK = qw(parse_leg uri_host proxy_uri result observer);
+our @EXPORT_OK = qw(parse_leg uri_host proxy_uri parse_auth result observer);
 
 my $json = JSON::PP->new->canonical;
 my $result_printed = 0;
@@ -50,6 +50,16 @@ sub proxy_uri {
     my $spec = shift;
     my $leg = parse_leg($spec);
     return 'sip:' . uri_host($leg) . ":$leg->{port};transport=$leg->{proto}";
+}
+
+# "alice:secret" -> [ 'alice', 'secret' ], the credentials Net::SIP::Simple
+# takes as "auth" and answers every 401/407 challenge with (MD5 digest,
+# once per realm: a second challenge for the same realm ends the request).
+sub parse_auth {
+    my $spec = shift;
+    my ($user, $password) = $spec =~ m{^([^:]+):(.*)$}s
+        or die "bad auth '$spec', want USER:PASSWORD\n";
+    return [ $user, $password ];
 }
 
 # Print the RESULT line (once) and exit with the matching code.

@@ -1,20 +1,28 @@
 #!/usr/bin/perl
-# sipleg interop peer: a Net::SIP::Simple UAC that places exactly one call.
+# sipleg interop peer: a Net::SIP::Simple UAC that places exactly one call
+# (or makes one registration).
 #
 #   netsip_uac.pl --leg udp|tcp:IP:PORT --proxy udp|tcp:IP:PORT --to URI
 #   (IP: IPv4, or IPv6 in brackets)
-#                 [--mode call|cancel|rejected] [--code 486] [--from URI]
+#                 [--mode call|cancel|rejected|register] [--code 486]
+#                 [--from URI] [--auth USER:PASSWORD]
 #                 [--timeout 15]
 #
-# Every request (INVITE, ACK, CANCEL, BYE) goes to the outgoing proxy
-# --proxy; the Request-URI is --to.  Modes (what makes status=ok):
+# Every request (INVITE, ACK, CANCEL, BYE, REGISTER) goes to the outgoing
+# proxy --proxy; the Request-URI is --to.  With --auth, Net::SIP answers a
+# 401/407 challenge with those credentials (once per realm).  Modes (what
+# makes status=ok):
 #   call      INVITE answered 2xx (Net::SIP sends the ACK), then BYE
 #             answered 2xx
 #   cancel    INVITE, CANCEL as soon as a 180 arrives, CANCEL answered 2xx
 #             and the INVITE answered 487
 #   rejected  INVITE answered with exactly --code (Net::SIP sends the ACK)
-# Prints RECV per packet and one RESULT line (invite=, cancel=, bye= hold
-# the final response codes seen, error= the errno of a failed delivery);
+#   register  REGISTER of --to (the address of record, in To and From, with
+#             Net::SIP's default Contact) at sip:DOMAIN of --to, finally
+#             answered with exactly --code
+# Prints RECV per packet and one RESULT line (invite=, cancel=, bye=,
+# register= hold the final response codes seen, error= the errno of a
+# failed delivery);
 # see SiplegInterop.pm for the formats and exit codes.
 use strict;
 use warnings;
@@ -22,16 +30,17 @@ use FindBin;
 use lib $FindBin::Bin;
 use Getopt::Long;
 use Net::SIP;
-use SiplegInterop qw(parse_leg uri_host proxy_uri result observer);
+use SiplegInterop qw(parse_leg uri_host proxy_uri parse_auth result observer);
 
 my %opt = (mode => 'call', code => 486, timeout => 15);
-GetOptions(\%opt, 'leg=s', 'proxy=s', 'to=s', 'from=s', 'mode=s', 'code=i', 'timeout=i')
+GetOptions(\%opt, 'leg=s', 'proxy=s', 'to=s', 'from=s', 'mode=s', 'code=i', 'timeout=i',
+    'auth=s')
     or exit 2;
 $opt{$_} or do { warn "--$_ is required\n"; exit 2 } for qw(leg proxy to);
-$opt{mode} =~ m{^(call|cancel|rejected)$} or do { warn "bad --mode\n"; exit 2 };
+$opt{mode} =~ m{^(call|cancel|rejected|register)$} or do { warn "bad --mode\n"; exit 2 };
 
 my %counts;
-my %final = (invite => '', cancel => '', bye => '');
+my %final = (invite => '', cancel => '', bye => '', register => '');
 my $error = '';
 sub report {
     my $status = shift;
@@ -45,6 +54,7 @@ my $ua = Net::SIP::Simple->new(
     leg            => $leg,
     from           => $opt{from} || 'sip:uac@' . uri_host($leg),
     outgoing_proxy => proxy_uri($opt{proxy}),
+    $opt{auth} ? (auth => parse_auth($opt{auth})) : (),
 );
 # Final response codes of our requests, as the observer sees them.
 $ua->create_chain([
@@ -56,6 +66,13 @@ $ua->create_chain([
     }),
     $ua->{endpoint},
 ]);
+
+if ($opt{mode} eq 'register') {
+    my ($domain) = $opt{to} =~ m{\@([^;>]+)} or do { warn "bad --to\n"; exit 2 };
+    # Waits for the final response (after the challenge, if any).
+    $ua->register(registrar => "sip:$domain", from => $opt{to});
+    report($final{register} eq $opt{code} ? 'ok' : 'fail');
+}
 
 my ($invite_done, $cancel_sent, $close_done) = (0, 0, 0);
 my $call;

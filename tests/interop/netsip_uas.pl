@@ -4,7 +4,8 @@
 #   netsip_uas.pl --leg udp|tcp:IP:PORT [--mode answer|ring|reject]
 #                 [--code 486] [--timeout 15]
 #                 [--register sip:uas@DOMAIN --proxy udp|tcp:IP:PORT
-#                  [--registrar sip:DOMAIN] [--contact URI] [--expires 300]]
+#                  [--registrar sip:DOMAIN] [--contact URI] [--expires 300]
+#                  [--auth USER:PASSWORD]]
 #
 # Modes (what the call must look like for status=ok):
 #   answer  100, 200 to the INVITE; needs the ACK, then a BYE (200 Closing)
@@ -13,7 +14,8 @@
 #   reject  100, then --code (default 486); needs the ACK for it
 # With --register the UAS first registers the AOR through --proxy (REGISTER
 # sip:DOMAIN, To/From the AOR, Contact --contact or Net::SIP's default) and
-# fails unless the registrar answers 2xx.
+# fails unless the registrar answers 2xx; with --auth, Net::SIP answers a
+# 401 challenge with those credentials.
 # Prints READY once listening, RECV per packet, one RESULT; see
 # SiplegInterop.pm for the line formats and exit codes.
 use strict;
@@ -22,11 +24,11 @@ use FindBin;
 use lib $FindBin::Bin;
 use Getopt::Long;
 use Net::SIP;
-use SiplegInterop qw(parse_leg proxy_uri result observer);
+use SiplegInterop qw(parse_leg proxy_uri parse_auth result observer);
 
 my %opt = (mode => 'answer', code => 486, timeout => 15, expires => 300);
 GetOptions(\%opt, 'leg=s', 'mode=s', 'code=i', 'timeout=i', 'register=s',
-    'proxy=s', 'registrar=s', 'contact=s', 'expires=i')
+    'proxy=s', 'registrar=s', 'contact=s', 'expires=i', 'auth=s')
     or exit 2;
 $opt{leg} or do { warn "--leg is required\n"; exit 2 };
 $opt{mode} =~ m{^(answer|ring|reject)$} or do { warn "bad --mode\n"; exit 2 };
@@ -45,6 +47,7 @@ alarm($opt{timeout});
 my $ua = Net::SIP::Simple->new(
     leg => parse_leg($opt{leg}),
     $opt{register} ? (from => $opt{register}, outgoing_proxy => proxy_uri($opt{proxy})) : (),
+    $opt{auth} ? (auth => parse_auth($opt{auth})) : (),
 );
 
 my %listen;

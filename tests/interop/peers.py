@@ -50,8 +50,10 @@ from sipleg.address import Address, ip_family
 __all__ = [
     "KILL_GRACE",
     "PEER_TIMEOUT",
+    "REGISTER_AUTH_SCENARIO",
     "REGISTRAR_SCENARIO",
     "REQUIRE_ENV",
+    "UAC_AUTH_SCENARIO",
     "UAC_SCENARIO",
     "UAS_SCENARIO",
     "NetSipOutcome",
@@ -75,6 +77,12 @@ UAC_SCENARIO = _HERE / "scenarios" / "uac.xml"
 UAS_SCENARIO = _HERE / "scenarios" / "uas.xml"
 #: SIPp registrar stub: one REGISTER answered 200 with the binding.
 REGISTRAR_SCENARIO = _HERE / "scenarios" / "registrar.xml"
+#: SIPp UAC: INVITE from C{-key aor}, 407, ACK, INVITE with credentials
+#: (C{auth}), then as L{UAC_SCENARIO}.
+UAC_AUTH_SCENARIO = _HERE / "scenarios" / "uac_auth.xml"
+#: SIPp registration of C{-key aor} at C{-key ruri}: 401, then the REGISTER
+#: with credentials (C{auth}) must get 200.
+REGISTER_AUTH_SCENARIO = _HERE / "scenarios" / "register_auth.xml"
 _NETSIP_UAC = _HERE / "netsip_uac.pl"
 _NETSIP_UAS = _HERE / "netsip_uas.pl"
 
@@ -624,6 +632,8 @@ def run_sipp_uac(
     ruri: str | None = None,
     host: str | None = None,
     scenario: Path = UAC_SCENARIO,
+    auth: tuple[str, str] | None = None,
+    keys: dict[str, str] | None = None,
     timeout: int = PEER_TIMEOUT,
     reactor: Any = None,
 ) -> Any:
@@ -646,6 +656,12 @@ def run_sipp_uac(
     @param host: the local IP; default 127.0.0.1, or ::1 when the first
         hop is IPv6.
     @param scenario: the scenario file; it must use C{[ruri]}.
+    @param auth: the user name and password SIPp's C{[authentication]}
+        answers a 401/407 with (C{-au}, C{-ap}; the digest C{uri} is the
+        Request-URI).
+    @param keys: more C{[name]} keywords for the scenario (C{-key name
+        value}), such as C{aor} for L{UAC_AUTH_SCENARIO} and
+        L{REGISTER_AUTH_SCENARIO}.
     @param timeout: SIPp's global timeout in seconds.
     @param reactor: an C{IReactorProcess} and C{IReactorTime}.
     @return: fires with the L{SippOutcome} when SIPp exits.
@@ -659,7 +675,15 @@ def run_sipp_uac(
         argv = _sipp_argv(scenario, hop.proto, host, calls, timeout, rundir)
         # The remote host is the UAS: [remote_ip]/[remote_port] name it.
         argv[1:1] = [uas.hostport]
-        argv += ["-r", f"{rate:g}", "-key", "ruri", ruri or _uri("service", uas)]
+        request_uri = ruri or _uri("service", uas)
+        argv += ["-r", f"{rate:g}", "-key", "ruri", request_uri]
+        for name, value in (keys or {}).items():
+            argv += ["-key", name, value]
+        if auth is not None:
+            # The digest "uri" is sip:REMOTE-HOST unless -auth_uri says
+            # otherwise (SIPp puts "sip:" before it): the Request-URI, as
+            # a phone sends it (RFC 7616 §3.4.6).
+            argv += ["-au", auth[0], "-ap", auth[1], "-auth_uri", request_uri.removeprefix("sip:")]
         # Without -p (and with -p 0) SIPp takes 5060, 5061 ... whichever is
         # free, which would race with a proxy wanting the default port.
         argv += ["-p", str(free_port(hop.proto, host))]
@@ -686,8 +710,9 @@ class NetSipOutcome:
         script's own alarm), other values for a crash; L{None} when killed
         by a signal.
     @ivar result: the fields of the C{RESULT} line (C{status}, C{mode},
-        and per script: UAC C{invite}/C{cancel}/C{bye} = final response
-        codes, C{error} = errno when the INVITE could not be delivered;
+        and per script: UAC C{invite}/C{cancel}/C{bye}/C{register} =
+        final response codes, C{error} = errno when the INVITE could not
+        be delivered;
         UAS C{invite}/C{ack}/C{bye}/C{cancel} = requests received,
         C{register} = C{ok}/C{fail}/C{none}); empty when none was printed.
     @ivar received: every packet the peer received, as decoded C{RECV}
@@ -813,6 +838,7 @@ def start_netsip_uas(
     proxy: Address | None = None,
     registrar: str | None = None,
     contact: str | None = None,
+    auth: tuple[str, str] | None = None,
     timeout: int = PEER_TIMEOUT,
     reactor: Any = None,
 ) -> Any:
@@ -833,6 +859,8 @@ def start_netsip_uas(
     @param registrar: the REGISTER Request-URI.
     @param contact: the Contact to register, e.g. with C{;transport=tcp}
         (Net::SIP's own Contact has no transport parameter).
+    @param auth: the user name and password Net::SIP answers the
+        registrar's 401 with.
     @param timeout: the script's own time limit in seconds.
     @param reactor: an C{IReactorProcess} and C{IReactorTime}.
     @return: fires with a L{NetSipServer} once it listens (and is
@@ -851,6 +879,8 @@ def start_netsip_uas(
                 argv += ["--registrar", registrar]
             if contact is not None:
                 argv += ["--contact", contact]
+            if auth is not None:
+                argv += ["--auth", ":".join(auth)]
         lines = _NetSipLines()
         proc = _spawn(reactor, argv, timeout + KILL_GRACE, on_line=lines)
         outcome = _Outcome()
@@ -874,23 +904,30 @@ def run_netsip_uac(
     code: int = 486,
     leg: Address | None = None,
     from_uri: str | None = None,
+    auth: tuple[str, str] | None = None,
     timeout: int = PEER_TIMEOUT,
     reactor: Any = None,
 ) -> Any:
     """
-    Run C{netsip_uac.pl}, a Net::SIP UAC that places one call.
+    Run C{netsip_uac.pl}, a Net::SIP UAC that places one call (or makes
+    one registration).
 
     @param to: the Request-URI, e.g. C{NetSipServer.uri}.  Net::SIP lets
         a C{;transport=} parameter here pick the transport even towards
-        the outgoing proxy.
+        the outgoing proxy.  In C{"register"} mode: the address of record.
     @param proxy: the outgoing proxy every request is sent to (for a
         direct call: the UAS address).
     @param mode: C{"call"} (200, ACK, BYE, 200), C{"cancel"} (CANCEL on
-        180, expects 200 to it and 487) or C{"rejected"} (expects C{code}).
-    @param code: the expected rejection code in C{"rejected"} mode.
+        180, expects 200 to it and 487), C{"rejected"} (expects C{code})
+        or C{"register"} (REGISTER C{to} at C{sip:DOMAIN} of C{to},
+        expects C{code} as the final answer).
+    @param code: the expected final code in C{"rejected"} and
+        C{"register"} modes.
     @param leg: the local address; default a free port on 127.0.0.1 (or
         ::1 for an IPv6 proxy) with C{proxy.proto} (retried if taken).
     @param from_uri: the From URI; default C{sip:uac@LEG-IP}.
+    @param auth: the user name and password Net::SIP answers a 401/407
+        challenge with (once per realm).
     @param timeout: the script's own time limit in seconds.
     @param reactor: an C{IReactorProcess} and C{IReactorTime}.
     @return: fires with the L{NetSipOutcome} when the script exits.
@@ -904,6 +941,8 @@ def run_netsip_uac(
                 "--code", str(code), "--timeout", str(timeout)]  # fmt: skip
         if from_uri is not None:
             argv += ["--from", from_uri]
+        if auth is not None:
+            argv += ["--auth", ":".join(auth)]
         lines = _NetSipLines()
         proc = _spawn(reactor, argv, timeout + KILL_GRACE, on_line=lines)
         outcome = lines.outcome(proc, (yield proc.ended))
