@@ -37,7 +37,7 @@ from typing import NamedTuple
 from sipleg.address import Address, bracket
 from sipleg.branch import loop_hash, transaction_hash
 from sipleg.errors import SIPParseError
-from sipleg.message import Request, Response
+from sipleg.message import Request, Response, answer_tag
 from sipleg.routing import IAccessPolicy, IRoutePolicy, response_fallback, response_target
 from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
 
@@ -573,6 +573,8 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     method = view.method
     if rules.scanners and _scanner(view, rules):
         return Drop("scanner")
+    if method == "ACK" and _acks_our_answer(view):
+        return Drop("for our answer")
     uri = view.uri
     if uri is None:
         return _refuse(method, 400, f"Bad Request-URI: {view.uri_error}")
@@ -715,6 +717,29 @@ def _in_dialog(view: RequestView) -> bool:
         return header_tag(to) is not None
     except SIPParseError:
         return False
+
+
+def _acks_our_answer(view: RequestView) -> bool:
+    """
+    Whether an ACK acknowledges an error answer of ours (a challenge, a
+    403 ...): its To tag is the one we gave the INVITE's answer
+    (L{sipleg.message.answer_tag}; the ACK of a non-2xx answer repeats
+    the INVITE's Call-ID, From, CSeq number and top Via, RFC 3261
+    §17.1.1.3).  It ends there: the callee never saw that INVITE.
+    """
+    request = view.request
+    try:
+        tag = header_tag(request.get_header("to") or "")
+    except SIPParseError:
+        return False
+    if tag is None or len(tag) != 16:
+        return False
+    return tag == answer_tag(
+        request.get_header("call-id"),
+        view.from_value,
+        f"{request.cseq[0]} INVITE",
+        request.get_header("via"),
+    )
 
 
 def _scanner(view: RequestView, rules: Rules) -> bool:

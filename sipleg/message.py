@@ -47,6 +47,7 @@ __all__ = [
     "Response",
     "parse_message",
     "make_response",
+    "answer_tag",
     "salvage_answer",
     "REASONS",
 ]
@@ -1445,7 +1446,7 @@ def make_response(request: Request, code: int, reason: str | None = None) -> Res
         if key == "to" and code > 100:
             to = request._values(index)[0]
             if not _has_tag(to):
-                tag = _response_tag(
+                tag = answer_tag(
                     request.get_header("call-id"),
                     request.get_header("from"),
                     request.get_header("cseq"),
@@ -1456,10 +1457,11 @@ def make_response(request: Request, code: int, reason: str | None = None) -> Res
     return response
 
 
-def _response_tag(*fields: str | None) -> str:
+def answer_tag(*fields: str | None) -> str:
     """
     The To tag of a stateless response: a hash of the request's Call-ID,
-    From, CSeq and top Via, so a retransmission gets the same tag.
+    From, CSeq and top Via, so a retransmission gets the same tag (and
+    the ACK of the answer can be told from the ACK of someone else's).
     """
     seed = "\0".join(field or "" for field in fields)
     return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
@@ -1522,7 +1524,7 @@ def salvage_answer(data: bytes, code: int, reason: str | None = None) -> bytes |
             continue
         value = values[0]
         if key == "to" and code > 100 and not _has_tag(value.decode("utf-8", "surrogateescape")):
-            tag = _response_tag(*(
+            tag = answer_tag(*(
                 (found[k] or [b""])[0].decode("utf-8", "surrogateescape")
                 for k in ("call-id", "from", "cseq", "via")
             ))

@@ -221,6 +221,28 @@ class AuthProxyTests(TestCase):
         # realm's go on.
         self.assertEqual(forwarded.get_headers("proxy-authorization"), [foreign])
 
+    def test_ack_of_the_challenge_ends_here(self) -> None:
+        """
+        The ACK of our 407 repeats the INVITE's Call-ID, From, CSeq number
+        and top Via, and the To tag we gave: it is not forwarded (the
+        callee never saw that INVITE), whatever its Route says.
+        """
+        invite = request("INVITE", "sip:bob@example.test", "sip:alice@example.test", n=7)
+        challenged = self.answer(invite)
+        ack = request(
+            "ACK", "sip:bob@example.test", "sip:alice@example.test", n=7,
+            headers=(("Route", "<sip:127.0.0.1:5060;lr>"),),
+        )
+        ack.set_header("to", challenged.get_header("to") or "")
+        # (§17.1.1.3: the INVITE's top Via, branch included.)
+        ack.set_header("via", invite.get_header("via") or "")
+        self.assertEqual(self.send(ack), [])
+        self.assertEqual(self.proxy.stats.dropped["ACK for our answer"], 1)
+        # An ACK with another tag (a callee's, to its contact) goes on.
+        ack.set_header("to", "<sip:bob@example.test>;tag=0123456789abcdef")
+        ack.uri = "sip:bob@127.0.0.1:5077"
+        self.assertEqual([dst for _, dst in self.send(ack)], [Address("127.0.0.1", 5077)])
+
     def test_credentials_never_forwarded(self) -> None:
         """
         The ACK of a 2xx repeats the INVITE's credentials (RFC 3261
