@@ -6,6 +6,7 @@ writes them and the fail2ban filter that reads them.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
+import sipleg
 from sipleg.address import Address
 
 
@@ -83,6 +85,23 @@ class RawClient(Protocol):
         waiter: Deferred[None] = Deferred()
         self._waiters.append((expected, waiter))
         return waiter
+
+
+#: The directory holding the C{sipleg} package and C{twisted/plugins}.
+SOURCE_ROOT = Path(sipleg.__file__).resolve().parent.parent
+
+
+def child_env() -> dict[str, str]:
+    """
+    Our environment with L{SOURCE_ROOT} first on C{PYTHONPATH}: a child
+    process (C{twistd sipproxy}, C{python3 -m sipleg...}) runs this tree.
+    """
+    env = dict(os.environ)
+    paths = [str(SOURCE_ROOT)]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
 
 
 #: The fail2ban filter shipped in docs/.

@@ -41,7 +41,7 @@ from sipleg.passwd import set_password
 from tests.interop import baresip
 from tests.interop.baresip import CALLEE, CALLER, DOMAIN, DRIVER_SECONDS, INTRUDER, PHONES, Packet, Phone
 from tests.interop.peers import REQUIRE_ENV, PeerError
-from tests.test_plugin import child_env
+from tests.support import child_env
 
 #: Seconds after which the driver's process group is killed.
 KILL_AFTER = DRIVER_SECONDS + 15

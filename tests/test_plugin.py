@@ -11,7 +11,6 @@ C{PYTHONPATH}.  Every child has a hard timeout and is killed at cleanup.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -23,7 +22,6 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-import sipleg
 from sipleg.address import Address
 from tests.interop.peers import (
     SippOutcome,
@@ -33,9 +31,8 @@ from tests.interop.peers import (
     run_sipp_uac,
     start_sipp_uas,
 )
+from tests.support import SOURCE_ROOT, child_env
 
-#: The directory holding the C{sipleg} package and C{twisted/plugins}.
-SOURCE_ROOT = Path(sipleg.__file__).resolve().parent.parent
 #: Seconds a C{twistd} child may run before it is killed.
 CHILD_TIMEOUT = 20.0
 #: Seconds C{twistd} may take to bind its sockets.
@@ -65,18 +62,6 @@ def twistd_argv(*args: str) -> list[str]:
         "--pidfile=",
         *args,
     ]
-
-
-def child_env() -> dict[str, str]:
-    """
-    Our environment with L{SOURCE_ROOT} first on C{PYTHONPATH}.
-    """
-    env = dict(os.environ)
-    paths = [str(SOURCE_ROOT)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
