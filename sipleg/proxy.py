@@ -300,8 +300,10 @@ class StatelessProxy:
         if isinstance(decision, Register):
             assert self.registrar is not None
             answer = self.registrar.register(request)
-            stats.answered[answer.code] += 1
-            return self._send_response(answer, view.via, leg, source)
+            if isinstance(answer, Deferred):
+                # Answered once the store has kept the change.
+                return answer.addCallback(self._registered, view, leg)
+            return self._registered(answer, view, leg)
         assert isinstance(decision, Drop)
         # An ACK refused, or a packet with nothing to answer: the counter
         # keys are the decisions' fixed reasons, a small set whatever
@@ -411,6 +413,13 @@ class StatelessProxy:
             self._answer(view, Answer(503, "Service Unavailable"), leg)
 
     # -- answers -------------------------------------------------------------
+
+    def _registered(self, answer: Response, view: RequestView, leg: Leg) -> Deferred[Any] | None:
+        """
+        Send the registrar's answer to a REGISTER.
+        """
+        self.stats.answered[answer.code] += 1
+        return self._send_response(answer, view.via, leg, view.source)
 
     def _answer(self, view: RequestView, answer: Answer, leg: Leg) -> Deferred[Any] | None:
         """

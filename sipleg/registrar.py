@@ -43,17 +43,18 @@ a SIPS request must not be retargeted to a non-SIPS URI).
 
 from __future__ import annotations
 
-import errno
+import heapq
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from sipleg.errors import SIPError, SIPParseError
 from sipleg.message import Request, Response, make_response
@@ -61,6 +62,8 @@ from sipleg.uri import URI, normalise_escapes, parse_name_addr, parse_uri, same_
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+    from sipleg.store import ILocationStore
 
 __all__ = [
     "Binding",
@@ -136,6 +139,18 @@ class LookupResult:
     aor: str
     contacts: list[str]
     code: int | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """
+    What one REGISTER changed: the bindings of one AOR before and after
+    (what a store writes, or what is put back when it cannot).
+    """
+
+    aor: str
+    before: tuple[Binding, ...]
+    after: tuple[Binding, ...]
 
 
 class _Refused(Exception):
@@ -222,6 +237,11 @@ class BindingTable:
         self._total = 0
         self._known: set[str] = set()
         self._next_order = 0
+        # Expiry in time independent of the table size: a heap of
+        # (expires_at, order, aor), an entry valid while the binding of
+        # that order still expires then (stale ones are skipped).
+        self._heap: list[tuple[float, int, str]] = []
+        self._expiry: dict[int, float] = {}
 
     # -- AORs ----------------------------------------------------------------
 
@@ -264,10 +284,17 @@ class BindingTable:
 
     def register(self, request: Request, now: float) -> Response:
         """
+        Process a REGISTER (see L{process}) and return the answer.
+        """
+        return self.process(request, now)[0]
+
+    def process(self, request: Request, now: float) -> tuple[Response, Change | None]:
+        """
         Process a REGISTER for one of our domains (RFC 3261 §10.3 steps 2
-        and 5-8; authentication and authorisation, steps 3 and 4, are left
-        to the access policy).  The binding changes are all made or, when
-        the answer is not 200, none.
+        and 5-8; authentication and authorisation, steps 3 and 4, are
+        L{sipleg.auth}'s).  The binding changes are all made or, when
+        the answer is not 200, none.  The work depends on the AOR's
+        bindings only, never on the size of the table.
 
         @param request: the REGISTER, whose Request-URI is ours (the caller
             checked, step 1).
@@ -278,7 +305,8 @@ class BindingTable:
             Expires), 404 (To is not an AOR of ours), 420 (a Require),
             423 with Min-Expires (too short), 500 (a CSeq below the one
             stored for a binding of the same Call-ID), or 503 with
-            Retry-After (the table holds L{max_bindings} already).
+            Retry-After (the table holds L{max_bindings} already); and
+            the L{Change}, or L{None} when nothing changed.
         """
         try:
             aor, bindings, changed, next_order = self._process(request, now)
@@ -289,21 +317,18 @@ class BindingTable:
             elif refused.code == 420:
                 for option in request.get_headers("require"):
                     response.add_header("Unsupported", option)
-            return response
+            return response, None
+        change = None
         if changed:
-            before = len(self._bindings.get(aor, ()))
+            previous = self._bindings.get(aor, [])
+            before = len(previous)
             if len(bindings) > before and self.count() - before + len(bindings) > self.max_bindings:
                 response = make_response(request, 503, "Service Unavailable (registrar full)")
                 response.add_header("Retry-After", str(self.min_expires or 60))
-                return response
-            self._total += len(bindings) - before
-            if bindings:
-                self._bindings[aor] = bindings
-                self._remember(aor)
-            else:
-                self._bindings.pop(aor, None)
+                return response, None
+            change = Change(aor, tuple(previous), tuple(bindings))
+            self._set(aor, bindings)
             self._next_order = next_order
-            self.changes += 1
         # Step 8: the 200 enumerates the current bindings, each with its
         # expires parameter.
         response = make_response(request, 200)
@@ -313,7 +338,46 @@ class BindingTable:
                 value += f";q={binding.q:g}"
             response.add_header("Contact", value)
         response.add_header("Date", formatdate(now, usegmt=True))
-        return response
+        return response, change
+
+    def restore(self, change: Change) -> bool:
+        """
+        Put back the bindings C{change} replaced (its store could not keep
+        it), unless the AOR changed again since.
+
+        @return: whether they were put back.
+        """
+        if tuple(self._bindings.get(change.aor, ())) != change.after:
+            return False
+        self._set(change.aor, list(change.before))
+        return True
+
+    def _set(self, aor: str, bindings: list[Binding]) -> None:
+        """
+        Make C{bindings} the AOR's bindings, keeping the count, the known
+        users and the expiry heap in step.
+        """
+        expiry = self._expiry
+        for old in self._bindings.get(aor, ()):
+            expiry.pop(old.order, None)
+        self._total += len(bindings) - len(self._bindings.get(aor, ()))
+        if bindings:
+            self._bindings[aor] = bindings
+            self._remember(aor)
+            for binding in bindings:
+                expiry[binding.order] = binding.expires_at
+                heapq.heappush(self._heap, (binding.expires_at, binding.order, aor))
+        else:
+            self._bindings.pop(aor, None)
+        self.changes += 1
+        if len(self._heap) > 2 * len(expiry) + 1024:
+            # Mostly stale entries (refreshed bindings): rebuild.
+            self._heap = [
+                (binding.expires_at, binding.order, binding.aor)
+                for live in self._bindings.values()
+                for binding in live
+            ]
+            heapq.heapify(self._heap)
 
     def count(self) -> int:
         """
@@ -512,46 +576,30 @@ class BindingTable:
 
     def expire(self, now: float) -> bool:
         """
-        Drop every binding expired at C{now}.
+        Drop every binding expired at C{now} (the work is in the number
+        of bindings that expire, not in the table size).
 
         @return: whether anything was dropped.
         """
-        dropped = False
-        for aor in list(self._bindings):
+        heap, expiry = self._heap, self._expiry
+        due: set[str] = set()
+        while heap and heap[0][0] <= now:
+            expires_at, order, aor = heapq.heappop(heap)
+            if expiry.get(order) == expires_at:
+                due.add(aor)
+        for aor in due:
             bindings = self._bindings[aor]
-            live = [binding for binding in bindings if binding.expires_at > now]
-            if len(live) != len(bindings):
-                dropped = True
-                self._total -= len(bindings) - len(live)
-                if live:
-                    self._bindings[aor] = live
-                else:
-                    del self._bindings[aor]
-        if dropped:
-            self.changes += 1
-        return dropped
+            self._set(aor, [binding for binding in bindings if binding.expires_at > now])
+        return bool(due)
 
     def next_expiry(self) -> float | None:
         """
         When the next binding expires, or L{None} when there is none.
         """
-        return min(
-            (binding.expires_at for bindings in self._bindings.values() for binding in bindings),
-            default=None,
-        )
-
-    def copy(self) -> BindingTable:
-        """
-        An independent copy (the bindings themselves are immutable).
-        """
-        other = BindingTable((), self.min_expires, self.max_expires, self.default_expires, self.max_bindings)
-        other.domains = self.domains
-        other.changes = self.changes
-        other._bindings = {aor: bindings[:] for aor, bindings in self._bindings.items()}
-        other._total = self._total
-        other._known = set(self._known)
-        other._next_order = self._next_order
-        return other
+        heap, expiry = self._heap, self._expiry
+        while heap and expiry.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     # -- persistence ---------------------------------------------------------
 
@@ -616,17 +664,31 @@ class BindingTable:
             or not isinstance(entries, list)
         ):
             raise RegistrationFileError("bad next_order, known_users or bindings")
-        table._next_order = next_order
         table._known = set(known)
+        bindings = []
         for number, entry in enumerate(entries):
             binding = _binding_from(entry, number)
             if binding.order >= next_order:
                 raise RegistrationFileError(f"binding {number}: order beyond next_order")
-            table._known.add(binding.aor)
-            if binding.expires_at > now:
-                table._bindings.setdefault(binding.aor, []).append(binding)
-                table._total += 1
+            bindings.append(binding)
+        table.load(bindings, table._known, now)
+        table._next_order = next_order
         return table
+
+    def load(self, bindings: Iterable[Binding], known: Iterable[str], now: float) -> None:
+        """
+        Fill an empty table with stored bindings (those expired at C{now}
+        left out) and known users.
+        """
+        by_aor: dict[str, list[Binding]] = {}
+        for binding in bindings:
+            self._known.add(binding.aor)
+            if binding.expires_at > now:
+                by_aor.setdefault(binding.aor, []).append(binding)
+            self._next_order = max(self._next_order, binding.order + 1)
+        self._known.update(known)
+        for aor, live in by_aor.items():
+            self._set(aor, live)
 
 
 #: The fields of a binding in the file and their types.
@@ -674,35 +736,39 @@ def _binding_from(entry: Any, number: int) -> Binding:
 class Registrar:
     """
     The registrar on a clock: a L{BindingTable} whose bindings expire on
-    time and, given a path, persist across restarts.
+    time and, given a store, are kept across restarts.
 
     @ivar table: the L{BindingTable}.
     @ivar clock: the C{IReactorTime}; its C{seconds()} must be wall-clock
-        time when a path is given (the file holds absolute times).
-    @ivar path: the registrations file, or L{None} (memory only).
+        time when a store is given (it holds absolute times).
+    @ivar store: where the bindings are kept (L{sipleg.store}), or L{None}
+        (memory only).
     """
 
     def __init__(
         self,
         domains: Iterable[str],
         clock: IReactorTime,
-        path: str | None = None,
+        store: ILocationStore | None = None,
         min_expires: int = 60,
         max_expires: int = 3600,
         default_expires: int = 3600,
         max_bindings: int = DEFAULT_MAX_BINDINGS,
     ) -> None:
         """
-        @raise RegistrationFileError: C{path} cannot be loaded (see L{load}).
+        Load what C{store} holds (start-up).
+
         @raise ValueError: bad expiry limits (see L{BindingTable}).
         """
         self.clock = clock
-        self.path = path
+        self.store = store
         self.table = BindingTable(domains, min_expires, max_expires, default_expires, max_bindings)
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
-        if path is not None:
-            self.load()
+        if store is not None:
+            stored = store.load()
+            self.table.load(stored.bindings, stored.known, clock.seconds())
+            self._schedule()
 
     def is_registration(self, request: Request, own_uri: Callable[[URI], bool]) -> bool:
         """
@@ -727,32 +793,29 @@ class Registrar:
         """
         return uri.is_sip and (self.table.addressed_to_us(uri) or own_uri(uri))
 
-    def register(self, request: Request) -> Response:
+    def register(self, request: Request) -> Response | Deferred[Response]:
         """
-        Answer a REGISTER (see L{BindingTable.register}); a change is
-        persisted before the answer.  When it cannot be written, the change
-        is undone and the answer is 500 (RFC 3261 §10.3 step 7: bindings
-        are committed if and only if every update succeeds).
+        Answer a REGISTER (see L{BindingTable.process}).  With a store, a
+        change is answered once the store has kept it: the answer is then
+        a L{Deferred}.  When the store cannot keep it, the change is undone
+        and the answer is 500 (RFC 3261 §10.3 step 7: bindings are
+        committed if and only if every update succeeds).
         """
-        now = self.clock.seconds()
-        snapshot = self.table.copy() if self.path is not None else None
-        changes = self.table.changes
-        response = self.table.register(request, now)
-        if self.table.changes != changes:
-            log.debug(
-                "registration {code} for {to}",
-                code=response.code,
-                to=request.get_header("to"),
-            )
-            if snapshot is not None:
-                try:
-                    self._save()
-                except RegistrationFileError as e:
-                    log.error("registration not stored: {error}", error=str(e))
-                    self.table = snapshot
-                    return make_response(request, 500, "Server Internal Error (cannot store)")
+        response, change = self.table.process(request, self.clock.seconds())
+        if change is None:
+            return response
+        log.debug("registration {code} for {aor}", code=response.code, aor=change.aor)
+        self._schedule()
+        if self.store is None:
+            return response
+
+        def failed(reason: Failure) -> Response:
+            log.error("registration not stored: {error}", error=reason.getErrorMessage())
+            self.table.restore(change)
             self._schedule()
-        return response
+            return make_response(request, 500, "Server Internal Error (cannot store)")
+
+        return self.store.write(change.aor, change.after).addCallbacks(lambda _: response, failed)
 
     def lookup(self, uri: URI, own_uri: Callable[[URI], bool] | None = None) -> LookupResult | None:
         """
@@ -766,48 +829,16 @@ class Registrar:
         """
         return self.table.bindings(self.clock.seconds())
 
-    def load(self) -> None:
+    def stop(self) -> Deferred[None] | None:
         """
-        Load the registrations file (a missing file is an empty table),
-        dropping expired bindings, and write it back at once: an unwritable
-        location is a start-up error too.
-
-        @raise RegistrationFileError: unreadable, corrupt or unwritable,
-            with a one-line message naming the file.
-        """
-        assert self.path is not None
-        old = self.table
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            data = None
-        except OSError as e:
-            raise RegistrationFileError(f"{self.path}: cannot read: {e.strerror}") from None
-        if data is not None:
-            try:
-                self.table = BindingTable.from_json(
-                    data,
-                    self.clock.seconds(),
-                    old.domains,
-                    old.min_expires,
-                    old.max_expires,
-                    old.default_expires,
-                    old.max_bindings,
-                )
-            except RegistrationFileError as e:
-                raise RegistrationFileError(f"{self.path}: corrupt registrations file: {e}") from None
-        self._save()
-        self._schedule()
-
-    def stop(self) -> None:
-        """
-        Cancel the expiry timer (every change is already on disk).
+        Cancel the expiry timer; close the store once its pending writes
+        are done.
         """
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         self._timer_at = None
+        return self.store.close() if self.store is not None else None
 
     # -- internals -------------------------------------------------------------
 
@@ -819,7 +850,10 @@ class Registrar:
         when = self.table.next_expiry()
         if when is not None and self._timer_at == when and self._timer is not None:
             return
-        self.stop()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at = None
         if when is not None:
             self._timer_at = when
             self._timer = self.clock.callLater(max(0.0, when - self.clock.seconds()), self._expire)
@@ -831,44 +865,7 @@ class Registrar:
         now = max(self.clock.seconds(), self._timer_at)
         self._timer = None
         self._timer_at = None
-        if self.table.expire(now) and self.path is not None:
-            try:
-                self._save()
-            except RegistrationFileError as e:
-                # The expired bindings are dropped again on the next load.
-                log.error("expiry not stored: {error}", error=str(e))
+        if self.table.expire(now) and self.store is not None:
+            # (A restart drops expired bindings at load in any case.)
+            self.store.purge(now)
         self._schedule()
-
-    def _save(self) -> None:
-        """
-        Write the table atomically: a temporary file in the same directory,
-        flushed and synced, renamed onto the path; then the directory is
-        synced so the rename itself survives a crash.
-
-        @raise RegistrationFileError: the write failed (the old file is
-            intact).
-        """
-        assert self.path is not None
-        data = self.table.to_json()
-        tmp = self.path + ".tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            except OSError as e:
-                # Some file systems cannot sync a directory.
-                if e.errno != errno.EINVAL:
-                    raise
-            finally:
-                os.close(directory)
-        except OSError as e:
-            raise RegistrationFileError(f"{self.path}: cannot write: {e.strerror}") from None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 
 from sipleg.address import Address, default_port, split_hostport
 from sipleg.dispatcher import Dispatcher
@@ -204,11 +205,12 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
 
 class _Running(Service):
     """
-    Starts and stops something with timers (a watched file) with the
-    proxy.
+    Starts and stops something with timers (a watched file, the
+    registrar's expiry) with the proxy; twistd waits for a stop that
+    returns a L{Deferred} (a store finishing its writes).
     """
 
-    def __init__(self, start: Callable[[], None], stop: Callable[[], None]) -> None:
+    def __init__(self, start: Callable[[], None], stop: Callable[[], Deferred[None] | None]) -> None:
         self._start = start
         self._stop = stop
 
@@ -216,9 +218,9 @@ class _Running(Service):
         Service.startService(self)
         self._start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None] | None:
         Service.stopService(self)
-        self._stop()
+        return self._stop()
 
 
 def make_authenticator(
@@ -282,11 +284,17 @@ def make_registrar(config: ProxyConfig, reactor: Any) -> Registrar | None:
         raise ConfigError("need 0 < --min-expires <= --max-expires")
     if reactor is None:
         from twisted.internet import reactor
+    store = None
     try:
+        if config.registrations is not None:
+            # sqlite3 is imported only by a configuration that stores.
+            from sipleg.store import SQLiteStore
+
+            store = SQLiteStore(config.registrations, reactor)
         return Registrar(
             config.domains,
             reactor,
-            path=config.registrations,
+            store,
             min_expires=config.min_expires,
             max_expires=config.max_expires,
             max_bindings=config.max_bindings,

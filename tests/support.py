@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,12 @@ def proxy_log_lines(test: Any) -> list[str]:
     globalLogPublisher.addObserver(observe)
     test.addCleanup(globalLogPublisher.removeObserver, observe)
     return lines
+
+
+def stored_bindings(path: str) -> list[tuple[str, str]]:
+    """
+    The address of record and contact of every binding in a registrations
+    database (L{sipleg.store.SQLiteStore}), in registration order.
+    """
+    with sqlite3.connect(path) as db:
+        return list(db.execute("SELECT aor, contact FROM bindings ORDER BY ord"))

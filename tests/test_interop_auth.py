@@ -12,7 +12,6 @@ are challenged (407) as well as their REGISTERs (401).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -34,6 +33,7 @@ from tests.interop.peers import (
     run_sipp_uac,
     start_netsip_uas,
 )
+from tests.support import stored_bindings
 from tests.test_interop_proxy import ProxyInteropTestCase
 
 DOMAIN = "example.test"
@@ -68,7 +68,7 @@ class AuthInteropTestCase(ProxyInteropTestCase):
     def setUp(self) -> None:
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
-        self.registrations = os.path.join(folder, "bindings.json")
+        self.registrations = os.path.join(folder, "bindings.db")
         self.users_file = os.path.join(folder, "users")
         text = ""
         for user, password in PASSWORDS.items():
@@ -88,11 +88,9 @@ class AuthInteropTestCase(ProxyInteropTestCase):
     def bindings(self) -> list[tuple[str, str]]:
         """
         The address of record and contact of every binding in the
-        registrations file.
+        registrations database.
         """
-        with open(self.registrations, encoding="utf-8") as f:
-            document = json.load(f)
-        return [(binding["aor"], binding["contact"]) for binding in document["bindings"]]
+        return stored_bindings(self.registrations)
 
     def assert_challenge(self, values: list[str]) -> None:
         """

@@ -31,7 +31,7 @@ class RegistrarInteropTests(ProxyInteropTestCase):
     def setUp(self) -> None:
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
-        self.registrations = os.path.join(folder, "bindings.json")
+        self.registrations = os.path.join(folder, "bindings.db")
         super().setUp()
 
     def start_proxy(self, *args: Any, **options: Any) -> None:

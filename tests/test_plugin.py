@@ -345,17 +345,21 @@ class BadOptionTests(TwistdTestCase):
 
     def test_corrupt_registrations_file(self) -> None:
         """
-        A corrupt C{--registrations} file stops the start with a clear
-        reason instead of an empty binding table.
+        A corrupt C{--registrations} file (not a database, or a JSON file
+        of the previous version that cannot be migrated) stops the start
+        with a clear reason instead of an empty binding table; the file is
+        left as it was.
         """
-        path = (self.rundir / "bindings.json").resolve()
-        path.write_text("garbage{")
-        reason = self.refused(
-            "--registrar", "--domain", "example.test", "--registrations", str(path),
-            "--listen", "udp:127.0.0.1:0",
-        )  # fmt: skip
-        self.assertIn("corrupt registrations file", reason)
-        self.assertEqual(path.read_text(), "garbage{")
+        path = (self.rundir / "bindings.db").resolve()
+        for garbage, why in (("garbage{" * 200, "file is not a database"), ('{"version": 7}', "corrupt")):
+            path.write_text(garbage)
+            reason = self.refused(
+                "--registrar", "--domain", "example.test", "--registrations", str(path),
+                "--listen", "udp:127.0.0.1:0",
+            )  # fmt: skip
+            self.assertIn(str(path), reason)
+            self.assertIn(why, reason)
+            self.assertEqual(path.read_text(), garbage)
 
     def test_registrar_needs_a_domain(self) -> None:
         self.assertIn("--domain", self.refused("--registrar", "--listen", "udp:127.0.0.1:0"))

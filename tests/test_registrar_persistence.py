@@ -1,115 +1,183 @@
 """
-Crash safety of L{sipleg.registrar.Registrar} persistence: a child process
-registers bindings one after another, persisting each change, and is killed
-with SIGKILL at random moments.  After every kill the registrations file
-must load (the old or the new state, never a torn one) and hold a prefix of
-the registrations the child made, never fewer than before.
+Nothing answered is lost: C{twistd sipproxy --registrar --registrations
+DB} takes a burst of REGISTERs over UDP (distinct users) and is killed with
+SIGKILL in the middle of it, several times at random moments.  After every
+kill, the database holds every binding the proxy answered 200 for, a
+restarted proxy finds them (it routes a request for each user to its
+contact), and bindings expire on time after a restart.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import signal
+import socket
 import subprocess
-import sys
 import time
+from pathlib import Path
 
 from twisted.trial import unittest
 
-from sipleg.registrar import BindingTable
+from tests.support import child_env, stored_bindings
+from tests.test_plugin import twistd_argv
 
-NOW = 1_700_000_000.0
-KILLS = 20
-#: Registrations the child makes at most over all its lives (bounded loop).
-LIMIT = 20_000
+#: Kills per test.
+KILLS = 3
+#: REGISTERs in one burst (one user each), at most.
+BURST = 3000
+#: Seconds the child may take to answer its first OPTIONS.
+READY = 15.0
 
-# The child: load the file (as a restarted proxy would), say how many
-# bindings it found, then register u<n>, u<n+1>, ... until killed.
-CHILD = """
-import sys
-from twisted.internet.task import Clock
-from sipleg.message import Request
-from sipleg.registrar import Registrar
 
-path, limit, now = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-clock = Clock()
-clock.advance(now)
-registrar = Registrar(["example.com"], clock, path)
-start = len(registrar.bindings())
-sys.stdout.write(f"{start}\\n")
-sys.stdout.flush()
-for n in range(start, limit):
-    request = Request("REGISTER", "sip:example.com", [
-        ("Via", f"SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK{n}"),
-        ("From", f"<sip:u{n}@example.com>;tag=t{n}"),
-        ("To", f"<sip:u{n}@example.com>"),
-        ("Call-ID", f"call-{n}"),
-        ("CSeq", "1 REGISTER"),
-        ("Contact", f"<sip:u{n}@192.0.2.1:{10000 + n}>"),
-    ])
-    response = registrar.register(request)
-    if response.code != 200:
-        sys.exit(f"REGISTER {n}: {response.code}")
-"""
+def register(n: int, port: int, expires: int = 3600) -> bytes:
+    return (
+        f"REGISTER sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-r{n}\r\n"
+        f"From: <sip:u{n}@example.test>;tag=t{n}\r\nTo: <sip:u{n}@example.test>\r\n"
+        f"Call-ID: reg-{n}\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+        f"Contact: <sip:u{n}@127.0.0.1:{port}>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def options(uri: str, n: int, port: int) -> bytes:
+    return (
+        f"OPTIONS {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-o{n}\r\n"
+        f"From: <sip:probe@127.0.0.1>;tag=o{n}\r\nTo: <{uri}>\r\n"
+        f"Call-ID: probe-{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 class CrashTests(unittest.TestCase):
-    def load(self, path: str) -> int:
-        """
-        Load the file and check it holds exactly u0 .. u<k-1>.
+    timeout = 120
 
-        @return: k.
-        """
-        with open(path, "rb") as f:
-            table = BindingTable.from_json(f.read(), NOW, ["example.com"])
-        bindings = table.bindings(NOW)
-        count = len(bindings)
-        self.assertEqual(
-            [(b.aor, b.contact, b.order) for b in bindings],
-            [
-                (f"sip:u{n}@example.com", f"sip:u{n}@192.0.2.1:{10000 + n}", n)
-                for n in range(count)
-            ],
-        )
-        self.assertEqual(table.known_users, frozenset(b.aor for b in bindings))
-        return count
+    def setUp(self) -> None:
+        self.folder = Path(self.mktemp()).resolve()
+        self.folder.mkdir(parents=True)
+        self.db = self.folder / "bindings.db"
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.addCleanup(self.sock.close)
+        self.me = self.sock.getsockname()[1]
 
-    def test_sigkill_at_random_moments(self) -> None:
+    def start(self) -> tuple[subprocess.Popen[bytes], int]:
+        """
+        Start the proxy on a free port; wait until it answers.
+        """
+        for _ in range(3):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            probe.close()
+            child = subprocess.Popen(
+                twistd_argv(
+                    "--logfile", str(self.folder / "twistd.log"), "sipproxy", "--registrar",
+                    "--domain", "example.test", "--registrations", str(self.db),
+                    "--listen", f"udp:127.0.0.1:{port}",
+                ),
+                cwd=self.folder, env=child_env(), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            self.addCleanup(self.reap, child)
+            deadline = time.monotonic() + READY
+            self.sock.settimeout(0.2)
+            while time.monotonic() < deadline and child.poll() is None:
+                self.sock.sendto(options(f"sip:127.0.0.1:{port}", 0, self.me), ("127.0.0.1", port))
+                try:
+                    if b"probe-0" in self.sock.recv(65535):
+                        self.drain()
+                        return child, port
+                except OSError:
+                    pass
+            self.reap(child)
+        self.fail("the proxy did not start")
+
+    def reap(self, child: subprocess.Popen[bytes]) -> None:
+        if child.poll() is None:
+            child.kill()
+        child.wait(timeout=10)
+
+    def drain(self) -> list[bytes]:
+        got = []
+        self.sock.setblocking(False)
+        try:
+            while True:
+                got.append(self.sock.recv(65535))
+        except BlockingIOError:
+            pass
+        finally:
+            self.sock.setblocking(True)
+        return got
+
+    def answered(self, packets: list[bytes]) -> set[int]:
+        """
+        The users whose REGISTER got 200 among C{packets}.
+        """
+        return {
+            int(packet.split(b"Call-ID: reg-", 1)[1].split(b"\r\n", 1)[0])
+            for packet in packets
+            if packet.startswith(b"SIP/2.0 200 ") and b"Call-ID: reg-" in packet
+        }
+
+    def test_sigkill_in_a_burst(self) -> None:
         seed = random.randrange(2**32)
         rng = random.Random(seed)
-        path = os.path.join(os.path.abspath(self.mktemp()), "registrations.json")
-        os.makedirs(os.path.dirname(path))
-        env = dict(os.environ)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        committed = 0
+        first = 0
+        answered: set[int] = set()
         for kill in range(KILLS):
-            child = subprocess.Popen(
-                [sys.executable, "-c", CHILD, path, str(LIMIT), repr(NOW)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-            )
-            try:
-                assert child.stdout is not None
-                line = child.stdout.readline()
-                # The child found what the last kill left.
-                self.assertEqual(line, f"{committed}\n".encode(), f"seed {seed}, kill {kill}")
-                time.sleep(rng.uniform(0, 0.05))
-                child.send_signal(signal.SIGKILL)
-                code = child.wait(timeout=10)
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-                assert child.stdout is not None and child.stderr is not None
-                child.stdout.close()
-                errors = child.stderr.read()
-                child.stderr.close()
-            self.assertIn(code, (-signal.SIGKILL, 0), f"seed {seed}: {errors!r}")
-            count = self.load(path)
-            self.assertGreaterEqual(count, committed, f"seed {seed}, kill {kill}")
-            committed = count
-        # The child did get work done between kills.
-        self.assertGreater(committed, KILLS)
+            child, port = self.start()
+            # A burst of new users (20 every 2 ms, up to 10,000/s), the
+            # kill somewhere inside it.
+            stop_at = time.monotonic() + rng.uniform(0.1, 0.3)
+            n = first
+            while n < first + BURST and time.monotonic() < stop_at:
+                for _ in range(20):
+                    self.sock.sendto(register(n, self.me), ("127.0.0.1", port))
+                    n += 1
+                answered |= self.answered(self.drain())
+                time.sleep(0.002)
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+            answered |= self.answered(self.drain())
+            stored = {int(aor.split("@")[0][len("sip:u"):]) for aor, _ in stored_bindings(str(self.db))}
+            self.assertEqual(answered - stored, set(), f"seed {seed}, kill {kill}: answered 200, not stored")
+            first = n
+        self.assertGreater(len(answered), KILLS * 10, f"seed {seed}: too little work between kills")
+
+        # A restarted proxy finds every binding answered: a request for
+        # each user comes to its contact (here).
+        child, port = self.start()
+        sample = sorted(rng.sample(sorted(answered), min(200, len(answered))))
+        for n in sample:
+            self.sock.sendto(options(f"sip:u{n}@example.test", n, self.me), ("127.0.0.1", port))
+        self.sock.settimeout(5)
+        reached = set()
+        while len(reached) < len(sample):
+            packet = self.sock.recv(65535)
+            if packet.startswith(b"OPTIONS sip:u"):
+                reached.add(int(packet.split(b"OPTIONS sip:u", 1)[1].split(b"@", 1)[0]))
+        self.assertEqual(reached, set(sample))
+        self.reap(child)
+
+    def test_expiry_after_a_restart(self) -> None:
+        child, port = self.start()
+        self.sock.sendto(register(1, self.me, expires=60), ("127.0.0.1", port))
+        self.sock.sendto(register(2, self.me, expires=3600), ("127.0.0.1", port))
+        self.sock.settimeout(5)
+        got: list[bytes] = []
+        while self.answered(got) != {1, 2}:
+            got.append(self.sock.recv(65535))
+        self.reap(child)
+        # As if 61 s passed: the stored expiry moves back.
+        import sqlite3
+
+        with sqlite3.connect(self.db) as db:
+            db.execute("UPDATE bindings SET expires_at = expires_at - 61")
+        child, port = self.start()
+        self.sock.sendto(options("sip:u1@example.test", 1, self.me), ("127.0.0.1", port))
+        self.sock.sendto(options("sip:u2@example.test", 2, self.me), ("127.0.0.1", port))
+        seen = [self.sock.recv(65535) for _ in range(2)]
+        self.assertTrue(any(packet.startswith(b"SIP/2.0 480 ") for packet in seen), seen)
+        self.assertTrue(any(packet.startswith(b"OPTIONS sip:u2@") for packet in seen), seen)
+        self.reap(child)

@@ -45,6 +45,7 @@ import json
 import selectors
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -379,7 +380,7 @@ class Session:
             sys.executable, "-m", "twisted", "--log-file", str(self.proxy_log), "--log-format", "json",
             "sipproxy", "--listen", f"udp:{PROXY}:5060", "--listen", f"tcp:{PROXY}:5060",
             "--registrar", "--domain", DOMAIN, "--auth-file", str(self.workdir / "users"),
-            "--allow", f"{PROXY}/32", "--registrations", str(self.workdir / "bindings.json"), "--trace",
+            "--allow", f"{PROXY}/32", "--registrations", str(self.workdir / "bindings.db"), "--trace",
         ]  # fmt: skip
         self.spawn("proxy", argv)
 
@@ -494,13 +495,13 @@ class Session:
 
     def read_bindings(self) -> list[str]:
         """
-        The addresses of record in the proxy's registrations file.
+        The addresses of record in the proxy's registrations database.
         """
-        try:
-            document = json.loads((self.workdir / "bindings.json").read_bytes())
-        except FileNotFoundError:
+        path = self.workdir / "bindings.db"
+        if not path.exists():
             return []
-        return sorted({binding["aor"] for binding in document["bindings"]})
+        with sqlite3.connect(path) as db:
+            return sorted({aor for (aor,) in db.execute("SELECT aor FROM bindings")})
 
     # -- processes ---------------------------------------------------------
 
