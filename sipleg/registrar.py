@@ -63,7 +63,7 @@ from sipleg.uri import URI, normalise_escapes, parse_name_addr, parse_uri, same_
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-    from sipleg.store import ILocationStore
+    from sipleg.store import ILocationStore, Stored
 
 __all__ = [
     "Binding",
@@ -71,6 +71,8 @@ __all__ = [
     "LookupResult",
     "RegistrationFileError",
     "Registrar",
+    "StoreConflict",
+    "StoreUnavailable",
     "domain_key",
 ]
 
@@ -94,6 +96,25 @@ class RegistrationFileError(SIPError):
     JSON, or not a registrations table.  The message is one line, naming
     the file when it is known.
     """
+
+
+class StoreUnavailable(SIPError):
+    """
+    The location store cannot be reached now (a REGISTER gets 503 with
+    Retry-After; it may work again later).
+    """
+
+
+class StoreConflict(SIPError):
+    """
+    Another process changed the AOR first: its bindings now are
+    C{current}; the REGISTER is processed again on them.
+    """
+
+    def __init__(self, aor: str, current: list[Binding]) -> None:
+        super().__init__(f"{aor} changed meanwhile")
+        self.aor = aor
+        self.current = current
 
 
 @dataclass(frozen=True)
@@ -238,10 +259,12 @@ class BindingTable:
         self._known: set[str] = set()
         self._next_order = 0
         # Expiry in time independent of the table size: a heap of
-        # (expires_at, order, aor), an entry valid while the binding of
-        # that order still expires then (stale ones are skipped).
+        # (expires_at, order, aor), an entry valid while that binding of
+        # the AOR still expires then (stale ones are skipped).  (Orders
+        # are unique within an AOR; bindings written by other processes
+        # sharing a store may reuse them across AORs.)
         self._heap: list[tuple[float, int, str]] = []
-        self._expiry: dict[int, float] = {}
+        self._expiry: dict[tuple[str, int], float] = {}
 
     # -- AORs ----------------------------------------------------------------
 
@@ -352,6 +375,21 @@ class BindingTable:
         self._set(change.aor, list(change.before))
         return True
 
+    def replace(self, aor: str, bindings: Iterable[Binding], now: float) -> None:
+        """
+        Make C{bindings} (those not expired at C{now}) the AOR's: another
+        process sharing the store changed them.
+        """
+        live = [binding for binding in bindings if binding.expires_at > now]
+        if live != self._bindings.get(aor, []):
+            self._set(aor, live)
+
+    def aors(self) -> list[str]:
+        """
+        Every AOR with bindings.
+        """
+        return list(self._bindings)
+
     def _set(self, aor: str, bindings: list[Binding]) -> None:
         """
         Make C{bindings} the AOR's bindings, keeping the count, the known
@@ -359,14 +397,16 @@ class BindingTable:
         """
         expiry = self._expiry
         for old in self._bindings.get(aor, ()):
-            expiry.pop(old.order, None)
+            expiry.pop((aor, old.order), None)
         self._total += len(bindings) - len(self._bindings.get(aor, ()))
         if bindings:
             self._bindings[aor] = bindings
             self._remember(aor)
             for binding in bindings:
-                expiry[binding.order] = binding.expires_at
+                expiry[aor, binding.order] = binding.expires_at
                 heapq.heappush(self._heap, (binding.expires_at, binding.order, aor))
+                if binding.order >= self._next_order:
+                    self._next_order = binding.order + 1
         else:
             self._bindings.pop(aor, None)
         self.changes += 1
@@ -585,7 +625,7 @@ class BindingTable:
         due: set[str] = set()
         while heap and heap[0][0] <= now:
             expires_at, order, aor = heapq.heappop(heap)
-            if expiry.get(order) == expires_at:
+            if expiry.get((aor, order)) == expires_at:
                 due.add(aor)
         for aor in due:
             bindings = self._bindings[aor]
@@ -597,7 +637,7 @@ class BindingTable:
         When the next binding expires, or L{None} when there is none.
         """
         heap, expiry = self._heap, self._expiry
-        while heap and expiry.get(heap[0][1]) != heap[0][0]:
+        while heap and expiry.get((heap[0][2], heap[0][1])) != heap[0][0]:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -763,12 +803,35 @@ class Registrar:
         self.clock = clock
         self.store = store
         self.table = BindingTable(domains, min_expires, max_expires, default_expires, max_bindings)
+        #: Whether the bindings are loaded (a shared store loads after the
+        #: reactor starts; REGISTERs get 503 until then).
+        self.ready = True
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         if store is not None:
-            stored = store.load()
-            self.table.load(stored.bindings, stored.known, clock.seconds())
-            self._schedule()
+            store.attach(self)
+
+    def loaded(self, stored: Stored) -> None:
+        """
+        Take what the store holds (at start, and after a shared store came
+        back: everything is read again).
+        """
+        now = self.clock.seconds()
+        table = self.table
+        live = {binding.aor for binding in stored.bindings if binding.expires_at > now}
+        for aor in table.aors():
+            if aor not in live:
+                table.replace(aor, (), now)
+        table.load(stored.bindings, stored.known, now)
+        self.ready = True
+        self._schedule()
+
+    def changed(self, aor: str, bindings: list[Binding]) -> None:
+        """
+        Another process sharing the store changed C{aor}.
+        """
+        self.table.replace(aor, bindings, self.clock.seconds())
+        self._schedule()
 
     def is_registration(self, request: Request, own_uri: Callable[[URI], bool]) -> bool:
         """
@@ -793,15 +856,22 @@ class Registrar:
         """
         return uri.is_sip and (self.table.addressed_to_us(uri) or own_uri(uri))
 
-    def register(self, request: Request) -> Response | Deferred[Response]:
+    def register(self, request: Request, attempts: int = 3) -> Response | Deferred[Response]:
         """
         Answer a REGISTER (see L{BindingTable.process}).  With a store, a
         change is answered once the store has kept it: the answer is then
-        a L{Deferred}.  When the store cannot keep it, the change is undone
-        and the answer is 500 (RFC 3261 §10.3 step 7: bindings are
-        committed if and only if every update succeeds).
+        a L{Deferred}.  When another process sharing the store changed the
+        AOR first (L{StoreConflict}), the REGISTER is processed again on
+        its bindings, up to C{attempts} times.  When the store cannot keep
+        the change, it is undone (RFC 3261 §10.3 step 7: bindings are
+        committed if and only if every update succeeds) and the answer is
+        503 with Retry-After when the store is unreachable for now, else
+        500.
         """
-        response, change = self.table.process(request, self.clock.seconds())
+        if not self.ready:
+            return _unavailable(request)
+        now = self.clock.seconds()
+        response, change = self.table.process(request, now)
         if change is None:
             return response
         log.debug("registration {code} for {aor}", code=response.code, aor=change.aor)
@@ -809,13 +879,23 @@ class Registrar:
         if self.store is None:
             return response
 
-        def failed(reason: Failure) -> Response:
-            log.error("registration not stored: {error}", error=reason.getErrorMessage())
+        def failed(reason: Failure) -> Response | Deferred[Response]:
             self.table.restore(change)
+            conflict = reason.check(StoreConflict)
+            if conflict is not None:
+                error = reason.value
+                assert isinstance(error, StoreConflict)
+                self.table.replace(error.aor, error.current, self.clock.seconds())
+                self._schedule()
+                if attempts > 1:
+                    return self.register(request, attempts - 1)
             self._schedule()
+            if reason.check(StoreUnavailable):
+                return _unavailable(request)
+            log.error("registration not stored: {error}", error=reason.getErrorMessage())
             return make_response(request, 500, "Server Internal Error (cannot store)")
 
-        return self.store.write(change.aor, change.after).addCallbacks(lambda _: response, failed)
+        return self.store.write(change).addCallbacks(lambda _: response, failed)
 
     def lookup(self, uri: URI, own_uri: Callable[[URI], bool] | None = None) -> LookupResult | None:
         """
@@ -869,3 +949,12 @@ class Registrar:
             # (A restart drops expired bindings at load in any case.)
             self.store.purge(now)
         self._schedule()
+
+
+def _unavailable(request: Request) -> Response:
+    """
+    503 with Retry-After: the store is out of reach for now.
+    """
+    response = make_response(request, 503, "Service Unavailable (location store unreachable)")
+    response.add_header("Retry-After", "5")
+    return response

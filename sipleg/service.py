@@ -31,6 +31,7 @@ from sipleg.uri import URI
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator, AuthSettings
+    from sipleg.store import ILocationStore
     from sipleg.transport.tls import TLSConfig
 
 __all__ = ["ConfigError", "ListenSpec", "ProxyConfig", "parse_listen", "make_service"]
@@ -284,9 +285,14 @@ def make_registrar(config: ProxyConfig, reactor: Any) -> Registrar | None:
         raise ConfigError("need 0 < --min-expires <= --max-expires")
     if reactor is None:
         from twisted.internet import reactor
-    store = None
+    store: ILocationStore | None = None
     try:
-        if config.registrations is not None:
+        if config.registrations is not None and config.registrations.startswith("redis:"):
+            # txredisapi is imported only by a configuration with Redis.
+            from sipleg.redisstore import RedisStore
+
+            store = RedisStore(config.registrations, reactor)
+        elif config.registrations is not None:
             # sqlite3 is imported only by a configuration that stores.
             from sipleg.store import SQLiteStore
 

@@ -31,7 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
-from sipleg.registrar import Binding, BindingTable, RegistrationFileError
+from sipleg.registrar import Binding, BindingTable, Change, Registrar, RegistrationFileError
 
 __all__ = ["ILocationStore", "SQLiteStore", "Stored"]
 
@@ -55,17 +55,22 @@ class ILocationStore(Interface):
     Keeps the registrar's bindings.
     """
 
-    def load() -> Stored:
+    def attach(registrar: Registrar) -> None:
         """
-        Everything stored (start-up, before the reactor runs).
+        Serve C{registrar}: hand it what is stored (L{Registrar.loaded}:
+        at once, or once a shared store is reached, with
+        C{registrar.ready} false meanwhile), and the changes other
+        processes make (L{Registrar.changed}).
         """
 
-    def write(aor: str, bindings: tuple[Binding, ...]) -> Deferred[None]:
+    def write(change: Change) -> Deferred[None]:
         """
-        Make C{bindings} the AOR's bindings.
+        Make C{change.after} the AOR's bindings.
 
         @return: fires once the change is durable; fails with
-            L{RegistrationFileError} when it cannot be kept.
+            L{StoreConflict} (another process changed the AOR first),
+            L{StoreUnavailable} (out of reach for now) or
+            L{RegistrationFileError} (cannot be kept).
         """
 
     def purge(now: float) -> None:
@@ -146,16 +151,22 @@ class SQLiteStore:
         self._thread = threading.Thread(target=self._run, name="sipleg-sqlite", daemon=True)
         self._thread.start()
 
+    def attach(self, registrar: Registrar) -> None:
+        registrar.loaded(self.load())
+
     def load(self) -> Stored:
+        """
+        Everything stored (start-up: before the reactor runs).
+        """
         rows = self._db.execute(
             "SELECT aor, contact, q, expires_at, call_id, cseq, ord FROM bindings"
         ).fetchall()
         known = {aor for (aor,) in self._db.execute("SELECT aor FROM users")}
         return Stored([Binding(*row) for row in rows], known)
 
-    def write(self, aor: str, bindings: tuple[Binding, ...]) -> Deferred[None]:
+    def write(self, change: Change) -> Deferred[None]:
         done: Deferred[None] = Deferred()
-        self._jobs.put(("write", (aor, bindings), done))
+        self._jobs.put(("write", (change.aor, change.after), done))
         return done
 
     def purge(self, now: float) -> None:

@@ -287,9 +287,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             return make_service(config, reactor=reactor)
         # Check here, once, what every worker will need, so a bad
         # configuration fails now instead of in N restarting children.
-        if config.registrar:
+        if config.registrar and not (config.registrations or "").startswith("redis:"):
             raise ConfigError(
-                "--registrar keeps its bindings in one process; it cannot be used with --workers"
+                "--registrar with --workers needs --registrations redis://HOST:PORT/DB"
+                " (the workers must share the bindings)"
             )
         if config.status is not None:
             raise ConfigError("--status shows one process; it cannot be used with --workers")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,76 @@ def stored_bindings(path: str) -> list[tuple[str, str]]:
     """
     with sqlite3.connect(path) as db:
         return list(db.execute("SELECT aor, contact FROM bindings ORDER BY ord"))
+
+
+class RedisServer:
+    """
+    Debian's C{redis-server}, started on a free loopback port with its own
+    temporary directory (never a system service), its data kept in an
+    append-only file so a restart finds it.  Missing C{redis-server}
+    fails the test when C{SIPLEG_REQUIRE_PEERS=1} (CI), else skips it.
+    """
+
+    def __init__(self, test: Any) -> None:
+        import shutil
+        import socket
+        import tempfile
+        from unittest import SkipTest
+
+        if shutil.which("redis-server") is None:
+            if os.environ.get("SIPLEG_REQUIRE_PEERS") == "1":
+                test.fail("redis-server is missing (Debian package redis-server)")
+            raise SkipTest("redis-server is missing (Debian package redis-server)")
+        self.folder = tempfile.mkdtemp(prefix="sipleg-redis-")
+        test.addCleanup(shutil.rmtree, self.folder, True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+        test.addCleanup(self.stop)
+        self.start()
+
+    def start(self) -> None:
+        """
+        Start the server; return once it accepts connections.
+        """
+        import socket
+        import time
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.folder,
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+    def command(self, *words: str) -> bytes:
+        """
+        One command over a plain socket; the raw reply.
+        """
+        import socket
+
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            parts = [f"*{len(words)}\r\n".encode()]
+            for word in words:
+                data = word.encode()
+                parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+            sock.sendall(b"".join(parts))
+            return sock.recv(65536)
+

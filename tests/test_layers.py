@@ -39,9 +39,10 @@ class SansIOTests(unittest.TestCase):
 
     def test_optional_parts_imported_on_demand(self) -> None:
         """
-        A proxy without C{--status}, C{--workers}, a TLS listener or
-        C{--auth-file} imports neither twisted.web nor the worker
-        supervisor nor sipleg's TLS or authentication modules.
+        A proxy without C{--status}, C{--workers}, a TLS listener,
+        C{--auth-file} or C{--registrations} imports neither twisted.web
+        nor the worker supervisor nor sipleg's TLS, authentication or
+        store modules (nor sqlite3, nor txredisapi).
         """
         code = (
             "from sipleg.service import ProxyConfig, make_service, parse_listen\n"
@@ -52,6 +53,7 @@ class SansIOTests(unittest.TestCase):
         wanted = (
             "twisted.web", "sipleg.status", "sipleg.workers", "sipleg.transport.tls",
             "sipleg.auth", "sipleg.digest", "sipleg.users",
+            "sipleg.store", "sipleg.redisstore", "txredisapi", "sqlite3",
         )
         self.assertEqual(imported(code, wanted), [])
 
