@@ -806,6 +806,9 @@ class Registrar:
         #: Whether the bindings are loaded (a shared store loads after the
         #: reactor starts; REGISTERs get 503 until then).
         self.ready = True
+        #: Changes the store kept, and the seconds they took in all.
+        self.writes = 0
+        self.write_seconds = 0.0
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         if store is not None:
@@ -895,7 +898,25 @@ class Registrar:
             log.error("registration not stored: {error}", error=reason.getErrorMessage())
             return make_response(request, 500, "Server Internal Error (cannot store)")
 
-        return self.store.write(change).addCallbacks(lambda _: response, failed)
+        started = self.clock.seconds()
+
+        def kept(_: None) -> Response:
+            self.writes += 1
+            self.write_seconds += self.clock.seconds() - started
+            return response
+
+        return self.store.write(change).addCallbacks(kept, failed)
+
+    def status(self) -> dict[str, float]:
+        """
+        For the status page: the bindings held, and the store's writes
+        (count, total seconds).
+        """
+        return {
+            "bindings": self.table.count(),
+            "store_writes": self.writes,
+            "store_write_seconds": round(self.write_seconds, 6),
+        }
 
     def lookup(self, uri: URI, own_uri: Callable[[URI], bool] | None = None) -> LookupResult | None:
         """

@@ -187,6 +187,7 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         auth=auth,
     )
     if registrar is not None:
+        proxy.stats.registrar = registrar.status
         _Running(lambda: None, registrar.stop).setServiceParent(top)
     if config.status is not None:
         # twisted.web is imported only with --status.

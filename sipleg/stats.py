@@ -38,6 +38,9 @@ class ProxyStats:
         self.responses: Counter[str] = Counter()
         self.answered: Counter[int] = Counter()
         self.dropped: Counter[str] = Counter()
+        #: The registrar's figures (L{sipleg.registrar.Registrar.status}),
+        #: when there is one.
+        self.registrar: Callable[[], dict[str, float]] | None = None
 
     @staticmethod
     def method(name: str) -> str:
@@ -59,4 +62,5 @@ class ProxyStats:
             "responses": dict(self.responses),
             "answered": {str(code): n for code, n in self.answered.items()},
             "dropped": dict(self.dropped),
+            **({"registrar": self.registrar()} if self.registrar is not None else {}),
         }

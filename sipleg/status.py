@@ -88,4 +88,15 @@ class _Metrics(Resource):
         lines += _prometheus("responses_total", "class", stats.responses, "Responses forwarded.")
         lines += _prometheus("answered_total", "code", stats.answered, "Requests answered by the proxy.")
         lines += _prometheus("dropped_total", "reason", stats.dropped, "Packets dropped.")
+        if stats.registrar is not None:
+            registrar = stats.registrar()
+            lines += [
+                "# HELP sipleg_bindings Registrations held.",
+                "# TYPE sipleg_bindings gauge",
+                f"sipleg_bindings {registrar['bindings']}",
+                "# HELP sipleg_store_write_seconds Time the location store took to keep a change.",
+                "# TYPE sipleg_store_write_seconds summary",
+                f"sipleg_store_write_seconds_count {registrar['store_writes']}",
+                f"sipleg_store_write_seconds_sum {registrar['store_write_seconds']}",
+            ]
         return ("\n".join(lines) + "\n").encode()

@@ -722,6 +722,8 @@ class StoredRegistrarTests(unittest.TestCase):
         codes = [(await answer).code for answer in answers]
         self.assertEqual(codes, [200] * 300)
         self.assertEqual(len(self.on_disk()), 300)
+        status = registrar.status()
+        self.assertEqual((status["bindings"], status["store_writes"]), (300, 300))
 
 
 class BoundedTableTests(unittest.TestCase):

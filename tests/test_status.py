@@ -29,6 +29,7 @@ class StatusPageTests(unittest.TestCase):
         self.stats.answered[483] += 1
         self.stats.responses["2xx"] += 2
         self.stats.dropped['odd "reason"'] += 1
+        self.stats.registrar = lambda: {"bindings": 7, "store_writes": 4, "store_write_seconds": 0.012}
         self.now = 1012.5
         page = StatusPage(self.stats, lambda: ["Leg udp:127.0.0.1:5060"])
         self.port = reactor.listenTCP(0, Site(page), interface="127.0.0.1")
@@ -52,6 +53,7 @@ class StatusPageTests(unittest.TestCase):
         self.assertEqual(data["uptime"], 12.5)
         self.assertEqual(data["requests"], {"INVITE": 3})
         self.assertEqual(data["answered"], {"483": 1})
+        self.assertEqual(data["registrar"], {"bindings": 7, "store_writes": 4, "store_write_seconds": 0.012})
 
     @inlineCallbacks
     def test_metrics(self) -> Any:
@@ -64,6 +66,9 @@ class StatusPageTests(unittest.TestCase):
         self.assertIn('sipleg_responses_total{class="2xx"} 2', lines)
         self.assertIn('sipleg_dropped_total{reason="odd \\"reason\\""} 1', lines)
         self.assertIn("# TYPE sipleg_requests_total counter", lines)
+        self.assertIn("sipleg_bindings 7", lines)
+        self.assertIn("sipleg_store_write_seconds_count 4", lines)
+        self.assertIn("sipleg_store_write_seconds_sum 0.012", lines)
 
     @inlineCallbacks
     def test_unknown_path(self) -> Any:
