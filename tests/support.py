@@ -163,12 +163,13 @@ class RedisServer:
         import shutil
         import socket
         import tempfile
-        from unittest import SkipTest
 
-        if shutil.which("redis-server") is None:
-            if os.environ.get("SIPLEG_REQUIRE_PEERS") == "1":
-                test.fail("redis-server is missing (Debian package redis-server)")
-            raise SkipTest("redis-server is missing (Debian package redis-server)")
+        from tests.interop.peers import insist
+
+        insist(
+            () if shutil.which("redis-server") else ("redis-server (Debian package redis-server)",),
+            "Redis tests need",
+        )
         self.folder = tempfile.mkdtemp(prefix="sipleg-redis-")
         test.addCleanup(shutil.rmtree, self.folder, True)
         with socket.socket() as probe:

@@ -33,14 +33,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import SkipTest
 
 from twisted.trial import unittest
 
 from sipleg.passwd import set_password
 from tests.interop import baresip
 from tests.interop.baresip import CALLEE, CALLER, DOMAIN, DRIVER_SECONDS, INTRUDER, PHONES, Packet, Phone
-from tests.interop.peers import REQUIRE_ENV, PeerError
+from tests.interop.peers import insist, runs
 from tests.support import child_env
 
 #: Seconds after which the driver's process group is killed.
@@ -58,17 +57,7 @@ def _missing() -> tuple[str, ...]:
         missing.append("baresip (Debian package baresip-core)")
     if shutil.which("unshare") is None:
         missing.append("unshare (util-linux)")
-    elif (
-        subprocess.run(
-            ["unshare", "--net", "--map-root-user", "true"],
-            check=False,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=20,
-        ).returncode
-        != 0
-    ):
+    elif not runs(["unshare", "--net", "--map-root-user", "true"]):
         missing.append("a network namespace (unshare --net --map-root-user failed)")
     return tuple(missing)
 
@@ -82,13 +71,7 @@ def require_baresip() -> None:
         not C{1}.
     @raise PeerError: something is missing and C{SIPLEG_REQUIRE_PEERS=1}.
     """
-    missing = _missing()
-    if not missing:
-        return
-    text = "baresip interop needs " + ", ".join(missing)
-    if os.environ.get(REQUIRE_ENV) == "1":
-        raise PeerError(f"{text} ({REQUIRE_ENV}=1)")
-    raise SkipTest(text)
+    insist(_missing(), "baresip interop needs")
 
 
 @dataclass(frozen=True)

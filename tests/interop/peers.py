@@ -34,7 +34,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -151,17 +151,7 @@ def _missing_peers(sipp: str, perl: str) -> tuple[str, ...]:
     perl_path = shutil.which(perl)
     if perl_path is None:
         missing.append(perl)
-    elif (
-        subprocess.run(
-            [perl_path, "-MNet::SIP", "-MJSON::PP", "-e", "1"],
-            check=False,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=20,
-        ).returncode
-        != 0
-    ):
+    elif not runs([perl_path, "-MNet::SIP", "-MJSON::PP", "-e", "1"]):
         missing.append("perl Net::SIP (Debian package libnet-sip-perl)")
     if not os.path.exists("/proc/net/udp"):
         missing.append("/proc/net (Linux)")
@@ -178,10 +168,32 @@ def require_peers(sipp: str = "sipp", perl: str = "perl") -> None:
         C{1}.
     @raise PeerError: a peer is missing and C{SIPLEG_REQUIRE_PEERS=1}.
     """
-    missing = _missing_peers(sipp, perl)
+    insist(_missing_peers(sipp, perl), "interop peers missing")
+
+
+def runs(argv: list[str]) -> bool:
+    """
+    Whether C{argv} runs and exits 0 (quietly, within 20 s).
+    """
+    done = subprocess.run(
+        argv, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, timeout=20,
+    )  # fmt: skip
+    return done.returncode == 0
+
+
+def insist(missing: Sequence[str], what: str) -> None:
+    """
+    Nothing C{missing}, or the test cannot run: a failure when
+    C{SIPLEG_REQUIRE_PEERS=1} (CI), else a skip.
+
+    @param what: what the test lacks, e.g. C{"interop peers missing"}.
+    @raise SkipTest: something is missing, outside CI.
+    @raise PeerError: something is missing, in CI.
+    """
     if not missing:
         return
-    text = "interop peers missing: " + ", ".join(missing)
+    text = f"{what}: " + ", ".join(missing)
     if os.environ.get(REQUIRE_ENV) == "1":
         raise PeerError(f"{text} ({REQUIRE_ENV}=1)")
     raise SkipTest(text)
