@@ -877,7 +877,6 @@ class Registrar:
         response, change = self.table.process(request, now)
         if change is None:
             return response
-        log.debug("registration {code} for {aor}", code=response.code, aor=change.aor)
         self._schedule()
         if self.store is None:
             return response

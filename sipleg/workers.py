@@ -164,12 +164,34 @@ def main(argv: Sequence[str] = sys.argv) -> None:
     """
     Run one worker: C{twist} with the given arguments, in a process group
     of its own, so that only its supervisor stops it (a signal sent to the
-    parent's whole group would otherwise reach it twice).
+    parent's whole group would otherwise reach it twice).  On Linux the
+    worker gets SIGTERM when its supervisor dies, however it dies
+    (C{kill -9} included): workers never outlive it, and a new supervisor
+    never shares its ports with a stale set.
     """
     from twisted.application.twist._twist import Twist
 
+    parent = os.getppid()
     os.setpgrp()
+    _die_with_parent(parent)
     Twist.main(argv)
+
+
+def _die_with_parent(parent: int) -> None:
+    """
+    Ask Linux for SIGTERM when the parent dies (C{PR_SET_PDEATHSIG}); if
+    it died already, stop now.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        raise SystemExit("sipleg worker: the supervisor is gone")
 
 
 if __name__ == "__main__":

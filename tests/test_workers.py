@@ -62,11 +62,15 @@ class WorkerRunTests(ProxyProcessTestCase):
 
     @defer.inlineCallbacks
     def workers_listening(
-        self, proc: Any, port: int, count: int, exclude: frozenset[int] = frozenset()
+        self, proc: Any, port: int, count: int, exclude: frozenset[int] = frozenset(), tcp: bool = True
     ) -> Any:
         for _ in range(int(READY_TIMEOUT / READY_POLL)):
             pids = [pid for pid in children(proc.pid) if pid not in exclude]
-            ready = [pid for pid in pids if listening(pid, "udp", port) and listening(pid, "tcp", port)]
+            ready = [
+                pid
+                for pid in pids
+                if listening(pid, "udp", port) and (not tcp or listening(pid, "tcp", port))
+            ]
             if len(ready) == count:
                 return ready
             yield deferLater(reactor, READY_POLL, lambda: None)
@@ -97,3 +101,33 @@ class WorkerRunTests(ProxyProcessTestCase):
         self.assertEqual(children(proc.pid), [])
         for pid in (first[1], replaced[0]):
             self.assertFalse(os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor")
+
+    @defer.inlineCallbacks
+    def test_workers_die_with_a_killed_supervisor(self) -> Any:
+        """
+        C{kill -9} of the supervisor: its workers go too (SIGTERM from the
+        kernel, PR_SET_PDEATHSIG), so a new supervisor does not share the
+        ports with a stale set.
+        """
+        port = free_port("udp")
+        proc = self.start_twistd("sipproxy", "--workers", "2", "--listen", f"udp:127.0.0.1:{port}")
+        workers = yield self.workers_listening(proc, port, 2, tcp=False)
+        proc.kill()
+        proc.wait(10)
+        for _ in range(int(READY_TIMEOUT / READY_POLL)):
+            alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and _running(pid)]
+            if not alive:
+                break
+            yield deferLater(reactor, READY_POLL, lambda: None)
+        self.assertEqual(alive, [], "workers outlived their supervisor")
+
+
+def _running(pid: int) -> bool:
+    """
+    Whether C{pid} runs (a zombie waiting for init to reap it does not).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
