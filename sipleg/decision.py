@@ -366,11 +366,16 @@ class Forward(NamedTuple):
     @ivar edits: the changes to make.
     @ivar prefer: the leg to try first: the one the last of our Routes
         named, else the one it arrived on.
+    @ivar forks: for a request to an address of record of ours, its
+        contacts, one group per q value, best first (a stateful proxy
+        forks to them, L{sipleg.stateful}; the stateless one uses the
+        first, which C{edits.uri} names).
     """
 
     targets: tuple[URI, ...]
     edits: Edits
     prefer: LegIdentity
+    forks: tuple[tuple[str, ...], ...] = ()
 
 
 class Answer(NamedTuple):
@@ -468,7 +473,7 @@ class Rules:
     access: IAccessPolicy
     routes: IRoutePolicy
     registers: Callable[[URI], bool] | None = None
-    locate: Callable[[URI], int | list[str] | None] | None = None
+    locate: Callable[[URI], int | list[list[str]] | None] | None = None
     scanners: tuple[str, ...] = ()
     auth: Callable[[RequestView, bool], Answer | Authenticated | None] | None = None
     credentials: Callable[[Request], tuple[int, ...]] | None = None
@@ -616,6 +621,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         return _refuse(method, 483, "Too Many Hops")
     if registers:
         return Register()
+    forks: tuple[tuple[str, ...], ...] = ()
     if rules.locate is not None and not routes:
         found = rules.locate(uri)
         if isinstance(found, int):
@@ -624,7 +630,8 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
                 found = 404
             return _refuse(method, found, _LOCATE_REASONS[found])
         if found:
-            new_uri = found[0]
+            forks = tuple(tuple(group) for group in found)
+            new_uri = found[0][0]
             try:
                 uri = parse_uri(new_uri)
             except SIPParseError as e:
@@ -670,7 +677,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         branch,
         rules.credentials(view.request) if rules.credentials is not None else (),
     )
-    return Forward((target,), edits, named or view.leg)
+    return Forward((target,), edits, named or view.leg, forks)
 
 
 _LOCATE_REASONS = {404: "Not Found", 480: "Temporarily Unavailable"}

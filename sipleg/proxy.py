@@ -35,6 +35,7 @@ from sipleg.address import Address
 from sipleg.decision import (
     Answer,
     Drop,
+    Edits,
     Forward,
     LegIdentity,
     LegSet,
@@ -324,23 +325,36 @@ class StatelessProxy:
         The edits leave alone what an error answer is built from (Via,
         From, To, Call-ID, CSeq), so the request is edited in place.
         """
-        request = view.request
-        edits = forward.edits
-        request.set_header("max-forwards", str(edits.max_forwards))
-        if edits.uri is not None:
-            request.uri = edits.uri
-        if edits.routes is not None:
-            if edits.routes:
-                request.set_header("route", ", ".join(edits.routes))
-            else:
-                request.remove_header("route")
-        for index in reversed(edits.strip):
-            request.remove_header("proxy-authorization", index)
+        request = edit(view.request, forward.edits)
+        build = self._builder(request, forward.edits.branch, forward.edits.record_route, in_leg)
+        legs = self._legs_from(self._legs[forward.prefer])
+        # A datagram held back (design item 18) that fails when it is sent
+        # moves on to the next target by itself; this hears when none is
+        # left.
+        failed = partial(self._undeliverable, view, in_leg)
+        try:
+            sent = self.dispatcher.send_to(forward.targets[0], legs, request, build, failed, self._transports)
+        except DeliveryError as e:
+            self._undeliverable(view, in_leg, e)
+            return None
+        if isinstance(sent, Deferred):
+            sent.addCallbacks(self._forwarded, self._unreachable, (request,), errbackArgs=(view, in_leg))
+            return sent
+        self._forwarded(sent, request)
+        return None
+
+    @staticmethod
+    def _builder(request: Request, branch_text: str, record_route: bool, in_leg: Leg) -> Any:
+        """
+        The build function of L{Dispatcher.send_in_order} for an edited
+        request: its bytes, made once, with the Via (C{leg.branch +
+        branch_text}) and Record-Route of the leg it leaves by spliced on
+        top.
+        """
         data = bytes(request)
         cut = data.index(b"\r\n") + 2
         start, rest = data[:cut], data[cut:]
-        branch = edits.branch.encode()
-        record_route = edits.record_route
+        branch = branch_text.encode()
 
         def build(out: Leg) -> tuple[bytes, object | None]:
             # RFC 3261 §16.6 items 4 and 8: Record-Route and Via of the leg
@@ -359,21 +373,7 @@ class StatelessProxy:
             lines.append(rest)
             return b"".join(lines), None
 
-        legs = self._legs_from(self._legs[forward.prefer])
-        # A datagram held back (design item 18) that fails when it is sent
-        # moves on to the next target by itself; this hears when none is
-        # left.
-        failed = partial(self._undeliverable, view, in_leg)
-        try:
-            sent = self.dispatcher.send_to(forward.targets[0], legs, request, build, failed, self._transports)
-        except DeliveryError as e:
-            self._undeliverable(view, in_leg, e)
-            return None
-        if isinstance(sent, Deferred):
-            sent.addCallbacks(self._forwarded, self._unreachable, (request,), errbackArgs=(view, in_leg))
-            return sent
-        self._forwarded(sent, request)
-        return None
+        return build
 
     def _legs_from(self, first: Leg) -> list[Leg]:
         """
@@ -510,6 +510,25 @@ class StatelessProxy:
         return None
 
 
+def edit(request: Request, edits: Edits) -> Request:
+    """
+    Make a L{Forward}'s leg-independent changes to C{request}, in place.
+    The edits leave alone what an error answer is built from (Via, From,
+    To, Call-ID, CSeq).
+    """
+    request.set_header("max-forwards", str(edits.max_forwards))
+    if edits.uri is not None:
+        request.uri = edits.uri
+    if edits.routes is not None:
+        if edits.routes:
+            request.set_header("route", ", ".join(edits.routes))
+        else:
+            request.remove_header("route")
+    for index in reversed(edits.strip):
+        request.remove_header("proxy-authorization", index)
+    return request
+
+
 def _unsent(code: int, error: object) -> None:
     log.info("could not send response {code}: {why}", code=code, why=error)
 
@@ -538,10 +557,10 @@ def _registrar_rules(registrar: Registrar, legs: LegSet) -> tuple[Any, Any]:
     def registers(uri: URI) -> bool:
         return registrar.registers(uri, own)
 
-    def locate(uri: URI) -> int | list[str] | None:
+    def locate(uri: URI) -> int | list[list[str]] | None:
         found = registrar.lookup(uri, own)
         if found is None:
             return None
-        return found.code if found.code is not None else found.contacts
+        return found.code if found.code is not None else found.groups
 
     return registers, locate

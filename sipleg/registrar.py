@@ -48,7 +48,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
@@ -155,11 +155,14 @@ class LookupResult:
     @ivar code: L{None}: retarget the request to C{contacts[0]}; 480 (the
         AOR is known but has no current binding) or 404 (never registered):
         answer the request with that code.
+    @ivar groups: C{contacts} in groups of equal C{q}, best first (a
+        forking proxy tries a group in parallel, then the next).
     """
 
     aor: str
     contacts: list[str]
     code: int | None = None
+    groups: list[list[str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -596,7 +599,13 @@ class BindingTable:
         if uri.is_secure:
             live = [binding for binding in live if binding.contact[:5].lower() == "sips:"]
         if live:
-            return LookupResult(aor, [binding.contact for binding in sorted(live, key=_sort_key)])
+            ordered = sorted(live, key=_sort_key)
+            groups: list[list[str]] = []
+            for index, binding in enumerate(ordered):
+                if index == 0 or binding.q != ordered[index - 1].q:
+                    groups.append([])
+                groups[-1].append(binding.contact)
+            return LookupResult(aor, [binding.contact for binding in ordered], None, groups)
         return LookupResult(aor, [], 480 if aor in self._known else 404)
 
     def bindings(self, now: float) -> list[Binding]:

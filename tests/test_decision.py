@@ -319,11 +319,11 @@ class RegistrarRulesTests(TestCase):
     are looked up (§16.5).
     """
 
-    def rules(self, found: int | list[str] | None) -> Rules:
+    def rules(self, found: int | list[list[str]] | None) -> Rules:
         def registers(uri: URI) -> bool:
             return uri.host == "example.com"
 
-        def locate(uri: URI) -> int | list[str] | None:
+        def locate(uri: URI) -> int | list[list[str]] | None:
             return found if uri.host == "example.com" else None
 
         return Rules(LEGS, NetworkAccessPolicy(), StaticRoutes(), registers, locate)
@@ -344,9 +344,12 @@ class RegistrarRulesTests(TestCase):
         self.assertEqual(
             decide(request("INVITE", uri), rules=self.rules(480)), Answer(480, "Temporarily Unavailable")
         )
-        found = forward(request("INVITE", uri), rules=self.rules(["sip:bob@192.0.2.30:5090", "sip:b@x"]))
+        groups = [["sip:bob@192.0.2.30:5090", "sip:b@x"], ["sip:b@y"]]
+        found = forward(request("INVITE", uri), rules=self.rules(groups))
         self.assertEqual(found.edits.uri, "sip:bob@192.0.2.30:5090")
         self.assertEqual(found.targets, (parse_uri("sip:bob@192.0.2.30:5090"),))
+        # All of them, for a forking proxy.
+        self.assertEqual(found.forks, (("sip:bob@192.0.2.30:5090", "sip:b@x"), ("sip:b@y",)))
 
     def test_route_set_first(self) -> None:
         """

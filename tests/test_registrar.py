@@ -308,7 +308,9 @@ class LookupTests(unittest.TestCase):
         self.register()
         self.assertEqual(
             self.lookup("sip:alice@example.com"),
-            LookupResult("sip:alice@example.com", ["sip:alice@192.0.2.10:5071"]),
+            LookupResult(
+                "sip:alice@example.com", ["sip:alice@192.0.2.10:5071"], None, [["sip:alice@192.0.2.10:5071"]]
+            ),
         )
         # Host case-insensitive, parameters ignored, default port.
         result = self.lookup("sip:alice@EXAMPLE.COM:5060;transport=udp")
@@ -330,6 +332,11 @@ class LookupTests(unittest.TestCase):
             ["sip:alice@192.0.2.20:5072", "sip:alice@192.0.2.30:5073", "sip:alice@192.0.2.10:5071"],
         )
         self.assertIsNone(result.code)
+        # For a forking proxy: one group per q.
+        self.assertEqual(
+            result.groups,
+            [["sip:alice@192.0.2.20:5072", "sip:alice@192.0.2.30:5073"], ["sip:alice@192.0.2.10:5071"]],
+        )
 
     def test_unknown_user_404_known_480(self) -> None:
         self.assertEqual(self.lookup("sip:alice@example.com"), LookupResult("sip:alice@example.com", [], 404))
