@@ -31,6 +31,7 @@ from sipleg.uri import URI
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator, AuthSettings
+    from sipleg.stateful import TransactionTimers
     from sipleg.store import ILocationStore
     from sipleg.transport.tls import TLSConfig
 
@@ -99,6 +100,8 @@ class ProxyConfig:
     edge: EdgePolicy = field(default_factory=EdgePolicy)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
     auth: AuthSettings | None = None
+    #: With C{--stateful}: the transaction timers (L{None}: stateless).
+    transactions: TransactionTimers | None = None
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -177,8 +180,7 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         leg.setServiceParent(top)
         legs.append(leg)
     dispatcher = Dispatcher(legs, reactor=reactor)
-    proxy = StatelessProxy(
-        dispatcher,
+    arguments: dict[str, Any] = dict(
         access=access,
         routes=StaticRoutes(config.routes, config.outbound_proxy, config.domains),
         registrar=registrar,
@@ -186,6 +188,13 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         clock=reactor,
         auth=auth,
     )
+    if config.transactions is not None:
+        # The stateful proxy is imported only with --stateful.
+        from sipleg.stateful import StatefulProxy
+
+        proxy: StatelessProxy = StatefulProxy(dispatcher, timers=config.transactions, **arguments)
+    else:
+        proxy = StatelessProxy(dispatcher, **arguments)
     if registrar is not None:
         proxy.stats.registrar = registrar.status
         _Running(lambda: None, registrar.stop).setServiceParent(top)

@@ -49,6 +49,11 @@ class Options(usage.Options):
         ["registrar", None, "Answer REGISTER for our --domain(s) and route to their bindings."],
         ["reuse-port", None, "Bind with SO_REUSEPORT (set by --workers for its workers)."],
         ["no-flood-control", None, "Do not rate-limit and ban untrusted sources."],
+        [
+            "stateful",
+            None,
+            "Keep transactions: fork to every binding, absorb retransmissions, fail over, CANCEL, 408.",
+        ],
     ]
     optParameters = [
         ["tls-cert", None, None, "PEM certificate for tls listeners."],
@@ -84,6 +89,11 @@ class Options(usage.Options):
             "Comma-separated User-Agent fragments whose requests from untrusted sources are "
             "dropped ('' for none).",
         ],
+        ["timer-t1", None, 0.5, "With --stateful: RFC 3261 T1, the round-trip estimate (s).", float],
+        ["timer-t2", None, 4.0, "With --stateful: T2, the longest non-INVITE retransmit gap (s).", float],
+        ["timer-t4", None, 5.0, "With --stateful: T4, how long a message may live in transit (s).", float],
+        ["timer-c", None, 180.0, "With --stateful: Timer C, how long a branch may ring (s).", float],
+        ["max-transactions", None, 100_000, "With --stateful: live transactions at most (beyond: 503).", int],
         ["auth-file", None, None, "Users who must authenticate (htdigest format; see the README)."],
         ["auth-realm", None, None, "Digest realm (default: the first --domain)."],
         [
@@ -175,6 +185,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["edge"] = self._edge()
         self["auth"] = self._auth()
+        self["transactions"] = self._transactions()
         try:
             self["stream-limits"] = StreamLimits(
                 max_connections=self["max-connections"],
@@ -215,6 +226,27 @@ class Options(usage.Options):
                 f"--flood-limit {self['flood-limit']!r} / --ban-time: expected N/SECONDS and positive numbers"
             ) from None
         return EdgePolicy(flood=limits, scanners=scanners)
+
+    def _transactions(self) -> Any:
+        """
+        The transaction timers, or L{None} without C{--stateful}.
+        """
+        if not self["stateful"]:
+            return None
+        from sipleg.stateful import TransactionTimers
+
+        try:
+            return TransactionTimers(
+                self["timer-t1"],
+                self["timer-t2"],
+                self["timer-t4"],
+                self["timer-c"],
+                self["max-transactions"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(
+                f"--timer-t1 / --timer-t2 / --timer-t4 / --timer-c / --max-transactions: {e}"
+            ) from None
 
     def _auth(self) -> Any:
         """
@@ -270,6 +302,7 @@ class Options(usage.Options):
             edge=self["edge"],
             stream_limits=self["stream-limits"],
             auth=self["auth"],
+            transactions=self["transactions"],
         )
         if self["listen"]:
             config.listen = list(self["listen"])

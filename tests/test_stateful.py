@@ -1,0 +1,259 @@
+"""
+The transaction-stateful proxy (L{sipleg.stateful}) and its response
+context (L{sipleg.forking}): forking to every binding, the best final
+response, CANCEL, timers, retransmissions, merged requests and the cap.
+
+The proxy has one in-memory UDP leg and a registrar where
+C{sip:bob@example.test} has two phones (and a third, less preferred); a
+L{Clock} drives the timers.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from sipleg.address import Address
+from sipleg.dispatcher import Dispatcher
+from sipleg.flood import EdgePolicy
+from sipleg.forking import ResponseContext, best_response
+from sipleg.leg import Leg
+from sipleg.message import Message, Request, Response, parse_message
+from sipleg.registrar import Registrar
+from sipleg.stateful import StatefulProxy, TransactionTimers
+from sipleg.transport.memory import MemorySocketPool
+
+CALLER = Address("127.0.0.1", 5071)
+DESK = Address("127.0.0.1", 5072)
+SOFT = Address("127.0.0.1", 5073)
+SPARE = Address("127.0.0.1", 5074)
+
+
+class BestResponseTests(TestCase):
+    def test_rfc3261_16_7_step_6(self) -> None:
+        self.assertEqual(best_response([486, 603, 404]), 1)
+        self.assertEqual(best_response([503, 486]), 1)
+        self.assertEqual(best_response([404, 407, 480]), 1)
+        self.assertEqual(best_response([408, 486]), 0)
+        self.assertRaises(ValueError, best_response, [])
+
+    def test_context_groups_and_cancel(self) -> None:
+        context: ResponseContext[str] = ResponseContext([["a", "b"], ["c"]])
+        self.assertEqual(context.first(), ["a", "b"])
+        context.started("a")
+        context.started("b")
+        self.assertEqual(context.provisional("a", 180, "180a").upstream, ["180a"])
+        self.assertEqual(context.provisional("a", 100, "100a").upstream, [])
+        step = context.final("b", 486, "486b")
+        self.assertEqual((step.upstream, step.start), ([], []))
+        step = context.final("a", 480, "480a")
+        self.assertEqual(step.start, ["c"])
+        context.started("c")
+        step = context.final("c", 404, "404c")
+        self.assertEqual((step.upstream, step.done), (["486b"], True))
+
+
+class StatefulTests(TestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.pool = MemorySocketPool(Address("127.0.0.1", 5060))
+        self.registrar = Registrar(["example.test"], self.clock)
+        self.addCleanup(self.registrar.stop)
+        for n, (phone, q) in enumerate(((DESK, "1"), (SOFT, "1"), (SPARE, "0.5"))):
+            self.registrar.register(self.request(
+                "REGISTER", "sip:example.test", call_id=f"reg{n}",
+                extra=[("Contact", f"<sip:bob@{phone.host}:{phone.port}>;q={q}")], to="sip:bob@example.test",
+            ))  # fmt: skip
+        self.proxy = StatefulProxy(
+            Dispatcher([Leg(socketpool=self.pool)]),
+            registrar=self.registrar,
+            edge=EdgePolicy(flood=None, scanners=()),
+            clock=self.clock,
+            timers=TransactionTimers(timer_c=100),
+        )
+
+    def request(
+        self,
+        method: str = "INVITE",
+        uri: str = "sip:bob@example.test",
+        call_id: str = "call1",
+        branch: str = "z9hG4bKcaller1",
+        cseq: int = 1,
+        extra: list[tuple[str, str]] | None = None,
+        to: str | None = None,
+    ) -> Request:
+        return Request(method, uri, [
+            ("Via", f"SIP/2.0/UDP {CALLER.host}:{CALLER.port};branch={branch}"),
+            ("From", "<sip:alice@example.test>;tag=a1"),
+            ("To", f"<{to or uri}>"),
+            ("Call-ID", call_id),
+            ("CSeq", f"{cseq} {method}"),
+            ("Max-Forwards", "70"),
+            *(extra or []),
+        ])  # fmt: skip
+
+    def sent(self) -> list[tuple[Message, Address]]:
+        out = [(parse_message(data), dst) for data, dst in self.pool.sent]
+        self.pool.sent.clear()
+        return out
+
+    def to(self, where: Address) -> list[Message]:
+        return [message for message, dst in self.sent_now if dst == where]
+
+    def step(self, data: Message | bytes, source: Address) -> list[tuple[Message, Address]]:
+        self.pool.deliver(bytes(data), source)
+        self.sent_now = self.sent()
+        return self.sent_now
+
+    def answer(self, request: Message, code: int, tag: str) -> Response:
+        """
+        A phone's answer to the INVITE it got (all its Vias copied).
+        """
+        assert isinstance(request, Request)
+        response = Response(code, None, [
+            *(("Via", value) for value in request.get_headers("via")),
+            ("From", request.get_header("from") or ""),
+            ("To", f"{request.get_header('to')};tag={tag}"),
+            ("Call-ID", request.get_header("call-id") or ""),
+            ("CSeq", request.get_header("cseq") or ""),
+        ])  # fmt: skip
+        if 200 <= code < 300:
+            response.add_header("Contact", f"<{request.uri}>")
+        return response
+
+    def invite(self) -> tuple[Request, Request, Request]:
+        """
+        The caller's INVITE: 100 Trying back at once, and one INVITE to
+        each q=1 phone, with branches of their own.
+        """
+        invite = self.request()
+        self.step(invite, CALLER)
+        (trying,) = self.to(CALLER)
+        assert isinstance(trying, Response)
+        self.assertEqual(trying.code, 100)
+        (desk,), (soft,) = self.to(DESK), self.to(SOFT)
+        assert isinstance(desk, Request) and isinstance(soft, Request)
+        self.assertEqual((desk.uri, soft.uri), ("sip:bob@127.0.0.1:5072", "sip:bob@127.0.0.1:5073"))
+        self.assertNotEqual(desk.get_header("via"), soft.get_header("via"))
+        self.assertEqual(self.to(SPARE), [])
+        return invite, desk, soft
+
+    def codes(self, where: Address) -> list[int | str]:
+        return [m.code if isinstance(m, Response) else m.method for m in self.to(where)]
+
+    def test_one_answers_the_other_is_cancelled(self) -> None:
+        _, desk, soft = self.invite()
+        self.step(self.answer(soft, 180, "s"), SOFT)
+        self.assertEqual(self.codes(CALLER), [180])
+        self.step(self.answer(desk, 200, "d"), DESK)
+        self.assertEqual(self.codes(CALLER), [200])
+        self.assertEqual(self.codes(SOFT), ["CANCEL"])
+        (cancel,) = self.to(SOFT)
+        self.assertEqual(cancel.get_header("via"), soft.get_header("via"))
+        self.step(self.answer(soft, 487, "s"), SOFT)
+        # The 487 is ACKed here and never reaches the caller.
+        self.assertEqual(self.codes(SOFT), ["ACK"])
+        self.assertEqual(self.codes(CALLER), [])
+        self.assertEqual(self.proxy.transactions, 0)
+
+    def test_busy_and_answered(self) -> None:
+        _, desk, soft = self.invite()
+        self.step(self.answer(desk, 486, "d"), DESK)
+        self.assertEqual((self.codes(DESK), self.codes(CALLER)), (["ACK"], []))
+        self.step(self.answer(soft, 200, "s"), SOFT)
+        self.assertEqual(self.codes(CALLER), [200])
+
+    def test_both_busy(self) -> None:
+        """
+        Both phones busy: the next q group is tried; when it fails too the
+        best response (486 before 404) goes to the caller, once.
+        """
+        _, desk, soft = self.invite()
+        self.step(self.answer(desk, 486, "d"), DESK)
+        self.step(self.answer(soft, 486, "s"), SOFT)
+        (spare,) = self.to(SPARE)
+        assert isinstance(spare, Request)
+        self.step(self.answer(spare, 404, "x"), SPARE)
+        self.assertEqual(self.codes(CALLER), [486])
+        # The caller's ACK for that 486 is absorbed here.
+        ack = self.request("ACK")
+        ack.set_header("to", "<sip:bob@example.test>;tag=d")
+        self.step(ack, CALLER)
+        self.assertEqual(self.sent_now, [])
+
+    def test_decline_everywhere_cancels_the_rest(self) -> None:
+        _, desk, soft = self.invite()
+        self.step(self.answer(soft, 180, "s"), SOFT)
+        self.step(self.answer(desk, 603, "d"), DESK)
+        self.assertEqual(self.codes(SOFT), ["CANCEL"])
+        self.step(self.answer(soft, 487, "s"), SOFT)
+        self.assertEqual(self.codes(CALLER), [603])
+        self.assertEqual(self.to(SPARE), [])
+
+    def advance(self, seconds: float) -> None:
+        """
+        Let C{seconds} pass, in steps of 0.25 s; what was sent meanwhile
+        becomes L{sent_now}.
+        """
+        for _ in range(int(seconds / 0.25)):
+            self.clock.advance(0.25)
+        self.sent_now = self.sent()
+
+    def test_nobody_answers(self) -> None:
+        """
+        Over UDP the INVITEs are retransmitted (Timer A: 0.5, 1, 2 ... s)
+        until Timer B (32 s) ends both branches 408; the next group is
+        tried, and when it is silent too the caller gets 408, once; the
+        transaction ends.
+        """
+        self.invite()
+        self.advance(0.5)
+        self.assertEqual((self.codes(DESK), self.codes(SOFT)), (["INVITE"], ["INVITE"]))
+        self.advance(1.0)
+        self.assertEqual((self.codes(DESK), self.codes(SOFT)), (["INVITE"], ["INVITE"]))
+        self.advance(30.5)
+        self.assertEqual(self.codes(SPARE), ["INVITE"])
+        self.assertEqual(self.codes(CALLER), [])
+        self.advance(32)
+        self.assertEqual([code for code in self.codes(CALLER)][:1], [408])
+        self.advance(40)
+        self.assertEqual(self.proxy.transactions, 0)
+
+    def test_timer_c_cancels_a_ringing_branch(self) -> None:
+        _, desk, soft = self.invite()
+        self.step(self.answer(desk, 180, "d"), DESK)
+        self.step(self.answer(soft, 180, "s"), SOFT)
+        self.clock.advance(100)
+        self.sent_now = self.sent()
+        self.assertEqual((self.codes(DESK), self.codes(SOFT)), (["CANCEL"], ["CANCEL"]))
+
+    def test_caller_cancels(self) -> None:
+        invite, desk, soft = self.invite()
+        self.step(self.answer(desk, 180, "d"), DESK)
+        self.step(self.answer(soft, 180, "s"), SOFT)
+        self.step(self.request("CANCEL"), CALLER)
+        self.assertEqual(self.codes(CALLER), [200])
+        self.assertEqual((self.codes(DESK), self.codes(SOFT)), (["CANCEL"], ["CANCEL"]))
+        self.step(self.answer(desk, 487, "d"), DESK)
+        self.step(self.answer(soft, 487, "s"), SOFT)
+        self.assertEqual(self.codes(CALLER), [487])
+
+    def test_retransmitted_invite_absorbed(self) -> None:
+        invite, _, _ = self.invite()
+        self.step(invite, CALLER)
+        self.assertEqual(self.codes(CALLER), [100])
+        self.assertEqual((self.to(DESK), self.to(SOFT)), ([], []))
+
+    def test_merged_request(self) -> None:
+        self.invite()
+        self.step(self.request(branch="z9hG4bKother"), CALLER)
+        self.assertEqual(self.codes(CALLER), [482])
+
+    def test_cap(self) -> None:
+        self.proxy.timers = TransactionTimers(max_transactions=1)
+        self.invite()
+        self.step(self.request(call_id="call2", branch="z9hG4bKcaller2"), CALLER)
+        (answer,) = self.to(CALLER)
+        assert isinstance(answer, Response)
+        self.assertEqual((answer.code, answer.get_header("retry-after")), (503, "5"))
