@@ -94,6 +94,9 @@ class _Client:
     timer_c: IDelayedCall | None = None
     provisional: bool = False
     done: bool = False
+    #: The RFC 3263 targets of the branch, and which one was taken.
+    pairs: list[tuple[Leg, Address]] = field(default_factory=list)
+    index: int = 0
     #: Cancelled before it answered: a provisional that still comes gets
     #: the CANCEL (§9.1).
     cancel_late: bool = False
@@ -230,27 +233,69 @@ class StatefulProxy(StatelessProxy):
             client = _Client(server, suffix, suffix, uri)
             server.clients[suffix] = client
             server.context.started(suffix)
+            target = parse_uri(uri) if forward.forks else forward.targets[0]
             request.uri = uri
-            build = self._builder(request, suffix, forward.edits.record_route, server.leg)
-            if forward.forks:
-                target = parse_uri(uri)
-            else:
-                target = forward.targets[0]
-
-            def record(out: Leg, client: _Client = client, build: Any = build) -> tuple[bytes, object | None]:
-                data, conn = build(out)
-                client.data = data
-                return data, conn
-
             try:
-                sent = self.dispatcher.send_to(target, legs, request, record, None, self._transports)
+                found = self.dispatcher.resolve(target, legs, request, self._transports)
             except DeliveryError as e:
                 self._unreached(client, e)
                 continue
-            if isinstance(sent, Deferred):
-                sent.addCallbacks(self._sent, self._unreached_failure, (client,), errbackArgs=(client,))
+            if isinstance(found, Deferred):
+                found.addCallbacks(self._resolved, self._unreached_failure, (client,), errbackArgs=(client,))
             else:
-                self._sent(sent, client)
+                self._resolved(found, client)
+
+    def _resolved(self, pairs: list[tuple[Leg, Address]], client: _Client) -> None:
+        """
+        The branch's targets are known (RFC 3263): try them in order.
+        """
+        client.pairs = pairs
+        self._try(client, 0)
+
+    def _try(self, client: _Client, first: int) -> None:
+        """
+        Send the branch's request to the first of its targets from
+        C{first} on that takes it (a transport error moves on at once).
+        """
+        server = client.server
+        forward = self._forward_of(server)
+        request = server.view.request
+        request.uri = client.uri
+        build = self._builder(request, client.branch, forward.edits.record_route, server.leg)
+
+        def record(out: Leg) -> tuple[bytes, object | None]:
+            data, conn = build(out)
+            client.data = data
+            return data, conn
+
+        try:
+            sent = self.dispatcher.send_in_order(client.pairs, record, first)
+        except DeliveryError as e:
+            self._unreached(client, e)
+            return
+        if isinstance(sent, Deferred):
+            sent.addCallbacks(self._sent, self._unreached_failure, (client,), errbackArgs=(client,))
+        else:
+            self._sent(sent, client)
+
+    def _fail_over(self, client: _Client) -> bool:
+        """
+        A branch's target timed out or answered 503: its request goes to
+        the next target of its RFC 3263 list, as a new client transaction
+        (a branch of its own), if there is one.
+
+        @return: whether there was one.
+        """
+        following = client.index + 1
+        if following >= len(client.pairs):
+            return False
+        log.info("{uri}: {address} failed, trying the next target", uri=client.uri, address=client.address)
+        self._stop_timers(client)
+        self._clients.pop(client.branch, None)
+        client.branch = f"{client.key}.{next(self._numbers)}"
+        client.leg = client.address = None
+        self._try(client, following)
+        return True
 
     def _sent(self, pair: tuple[Leg, Address], client: _Client) -> None:
         """
@@ -258,6 +303,8 @@ class StatefulProxy(StatelessProxy):
         """
         leg, address = pair
         client.leg, client.address = leg, address
+        if pair in client.pairs:
+            client.index = client.pairs.index(pair)
         full = leg.branch + client.branch
         self._clients[full] = client
         client.branch = full
@@ -308,6 +355,8 @@ class StatefulProxy(StatelessProxy):
         client.timeout = None
         if client.done or (client.provisional and client.server.view.method == "INVITE"):
             # (A ringing INVITE branch is Timer C's.)
+            return
+        if not client.provisional and self._fail_over(client):
             return
         self._branch_final(client, 408, self._made(client, 408, "Request Timeout"))
 
@@ -363,6 +412,8 @@ class StatefulProxy(StatelessProxy):
         if code >= 300 and method == "INVITE":
             # §17.1.1.3: the ACK of a non-2xx final, hop by hop.
             self._send_ack(client, response)
+        if code == 503 and self._fail_over(client):
+            return None
         self._branch_final(client, code, response)
         return None
 
@@ -373,16 +424,20 @@ class StatefulProxy(StatelessProxy):
         """
         first = not client.done
         client.done = True
-        for name in ("retransmit", "timeout", "timer_c"):
-            timer = getattr(client, name)
-            if timer is not None and timer.active():
-                timer.cancel()
-            setattr(client, name, None)
+        self._stop_timers(client)
         server = client.server
         if server.ended:
             self._clients.pop(client.branch, None)
         if server.context is not None and first:
             self._execute(server, server.context.final(client.key, code, response))
+
+    @staticmethod
+    def _stop_timers(client: _Client) -> None:
+        for name in ("retransmit", "timeout", "timer_c"):
+            timer = getattr(client, name)
+            if timer is not None and timer.active():
+                timer.cancel()
+            setattr(client, name, None)
 
     def _execute(self, server: _Server, step: Step[Response]) -> None:
         """

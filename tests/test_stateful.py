@@ -10,6 +10,8 @@ L{Clock} drives the timers.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -238,6 +240,54 @@ class StatefulTests(TestCase):
         self.step(self.answer(desk, 487, "d"), DESK)
         self.step(self.answer(soft, 487, "s"), SOFT)
         self.assertEqual(self.codes(CALLER), [487])
+
+    def failover_setup(self) -> tuple[Address, Address]:
+        """
+        carol's phone has a name with two addresses (as DNS would give
+        them, RFC 3263): the dispatcher's resolution is stood in for.
+        """
+        first, second = Address("127.0.0.1", 5081), Address("127.0.0.1", 5082)
+        self.registrar.register(self.request(
+            "REGISTER", "sip:example.test", call_id="regc",
+            extra=[("Contact", "<sip:carol@phone.example>")], to="sip:carol@example.test",
+        ))  # fmt: skip
+        dispatcher = self.proxy.dispatcher
+        real = dispatcher.resolve
+
+        def resolve(uri: Any, legs: Any, packet: Any, transports: Any = None) -> Any:
+            if uri.host == "phone.example":
+                return [(legs[0], first), (legs[0], second)]
+            return real(uri, legs, packet, transports)
+
+        dispatcher.resolve = resolve  # type: ignore[method-assign]
+        return first, second
+
+    def test_failover_on_silence(self) -> None:
+        """
+        The first address is silent: after Timer B the INVITE goes to the
+        next one, on a branch of its own, and its answer reaches the caller.
+        """
+        first, second = self.failover_setup()
+        self.step(self.request(uri="sip:carol@example.test", call_id="c3"), CALLER)
+        (invite,) = self.to(first)
+        self.advance(31.75)
+        self.assertEqual(self.to(second), [])
+        self.advance(0.5)
+        (again,) = self.to(second)
+        assert isinstance(invite, Request) and isinstance(again, Request)
+        self.assertNotEqual(again.get_header("via"), invite.get_header("via"))
+        self.step(self.answer(again, 200, "c"), second)
+        self.assertEqual(self.codes(CALLER), [200])
+
+    def test_failover_on_503(self) -> None:
+        first, second = self.failover_setup()
+        self.step(self.request(uri="sip:carol@example.test", call_id="c4"), CALLER)
+        (invite,) = self.to(first)
+        self.step(self.answer(invite, 503, "x"), first)
+        self.assertEqual(self.codes(first), ["ACK"])
+        (again,) = self.to(second)
+        self.step(self.answer(again, 486, "c"), second)
+        self.assertEqual(self.codes(CALLER), [486])
 
     def test_retransmitted_invite_absorbed(self) -> None:
         invite, _, _ = self.invite()
