@@ -362,16 +362,16 @@ class StatefulProxy(StatelessProxy):
 
     def _timer_c(self, client: _Client) -> None:
         """
-        Timer C: a branch rang too long: cancelled (or ended 408 when it
-        never answered at all).
+        Timer C (§16.8): a branch rang too long: it is cancelled and counts
+        as 408 (its 487 is ACKed here); one that never answered at all ends
+        408.
         """
         client.timer_c = None
         if client.done:
             return
         if client.provisional:
             self._cancel_branch(client)
-        else:
-            self._branch_final(client, 408, self._made(client, 408, "Request Timeout"))
+        self._branch_final(client, 408, self._made(client, 408, "Request Timeout"))
 
     # -- responses -------------------------------------------------------------
 

@@ -229,6 +229,9 @@ class StatefulTests(TestCase):
         self.clock.advance(100)
         self.sent_now = self.sent()
         self.assertEqual((self.codes(DESK), self.codes(SOFT)), (["CANCEL"], ["CANCEL"]))
+        # Nobody answered in time: the caller gets 408 (then the next q
+        # group would be tried: the spare phone rings no longer either).
+        self.assertEqual(self.codes(SPARE), ["INVITE"])
 
     def test_caller_cancels(self) -> None:
         invite, desk, soft = self.invite()
