@@ -33,16 +33,18 @@ class SansIOTests(unittest.TestCase):
     def test_core_imports_no_twisted(self) -> None:
         code = (
             "import sipleg, sipleg.errors, sipleg.address, sipleg.uri, sipleg.message, sipleg.framing\n"
-            "import sipleg.branch, sipleg.decision, sipleg.digest, sipleg.routing, sipleg.stats\n"
+            "import sipleg.branch, sipleg.decision, sipleg.digest, sipleg.forking, sipleg.routing\n"
+            "import sipleg.stats\n"
         )
         self.assertEqual(imported(code, ("twisted",)), [])
 
     def test_optional_parts_imported_on_demand(self) -> None:
         """
         A proxy without C{--status}, C{--workers}, a TLS listener,
-        C{--auth-file} or C{--registrations} imports neither twisted.web
-        nor the worker supervisor nor sipleg's TLS, authentication or
-        store modules (nor sqlite3, nor txredisapi).
+        C{--auth-file}, C{--registrations} or C{--stateful} imports neither
+        twisted.web nor the worker supervisor nor sipleg's TLS,
+        authentication, store or stateful modules (nor sqlite3, nor
+        txredisapi).
         """
         code = (
             "from sipleg.service import ProxyConfig, make_service, parse_listen\n"
@@ -53,7 +55,7 @@ class SansIOTests(unittest.TestCase):
         wanted = (
             "twisted.web", "sipleg.status", "sipleg.workers", "sipleg.transport.tls",
             "sipleg.auth", "sipleg.digest", "sipleg.users",
-            "sipleg.store", "sipleg.redisstore", "txredisapi", "sqlite3",
+            "sipleg.store", "sipleg.redisstore", "txredisapi", "sqlite3", "sipleg.stateful",
         )
         self.assertEqual(imported(code, wanted), [])
 
