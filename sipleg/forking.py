@@ -80,7 +80,10 @@ class _Branch(Generic[R]):
     state: BranchState = BranchState.CALLING
     final: R | None = None
     code: int = 0
+    #: Cancel when the first provisional comes (§9.1).
     cancel_wanted: bool = False
+    #: A CANCEL went.
+    cancelled: bool = False
 
 
 @dataclass
@@ -119,8 +122,11 @@ class ResponseContext(Generic[R]):
         branch = self._branches.get(key)
         if branch is None or branch.state is BranchState.DONE:
             return Step([], [], [], False)
+        cancel = [key] if branch.cancel_wanted and not branch.cancelled else []
+        if cancel:
+            branch.cancelled = True
         branch.state = BranchState.PROCEEDING
-        cancel = [key] if branch.cancel_wanted else []
+        branch.cancel_wanted = False
         upstream = [response] if code > 100 and not self.answered else []
         return Step(upstream, cancel, [], False)
 
@@ -177,9 +183,10 @@ class ResponseContext(Generic[R]):
         """
         cancel = []
         for key, branch in self._branches.items():
-            if branch.state is BranchState.PROCEEDING and not branch.cancel_wanted:
+            if branch.state is BranchState.PROCEEDING and not branch.cancelled:
+                branch.cancelled = True
                 cancel.append(key)
-            if branch.state is not BranchState.DONE:
+            elif branch.state is BranchState.CALLING:
                 branch.cancel_wanted = True
         return cancel
 

@@ -192,7 +192,9 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         # The stateful proxy is imported only with --stateful.
         from sipleg.stateful import StatefulProxy
 
-        proxy: StatelessProxy = StatefulProxy(dispatcher, timers=config.transactions, **arguments)
+        stateful = StatefulProxy(dispatcher, timers=config.transactions, **arguments)
+        _Running(lambda: None, stateful.stop).setServiceParent(top)
+        proxy: StatelessProxy = stateful
     else:
         proxy = StatelessProxy(dispatcher, **arguments)
     if registrar is not None:

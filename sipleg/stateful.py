@@ -117,7 +117,10 @@ class _Server:
     last: Response | None = None
     final: bool = False
     clients: dict[str, _Client] = field(default_factory=dict)
+    #: Timer H / I / J: the end of the transaction.
     timer: IDelayedCall | None = None
+    #: Timer G: the next retransmission of a non-2xx final.
+    resend: IDelayedCall | None = None
     merge_key: tuple[str, str, str] | None = None
 
 
@@ -144,6 +147,7 @@ class StatefulProxy(StatelessProxy):
         self._clients: dict[str, _Client] = {}
         self._merged: dict[tuple[str, str, str], _Server] = {}
         self._numbers = itertools.count(1)
+        self._forget: list[IDelayedCall] = []
 
     @property
     def transactions(self) -> int:
@@ -203,8 +207,11 @@ class StatefulProxy(StatelessProxy):
 
     def _forward(self, view: RequestView, forward: Forward, in_leg: Leg) -> Deferred[Any] | None:
         """
-        Create the server transaction and the first group of branches.
+        Create the server transaction and the first group of branches (an
+        ACK, of a 2xx, goes on statelessly: it has no transaction).
         """
+        if view.method == "ACK":
+            return super()._forward(view, forward, in_leg)
         request = view.request
         server = _Server(_server_key(request), view, in_leg, forward)
         self._servers[server.key] = server
@@ -426,8 +433,6 @@ class StatefulProxy(StatelessProxy):
         client.done = True
         self._stop_timers(client)
         server = client.server
-        if server.ended:
-            self._clients.pop(client.branch, None)
         if server.context is not None and first:
             self._execute(server, server.context.final(client.key, code, response))
 
@@ -458,16 +463,17 @@ class StatefulProxy(StatelessProxy):
 
     def _upstream(self, server: _Server, response: Response, resend: bool = False) -> None:
         """
-        Send a response to the caller: ours (100, 408, 503, 487) along the
-        request's Via, a branch's one through the stateless path (our Via
-        removed).
+        Send a response to the caller, as the server transaction's: with
+        the request's Vias (a branch's response had ours on top; a phone
+        may even answer a CANCEL's Vias), along the request's top Via, on
+        the request's own connection over a stream (§18.2.2).
         """
         view = server.view
-        if resend or response.get_header("via") == view.request.get_header("via"):
-            # Ours, or kept for retransmission: the Vias are the caller's.
-            self._send_response(response, view.via, server.leg, view.source)
-        else:
-            super().forward_response(response, server.leg)
+        if not resend:
+            response.remove_header("via")
+            for value in view.request.get_headers("via"):
+                response.add_header("Via", value)
+        self._send_response(response, view.via, server.leg, view.source)
         server.last = response
         if response.code >= 200:
             server.final = True
@@ -489,9 +495,9 @@ class StatefulProxy(StatelessProxy):
             if interval * 2 < 64 * self.timers.t1:
                 self._arm(server, min(interval * 2, self.timers.t2))
 
-        if server.timer is not None and server.timer.active():
-            server.timer.cancel()
-        server.timer = self._clock.callLater(interval, again)
+        if server.resend is not None and server.resend.active():
+            server.resend.cancel()
+        server.resend = self._clock.callLater(interval, again)
 
     def _finish(self, server: _Server) -> None:
         """
@@ -500,43 +506,67 @@ class StatefulProxy(StatelessProxy):
         at once after a 2xx or over a stream).
         """
         last = server.last
-        wait = 0.0
-        retransmitted = last is not None and (last.code >= 300 or server.view.method != "INVITE")
-        if server.leg.proto == "udp" and retransmitted:
-            wait = 64 * self.timers.t1
         if last is not None and last.code >= 300 and server.view.method == "INVITE":
-            # (Ended earlier by the caller's ACK.)
-            self._end_later(server, wait)
+            # Timer H, on every transport: the caller's ACK ends it sooner.
+            wait = 64 * self.timers.t1
+        elif server.leg.proto == "udp" and server.view.method != "INVITE":
+            # Timer J: retransmitted requests get the final again.
+            wait = 64 * self.timers.t1
         else:
-            self._end(server, wait)
-
-    def _end_later(self, server: _Server, wait: float) -> None:
-        assert self._clock is not None
-        self._clock.callLater(wait, self._end, server, 0)
+            wait = 0.0
+        self._end(server, wait)
 
     def _end(self, server: _Server, wait: float) -> None:
         """
         Free the transaction (after C{wait} seconds that absorb stray
         retransmissions).
         """
-        if wait > 0:
-            assert self._clock is not None
-            if server.timer is not None and server.timer.active():
-                server.timer.cancel()
-            server.timer = self._clock.callLater(wait, self._end, server, 0)
-            return
         if server.timer is not None and server.timer.active():
             server.timer.cancel()
         server.timer = None
+        if wait > 0:
+            assert self._clock is not None
+            server.timer = self._clock.callLater(wait, self._end, server, 0)
+            return
+        if server.resend is not None and server.resend.active():
+            server.resend.cancel()
+        server.resend = None
         server.ended = True
         if self._servers.get(server.key) is server:
             del self._servers[server.key]
         if server.merge_key is not None and self._merged.get(server.merge_key) is server:
             del self._merged[server.merge_key]
+        # Branches still pending (being cancelled) go when they end; ended
+        # ones stay a while (Timer K), so a late 487 or a retransmitted
+        # final is still ACKed here.
+        assert self._clock is not None
+        self._forget = [call for call in self._forget if call.active()]
+        self._forget.append(
+            self._clock.callLater(64 * self.timers.t1, self._forget_clients, server)
+        )
+
+    def _forget_clients(self, server: _Server) -> None:
         for client in server.clients.values():
-            # (Branches still pending, being cancelled, go when they end.)
             if client.done:
                 self._clients.pop(client.branch, None)
+
+    def stop(self) -> None:
+        """
+        Cancel every timer (the service stops; what is pending is dropped).
+        """
+        for server in list(self._servers.values()):
+            for timer in (server.timer, server.resend):
+                if timer is not None and timer.active():
+                    timer.cancel()
+        for client in list(self._clients.values()):
+            self._stop_timers(client)
+        for server in list(self._servers.values()):
+            for client in server.clients.values():
+                self._stop_timers(client)
+        for call in self._forget:
+            if call.active():
+                call.cancel()
+        self._forget = []
 
     # -- CANCEL ------------------------------------------------------------------
 

@@ -54,6 +54,21 @@ class BestResponseTests(TestCase):
         step = context.final("c", 404, "404c")
         self.assertEqual((step.upstream, step.done), (["486b"], True))
 
+    def test_each_branch_cancelled_once(self) -> None:
+        """
+        A 2xx cancels the ringing branch at once and the calling one at its
+        first provisional; later provisionals cancel nothing more.
+        """
+        context: ResponseContext[str] = ResponseContext([["a", "b", "c"]])
+        context.first()
+        for key in "abc":
+            context.started(key)
+        context.provisional("b", 180, "180b")
+        self.assertEqual(context.final("a", 200, "200a").cancel, ["b"])
+        self.assertEqual(context.provisional("b", 183, "183b").cancel, [])
+        self.assertEqual(context.provisional("c", 100, "100c").cancel, ["c"])
+        self.assertEqual(context.provisional("c", 180, "180c").cancel, [])
+
 
 class StatefulTests(TestCase):
     def setUp(self) -> None:
