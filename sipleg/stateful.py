@@ -29,6 +29,7 @@ shell that keeps the transactions, their timers and the sockets:
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +148,7 @@ class StatefulProxy(StatelessProxy):
         self._clients: dict[str, _Client] = {}
         self._merged: dict[tuple[str, str, str], _Server] = {}
         self._numbers = itertools.count(1)
-        self._forget: list[IDelayedCall] = []
+        self._forget: deque[IDelayedCall] = deque()
 
     @property
     def transactions(self) -> int:
@@ -210,7 +211,8 @@ class StatefulProxy(StatelessProxy):
         Create the server transaction and the first group of branches (an
         ACK, of a 2xx, goes on statelessly: it has no transaction).
         """
-        if view.method == "ACK":
+        if view.method in ("ACK", "CANCEL"):
+            # (A CANCEL matching no transaction of ours, §16.10.)
             return super()._forward(view, forward, in_leg)
         request = view.request
         server = _Server(_server_key(request), view, in_leg, forward)
@@ -477,7 +479,8 @@ class StatefulProxy(StatelessProxy):
         server.last = response
         if response.code >= 200:
             server.final = True
-            if response.code >= 300 and server.leg.proto == "udp" and not resend:
+            invite = server.view.method == "INVITE"
+            if response.code >= 300 and invite and server.leg.proto == "udp" and not resend:
                 # (Timer G: the caller's ACK stops the retransmissions.)
                 self._arm(server, self.timers.t1)
 
@@ -540,8 +543,10 @@ class StatefulProxy(StatelessProxy):
         # ones stay a while (Timer K), so a late 487 or a retransmitted
         # final is still ACKed here.
         assert self._clock is not None
-        self._forget = [call for call in self._forget if call.active()]
-        self._forget.append(
+        forget = self._forget
+        while forget and not forget[0].active():
+            forget.popleft()
+        forget.append(
             self._clock.callLater(64 * self.timers.t1, self._forget_clients, server)
         )
 
@@ -566,7 +571,7 @@ class StatefulProxy(StatelessProxy):
         for call in self._forget:
             if call.active():
                 call.cancel()
-        self._forget = []
+        self._forget.clear()
 
     # -- CANCEL ------------------------------------------------------------------
 
