@@ -165,7 +165,7 @@ def cpu_seconds(root: int) -> tuple[float, float]:
     return user / CLK_TCK, system / CLK_TCK
 
 
-def _status_kib(pid: int, key: str) -> int:
+def status_kib(pid: int, key: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -181,7 +181,7 @@ def peak_rss_kib(root: int) -> int:
     The sum of C{VmHWM} over the process tree (for a multi-process server
     this counts shared memory once per process that touched it).
     """
-    return sum(_status_kib(pid, "VmHWM") for pid in process_tree(root))
+    return sum(status_kib(pid, "VmHWM") for pid in process_tree(root))
 
 
 def pss_kib(root: int) -> int:

@@ -94,6 +94,7 @@ from load import (
     free_port,
     peak_rss_kib,
     read_stats,
+    status_kib,
     udp_drops,
 )
 
@@ -140,17 +141,6 @@ def thread_cpu(pid: int) -> dict[int, float]:
         fields = text[text.rindex(")") + 2 :].split()
         times[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return times
-
-
-def status_kib(pid: int, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def snmp_udp() -> dict[str, int]:

@@ -606,44 +606,35 @@ class StatefulProxy(StatelessProxy):
         Send CANCEL for a branch (§9.1: the INVITE's Request-URI, Call-ID,
         To, From, CSeq number and top Via).
         """
-        if client.leg is None or client.address is None:
-            return
-        request = client.server.view.request
-        fields = [
-            ("Via", client.data.split(b"\r\n", 2)[1].split(b": ", 1)[1].decode()),
-            ("From", request.get_header("from") or ""),
-            ("To", request.get_header("to") or ""),
-            ("Call-ID", request.get_header("call-id") or ""),
-            ("CSeq", f"{request.cseq[0]} CANCEL"),
-            ("Max-Forwards", "70"),
-        ]
-        fields += [("Route", value) for value in request.get_headers("route")]
-        cancel = Request("CANCEL", client.uri, fields)
-        client.leg.send_now(bytes(cancel), client.address, None, lambda error: None)
+        self._send_branch_request(client, "CANCEL", client.server.view.request.get_header("to") or "")
 
     def _send_ack(self, client: _Client, response: Response) -> None:
         """
-        Send the ACK of a branch's non-2xx final (§17.1.1.3).
+        Send the ACK of a branch's non-2xx final (§17.1.1.3: the To of the
+        response, the rest as for CANCEL).
+        """
+        self._send_branch_request(client, "ACK", response.get_header("to") or "")
+
+    def _send_branch_request(self, client: _Client, method: str, to: str) -> None:
+        """
+        Send a CANCEL or ACK that belongs to a branch's INVITE transaction:
+        its top Via (the branch's), Request-URI, From, Call-ID, CSeq number
+        and Route set, to the address the INVITE went to.
         """
         if client.leg is None or client.address is None:
             return
-        client.leg.send_now(bytes(self._ack(client, response)), client.address, None, lambda error: None)
-
-    def _ack(self, client: _Client, response: Response) -> Request:
-        """
-        The ACK of a branch's non-2xx final.
-        """
         request = client.server.view.request
         fields = [
             ("Via", client.data.split(b"\r\n", 2)[1].split(b": ", 1)[1].decode()),
             ("From", request.get_header("from") or ""),
-            ("To", response.get_header("to") or ""),
+            ("To", to),
             ("Call-ID", request.get_header("call-id") or ""),
-            ("CSeq", f"{request.cseq[0]} ACK"),
+            ("CSeq", f"{request.cseq[0]} {method}"),
             ("Max-Forwards", "70"),
         ]
         fields += [("Route", value) for value in request.get_headers("route")]
-        return Request("ACK", client.uri, fields)
+        data = bytes(Request(method, client.uri, fields))
+        client.leg.send_now(data, client.address, None, lambda error: None)
 
     # -- helpers -----------------------------------------------------------------
 
