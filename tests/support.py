@@ -10,6 +10,7 @@ import os
 import re
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,21 @@ def child_env() -> dict[str, str]:
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
     return env
+
+
+def twistd_argv(*args: str) -> list[str]:
+    """
+    The command line of C{twistd -n [args]} for this Python, without a
+    pid file (so several can run at once and nothing is left behind).
+    """
+    return [
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        *args,
+    ]
 
 
 #: The fail2ban filter shipped in docs/.

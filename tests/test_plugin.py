@@ -14,7 +14,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from tests.interop.peers import (
     run_sipp_uac,
     start_sipp_uas,
 )
-from tests.support import SOURCE_ROOT, child_env
+from tests.support import SOURCE_ROOT, child_env, twistd_argv
 
 #: Seconds a C{twistd} child may run before it is killed.
 CHILD_TIMEOUT = 20.0
@@ -47,21 +46,6 @@ PEER_TIMEOUT = 5
 PORT_ATTEMPTS = 3
 #: The address C{twistd sipproxy} listens on without C{--listen}.
 DEFAULT_PORT = 5060
-
-
-def twistd_argv(*args: str) -> list[str]:
-    """
-    The command line of C{twistd -n [args]} for this Python, without a
-    pid file (so several can run at once and nothing is left behind).
-    """
-    return [
-        sys.executable,
-        "-c",
-        "from twisted.scripts.twistd import run; run()",
-        "-n",
-        "--pidfile=",
-        *args,
-    ]
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

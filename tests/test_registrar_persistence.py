@@ -20,8 +20,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.support import RedisServer, child_env, stored_bindings
-from tests.test_plugin import twistd_argv
+from tests.support import RedisServer, child_env, stored_bindings, twistd_argv
 
 #: Kills per test.
 KILLS = 3
