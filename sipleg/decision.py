@@ -61,6 +61,7 @@ __all__ = [
     "decide_response",
     "from_tag",
     "leg_identity",
+    "next_hop",
     "next_max_forwards",
     "request_view",
     "response_targets",
@@ -516,6 +517,16 @@ def from_tag(value: str | None) -> str:
         return value
 
 
+def next_hop(uri: URI, rules: Rules) -> URI:
+    """
+    Where a request for C{uri} without a Route set goes: the static route
+    or outbound proxy that covers it, else C{uri} itself.  The one answer
+    for the Request-URI and for every forked contact alike.
+    """
+    static = rules.routes.next_hop(uri)
+    return static if static is not None else uri
+
+
 def restore_strict_route(uri: URI | None, routes: tuple[str, ...], legs: LegSet) -> tuple[str, ...] | None:
     """
     RFC 3261 §16.4: when the Request-URI is a value we put in a
@@ -650,8 +661,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
             new_uri = str(first)
             target = first
     else:
-        static = rules.routes.next_hop(uri)
-        target = static if static is not None else uri
+        target = next_hop(uri, rules)
 
     out_uri = new_uri if new_uri is not None else text
     from_value = view.from_value

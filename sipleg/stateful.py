@@ -15,21 +15,33 @@ shell that keeps the transactions, their timers and the sockets:
    non-INVITE capped at T2) until a response, and it ends 408 after Timer B
    / F (64*T1); an INVITE branch also has Timer C (default 3 min): with a
    provisional it is cancelled, without one it ends 408;
+ - each contact of a fork goes where the Request-URI would (static
+   routes, the outbound proxy: L{sipleg.decision.next_hop});
  - responses go upstream as the response context says (1xx, every 2xx,
-   the best final); a branch's non-2xx final is ACKed here, hop by hop
-   (§17.1.1.3), and the caller's ACK for our non-2xx final is absorbed;
-   the ACK for a 2xx goes on end to end, statelessly;
+   the best final; a 401 / 407 with the challenges of every 401 / 407
+   branch, §16.7 step 7); a branch's non-2xx final is ACKed here, hop by
+   hop (§17.1.1.3), and the caller's ACK for our non-2xx final is
+   absorbed; the ACK for a 2xx goes on end to end, statelessly;
  - a CANCEL for a pending INVITE is answered 200 at once and every
    pending branch gets a CANCEL (§16.10); the caller then gets the 487;
+   a cancelled branch with no final 64*T1 later ends 408 (§9.1);
  - an INVITE with the From tag, Call-ID and CSeq of a live transaction but
    another branch (a merged request, §8.2.2.2) gets 482;
  - at C{max_transactions} live transactions a new request gets 503.
+
+What outlives the final response is what RFC 3261 §17 keeps, and no
+more: a server transaction becomes an L{_Answered} (the final and where
+it goes) for Timer H / I / J, or ends at once after a 2xx or, for a
+non-INVITE, over a stream; a branch is forgotten at its final, except
+for Timer D (a non-2xx INVITE final over UDP, 32 s), Timer K (a
+non-INVITE over UDP, T4) and a cancelled INVITE (64*T1, for its 487).
+Ended transactions hold no reference cycle, so they are freed without
+the cyclic garbage collector.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,15 +50,15 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from sipleg.address import Address
-from sipleg.decision import Forward, RequestView, from_tag, request_view
+from sipleg.decision import Forward, RequestView, from_tag, next_hop, request_view
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
 from sipleg.message import Request, Response, make_response
 from sipleg.proxy import StatelessProxy, edit
-from sipleg.uri import header_tag, parse_uri, parse_via, via_branch
+from sipleg.uri import Via, header_tag, parse_uri, parse_via, via_branch
 
-__all__ = ["StatefulProxy", "TransactionTimers"]
+__all__ = ["StatefulProxy", "TransactionTimers", "merge_challenges"]
 
 log = Logger()
 
@@ -59,7 +71,7 @@ class TransactionTimers:
     @ivar t1: the round-trip estimate (Timer A / E start there, B / F /
         H / J are 64*T1).
     @ivar t2: the longest retransmit interval of non-INVITE requests.
-    @ivar t4: how long a message may stay in the network (Timer I).
+    @ivar t4: how long a message may stay in the network (Timers I, K).
     @ivar timer_c: how long an INVITE branch may ring (at least 3 min by
         the RFC; shorter for tests).
     @ivar max_transactions: live server transactions at most; beyond, 503.
@@ -76,13 +88,20 @@ class TransactionTimers:
             raise ValueError("transaction timers and cap must be positive")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Client:
     """
-    One branch: a client transaction.
+    One branch: a client transaction.  It points at its server
+    transaction while it is pending, and lets go when it ends (so ended
+    branches that wait for Timer D / K hold the request they may still
+    ACK or CANCEL, not the whole transaction, and no reference cycle
+    outlives the branch).
     """
 
-    server: _Server
+    server: _Server | None
+    #: The caller's request as forwarded (its From, To, Call-ID, CSeq and
+    #: Route are what the branch's ACK and CANCEL copy).
+    request: Request
     key: str
     branch: str
     uri: str
@@ -95,6 +114,8 @@ class _Client:
     timer_c: IDelayedCall | None = None
     provisional: bool = False
     done: bool = False
+    #: A CANCEL went for it.
+    cancelled: bool = False
     #: The RFC 3263 targets of the branch, and which one was taken.
     pairs: list[tuple[Leg, Address]] = field(default_factory=list)
     index: int = 0
@@ -103,26 +124,56 @@ class _Client:
     cancel_late: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Server:
     """
-    One server transaction, and the branches of its request.
+    One pending server transaction, and the branches of its request.
     """
 
     key: tuple[str, str, str]
     view: RequestView
     leg: Leg
-    forward: Forward | None = None
-    ended: bool = False
-    context: ResponseContext[Response] | None = None
+    forward: Forward
+    context: ResponseContext[Response]
+    merge_key: tuple[str, str, str] | None
+    #: The last response sent upstream (what a retransmission gets).
     last: Response | None = None
+    #: A final response went upstream.
     final: bool = False
+    #: The response context is done: the transaction is L{_Answered}
+    #: now, or gone (branches being cancelled may still end).
+    finished: bool = False
+    #: The pending branches, by key.
     clients: dict[str, _Client] = field(default_factory=dict)
-    #: Timer H / I / J: the end of the transaction.
+
+    @property
+    def via(self) -> Via:
+        return self.view.via
+
+    @property
+    def source(self) -> Address:
+        return self.view.source
+
+
+@dataclass(eq=False, slots=True)
+class _Answered:
+    """
+    A server transaction whose final response went upstream (Completed or
+    Confirmed, §17.2): only what absorbing the caller's retransmissions
+    and ACK needs, until Timer H / I / J frees it; nothing of the request.
+    """
+
+    key: tuple[str, str, str]
+    last: Response
+    via: Via
+    source: Address
+    leg: Leg
+    merge_key: tuple[str, str, str] | None
+    #: The caller's ACK ends it (a non-2xx final of an INVITE).
+    acked: bool
     timer: IDelayedCall | None = None
-    #: Timer G: the next retransmission of a non-2xx final.
+    #: Timer G: the next retransmission of the final.
     resend: IDelayedCall | None = None
-    merge_key: tuple[str, str, str] | None = None
 
 
 class StatefulProxy(StatelessProxy):
@@ -144,11 +195,10 @@ class StatefulProxy(StatelessProxy):
 
             self._clock = clock
         self.timers = timers
-        self._servers: dict[tuple[str, str, str], _Server] = {}
+        self._servers: dict[tuple[str, str, str], _Server | _Answered] = {}
         self._clients: dict[str, _Client] = {}
-        self._merged: dict[tuple[str, str, str], _Server] = {}
+        self._merged: dict[tuple[str, str, str], _Server | _Answered] = {}
         self._numbers = itertools.count(1)
-        self._forget: deque[IDelayedCall] = deque()
 
     @property
     def transactions(self) -> int:
@@ -157,19 +207,28 @@ class StatefulProxy(StatelessProxy):
         """
         return len(self._servers)
 
+    @property
+    def branches(self) -> int:
+        """
+        How many client transactions are kept (pending, or ended and
+        waiting for Timer D / K).
+        """
+        return len(self._clients)
+
     # -- requests ------------------------------------------------------------
 
     def forward_request(self, request: Request, leg: Leg, source: Address) -> Deferred[Any] | None:
         try:
-            key = _server_key(request)
+            key = _server_key(parse_via(request.get_header("via") or ""), request)
         except SIPParseError:
             return super().forward_request(request, leg, source)
         method = request.method
         if method == "ACK":
             server = self._servers.get(key)
-            if server is not None and server.final and server.last is not None and server.last.code >= 300:
-                # The caller's ACK for our non-2xx final: absorbed (§17.2.1).
-                self._end(server, self.timers.t4 if leg.proto == "udp" else 0)
+            if isinstance(server, _Answered) and server.acked:
+                # The caller's ACK for our non-2xx final: absorbed
+                # (§17.2.1); Timer I absorbs its retransmissions.
+                self._end_after(server, self.timers.t4 if leg.proto == "udp" else 0.0)
                 return None
             # The ACK of a 2xx goes end to end.
             return super().forward_request(request, leg, source)
@@ -183,13 +242,8 @@ class StatefulProxy(StatelessProxy):
         if server is not None:
             # A retransmission: the last response again, if any.
             if server.last is not None:
-                self._upstream(server, server.last, resend=True)
+                self._send_response(server.last, server.via, server.leg, server.source)
             return None
-        if method == "INVITE":
-            merge_key = _merge_key(request)
-            if merge_key is not None and merge_key in self._merged:
-                self._refuse(request, leg, source, 482, "Loop Detected (merged request)")
-                return None
         if len(self._servers) >= self.timers.max_transactions:
             self._refuse(request, leg, source, 503, "Service Unavailable (too many transactions)")
             return None
@@ -209,44 +263,48 @@ class StatefulProxy(StatelessProxy):
     def _forward(self, view: RequestView, forward: Forward, in_leg: Leg) -> Deferred[Any] | None:
         """
         Create the server transaction and the first group of branches (an
-        ACK, of a 2xx, goes on statelessly: it has no transaction).
+        ACK, of a 2xx, and a CANCEL matching no transaction of ours go on
+        statelessly, §16.10: they have no transaction).
         """
-        if view.method in ("ACK", "CANCEL"):
-            # (A CANCEL matching no transaction of ours, §16.10.)
+        method = view.method
+        if method in ("ACK", "CANCEL"):
             return super()._forward(view, forward, in_leg)
         request = view.request
-        server = _Server(_server_key(request), view, in_leg, forward)
-        self._servers[server.key] = server
-        if request.method == "INVITE":
-            server.merge_key = _merge_key(request)
-            if server.merge_key is not None:
-                self._merged[server.merge_key] = server
-            trying = make_response(request, 100, "Trying")
-            self._upstream(server, trying)
+        merge_key = _merge_key(request) if method == "INVITE" else None
+        if merge_key is not None and merge_key in self._merged:
+            self._refuse(request, in_leg, view.source, 482, "Loop Detected (merged request)")
+            return None
         groups = [list(group) for group in forward.forks] or [[forward.edits.uri or request.uri]]
         context: ResponseContext[Response] = ResponseContext(groups)
-        server.context = context
+        server = _Server(_server_key(view.via, request), view, in_leg, forward, context, merge_key)
+        self._servers[server.key] = server
+        if merge_key is not None:
+            self._merged[merge_key] = server
+        if method == "INVITE":
+            self._upstream(server, make_response(request, 100, "Trying"), ours=True)
         edit(request, forward.edits)
-        self._start(server, forward, context.first())
+        self._start(server, context.first())
         return None
 
-    def _start(self, server: _Server, forward: Forward, uris: list[str]) -> None:
+    def _start(self, server: _Server, uris: list[str]) -> None:
         """
         One client transaction per target in C{uris}.
         """
-        assert server.context is not None
+        forward = server.forward
         request = server.view.request
         legs = self._legs_from(self._legs[forward.prefer])
         for uri in uris:
             suffix = f"{forward.edits.branch}.{next(self._numbers)}"
-            client = _Client(server, suffix, suffix, uri)
+            client = _Client(server, request, suffix, suffix, uri)
             server.clients[suffix] = client
             server.context.started(suffix)
-            target = parse_uri(uri) if forward.forks else forward.targets[0]
             request.uri = uri
             try:
+                # Each contact goes where the Request-URI would (static
+                # routes, the outbound proxy); the first was decided so.
+                target = next_hop(parse_uri(uri), self.rules) if forward.forks else forward.targets[0]
                 found = self.dispatcher.resolve(target, legs, request, self._transports)
-            except DeliveryError as e:
+            except (DeliveryError, SIPParseError) as e:
                 self._unreached(client, e)
                 continue
             if isinstance(found, Deferred):
@@ -267,10 +325,12 @@ class StatefulProxy(StatelessProxy):
         C{first} on that takes it (a transport error moves on at once).
         """
         server = client.server
-        forward = self._forward_of(server)
-        request = server.view.request
+        if server is None:
+            # (Ended while its targets were looked up: cancelled.)
+            return
+        request = client.request
         request.uri = client.uri
-        build = self._builder(request, client.branch, forward.edits.record_route, server.leg)
+        build = self._builder(request, client.branch, server.forward.edits.record_route, server.leg)
 
         def record(out: Leg) -> tuple[bytes, object | None]:
             data, conn = build(out)
@@ -296,13 +356,14 @@ class StatefulProxy(StatelessProxy):
         @return: whether there was one.
         """
         following = client.index + 1
-        if following >= len(client.pairs):
+        if following >= len(client.pairs) or client.cancelled:
             return False
         log.info("{uri}: {address} failed, trying the next target", uri=client.uri, address=client.address)
         self._stop_timers(client)
         self._clients.pop(client.branch, None)
         client.branch = f"{client.key}.{next(self._numbers)}"
         client.leg = client.address = None
+        client.provisional = False
         self._try(client, following)
         return True
 
@@ -310,6 +371,8 @@ class StatefulProxy(StatelessProxy):
         """
         A branch's request left: its transaction's timers start.
         """
+        if client.done:
+            return
         leg, address = pair
         client.leg, client.address = leg, address
         if pair in client.pairs:
@@ -317,16 +380,16 @@ class StatefulProxy(StatelessProxy):
         full = leg.branch + client.branch
         self._clients[full] = client
         client.branch = full
-        self.stats.forwarded[self.stats.method(client.server.view.method)] += 1
+        method = client.request.method
+        self.stats.forwarded[self.stats.method(method)] += 1
         timers = self.timers
-        invite = client.server.view.method == "INVITE"
         clock = self._clock
         assert clock is not None
         if leg.proto == "udp":
             client.interval = timers.t1
             client.retransmit = clock.callLater(timers.t1, self._retransmit, client)
         client.timeout = clock.callLater(64 * timers.t1, self._timed_out, client)
-        if invite:
+        if method == "INVITE":
             client.timer_c = clock.callLater(timers.timer_c, self._timer_c, client)
 
     def _unreached_failure(self, reason: Any, client: _Client) -> None:
@@ -335,7 +398,7 @@ class StatefulProxy(StatelessProxy):
             error = DeliveryError(None, str(error))
         self._unreached(client, error)
 
-    def _unreached(self, client: _Client, error: DeliveryError) -> None:
+    def _unreached(self, client: _Client, error: Exception) -> None:
         """
         No target of a branch took its request: it ends 503 (§16.7).
         """
@@ -351,18 +414,22 @@ class StatefulProxy(StatelessProxy):
         client.retransmit = None
         if client.done or client.leg is None or client.address is None:
             return
-        client.leg.send_now(client.data, client.address, None, lambda error: None)
-        invite = client.server.view.method == "INVITE"
+        client.leg.send_now(client.data, client.address, None, _ignore)
+        invite = client.request.method == "INVITE"
         client.interval = client.interval * 2 if invite else min(client.interval * 2, self.timers.t2)
         assert self._clock is not None
         client.retransmit = self._clock.callLater(client.interval, self._retransmit, client)
 
     def _timed_out(self, client: _Client) -> None:
         """
-        Timer B / F: no final response in time: the branch ends 408.
+        Timer B / F: no final response in time: the branch ends 408; so
+        does a cancelled branch whose INVITE still has no final 64*T1
+        after the CANCEL (§9.1).
         """
         client.timeout = None
-        if client.done or (client.provisional and client.server.view.method == "INVITE"):
+        if client.done:
+            return
+        if client.provisional and not client.cancelled and client.request.method == "INVITE":
             # (A ringing INVITE branch is Timer C's.)
             return
         if not client.provisional and self._fail_over(client):
@@ -379,7 +446,7 @@ class StatefulProxy(StatelessProxy):
         if client.done:
             return
         if client.provisional:
-            self._cancel_branch(client)
+            self._send_cancel(client)
         self._branch_final(client, 408, self._made(client, 408, "Request Timeout"))
 
     # -- responses -------------------------------------------------------------
@@ -391,23 +458,29 @@ class StatefulProxy(StatelessProxy):
             branch = None
         client = self._clients.get(branch or "")
         if client is None:
+            # Not a branch of ours (any more): a 2xx of a forked INVITE
+            # after its branch ended goes on statelessly (§16.7).
             return super().forward_response(response, leg)
         method = response.cseq[1]
         if method == "CANCEL":
             return None
         code = response.code
-        if client.done and code < 300:
-            if code < 200 and client.cancel_late:
-                client.cancel_late = False
-                self._send_cancel(client)
-            elif code >= 200:
-                # Another 2xx of a forked INVITE: it goes on (§16.7).
-                super().forward_response(response, leg)
-            return None
         if client.done:
-            # A retransmitted non-2xx final: our ACK again.
-            self._send_ack(client, response)
+            if code < 200:
+                if client.cancel_late:
+                    client.cancel_late = False
+                    self._send_cancel(client)
+            elif method == "INVITE":
+                if code >= 300:
+                    # A retransmitted or late non-2xx final: ACKed (Timer D).
+                    self._send_ack(client, response)
+                else:
+                    # Another 2xx (of a branch cancelled too late): it goes on.
+                    super().forward_response(response, leg)
+            # (A retransmitted non-INVITE final is absorbed: Timer K.)
             return None
+        server = client.server
+        assert server is not None
         if code < 200:
             client.provisional = True
             if client.retransmit is not None and method == "INVITE":
@@ -415,36 +488,66 @@ class StatefulProxy(StatelessProxy):
                 client.retransmit = None
             if client.timer_c is not None and code > 100:
                 client.timer_c.reset(self.timers.timer_c)
-            assert client.server.context is not None
-            self._execute(client.server, client.server.context.provisional(client.key, code, response))
+            self._execute(server, server.context.provisional(client.key, code, response))
             return None
         if code >= 300 and method == "INVITE":
             # §17.1.1.3: the ACK of a non-2xx final, hop by hop.
             self._send_ack(client, response)
         if code == 503 and self._fail_over(client):
             return None
-        self._branch_final(client, code, response)
+        self._branch_final(client, code, response, received=True)
         return None
 
-    def _branch_final(self, client: _Client, code: int, response: Response) -> None:
+    def _branch_final(self, client: _Client, code: int, response: Response, received: bool = False) -> None:
         """
-        A branch ended (its transaction is done; 2xx retransmissions of
-        it still find their way statelessly).
+        A branch ended: its timers stop, it lets go of its server
+        transaction, and the response context hears of it.  A branch that
+        may still get a message stays findable a while: a received non-2xx
+        final of an INVITE is ACKed again while Timer D runs (32 s over
+        UDP), a non-INVITE branch absorbs its final's retransmissions for
+        Timer K (T4 over UDP), and a cancelled INVITE (a CANCEL went, or
+        waits for the first provisional) still gets its 487 ACKed for
+        64*T1; otherwise it is forgotten at once (§17.1.1.2, §17.1.2.2).
         """
-        first = not client.done
+        if client.done:
+            return
         client.done = True
         self._stop_timers(client)
         server = client.server
-        if server.context is not None and first:
+        client.server = None
+        timers = self.timers
+        invite = client.request.method == "INVITE"
+        udp = client.leg is not None and client.leg.proto == "udp"
+        if client.leg is None and not client.cancel_late:
+            wait = 0.0
+        elif client.cancelled or client.cancel_late:
+            wait = 64 * timers.t1
+        elif not received or not udp:
+            wait = 0.0
+        elif invite:
+            wait = 32.0 if code >= 300 else 0.0
+        else:
+            wait = timers.t4
+        if wait > 0:
+            assert self._clock is not None
+            client.timeout = self._clock.callLater(wait, self._forget, client)
+        else:
+            self._forget(client)
+        if server is not None:
+            server.clients.pop(client.key, None)
             self._execute(server, server.context.final(client.key, code, response))
+
+    def _forget(self, client: _Client) -> None:
+        client.timeout = None
+        if self._clients.get(client.branch) is client:
+            del self._clients[client.branch]
 
     @staticmethod
     def _stop_timers(client: _Client) -> None:
-        for name in ("retransmit", "timeout", "timer_c"):
-            timer = getattr(client, name)
+        for timer in (client.retransmit, client.timeout, client.timer_c):
             if timer is not None and timer.active():
                 timer.cancel()
-            setattr(client, name, None)
+        client.retransmit = client.timeout = client.timer_c = None
 
     def _execute(self, server: _Server, step: Step[Response]) -> None:
         """
@@ -455,127 +558,120 @@ class StatefulProxy(StatelessProxy):
         for key in step.cancel:
             client = server.clients.get(key)
             if client is not None:
-                self._cancel_branch(client)
+                self._send_cancel(client)
         if step.start:
-            forward = self._forward_of(server)
-            self._start(server, forward, step.start)
+            self._start(server, step.start)
         if step.done:
-            server.final = True
             self._finish(server)
 
-    def _upstream(self, server: _Server, response: Response, resend: bool = False) -> None:
+    def _upstream(self, server: _Server, response: Response, ours: bool = False) -> None:
         """
         Send a response to the caller, as the server transaction's: with
         the request's Vias (a branch's response had ours on top; a phone
-        may even answer a CANCEL's Vias), along the request's top Via, on
-        the request's own connection over a stream (§18.2.2).
+        may even answer a CANCEL's Vias; C{ours}, made from the request,
+        has them already), along the request's top Via, on the request's
+        own connection over a stream (§18.2.2).  A 401 / 407 chosen as the
+        best final carries the challenges of every 401 / 407 branch
+        (§16.7 step 7).
         """
         view = server.view
-        if not resend:
+        if not ours:
             response.remove_header("via")
             for value in view.request.get_headers("via"):
                 response.add_header("Via", value)
+        code = response.code
+        if code >= 200:
+            if code in _CHALLENGES and not server.final:
+                merge_challenges(response, server.context.finals())
+            server.final = True
         self._send_response(response, view.via, server.leg, view.source)
         server.last = response
-        if response.code >= 200:
-            server.final = True
-            invite = server.view.method == "INVITE"
-            if response.code >= 300 and invite and server.leg.proto == "udp" and not resend:
-                # (Timer G: the caller's ACK stops the retransmissions.)
-                self._arm(server, self.timers.t1)
-
-    def _arm(self, server: _Server, interval: float) -> None:
-        """
-        Timer G: retransmit a non-2xx final to the caller until its ACK
-        (or Timer H ends the transaction).
-        """
-        assert self._clock is not None
-
-        def again() -> None:
-            if server.key not in self._servers or server.last is None:
-                return
-            self._upstream(server, server.last, resend=True)
-            if interval * 2 < 64 * self.timers.t1:
-                self._arm(server, min(interval * 2, self.timers.t2))
-
-        if server.resend is not None and server.resend.active():
-            server.resend.cancel()
-        server.resend = self._clock.callLater(interval, again)
 
     def _finish(self, server: _Server) -> None:
         """
-        A final response went upstream: the transaction ends after the
-        time retransmissions may still arrive (Timer H / J, 64*T1 over UDP,
-        at once after a 2xx or over a stream).
+        The response context is done (a final response went upstream): the
+        transaction becomes an L{_Answered} that absorbs retransmissions
+        until Timer H (a non-2xx final of an INVITE, on every transport:
+        the caller's ACK ends it sooner) or Timer J (64*T1, a non-INVITE
+        over UDP), or it ends at once (a 2xx of an INVITE, or a non-INVITE
+        over a stream).
         """
-        last = server.last
-        if last is not None and last.code >= 300 and server.view.method == "INVITE":
-            # Timer H, on every transport: the caller's ACK ends it sooner.
-            wait = 64 * self.timers.t1
-        elif server.leg.proto == "udp" and server.view.method != "INVITE":
-            # Timer J: retransmitted requests get the final again.
-            wait = 64 * self.timers.t1
-        else:
-            wait = 0.0
-        self._end(server, wait)
-
-    def _end(self, server: _Server, wait: float) -> None:
-        """
-        Free the transaction (after C{wait} seconds that absorb stray
-        retransmissions).
-        """
-        if server.timer is not None and server.timer.active():
-            server.timer.cancel()
-        server.timer = None
-        if wait > 0:
-            assert self._clock is not None
-            server.timer = self._clock.callLater(wait, self._end, server, 0)
+        if server.finished:
             return
-        if server.resend is not None and server.resend.active():
-            server.resend.cancel()
-        server.resend = None
-        server.ended = True
+        server.finished = True
+        last = server.last
+        assert last is not None
+        invite = server.view.method == "INVITE"
+        udp = server.leg.proto == "udp"
+        acked = invite and last.code >= 300
+        if acked or (udp and not invite):
+            answered = _Answered(
+                server.key, last, server.via, server.source, server.leg, server.merge_key, acked
+            )
+            self._servers[server.key] = answered
+            if server.merge_key is not None:
+                self._merged[server.merge_key] = answered
+            self._end_after(answered, 64 * self.timers.t1)
+            if acked and udp:
+                # Timer G: the final again until the caller's ACK.
+                self._arm(answered, self.timers.t1)
+            return
         if self._servers.get(server.key) is server:
             del self._servers[server.key]
         if server.merge_key is not None and self._merged.get(server.merge_key) is server:
             del self._merged[server.merge_key]
-        # Branches still pending (being cancelled) go when they end; ended
-        # ones stay a while (Timer K), so a late 487 or a retransmitted
-        # final is still ACKed here.
-        assert self._clock is not None
-        forget = self._forget
-        while forget and not forget[0].active():
-            forget.popleft()
-        forget.append(
-            self._clock.callLater(64 * self.timers.t1, self._forget_clients, server)
-        )
 
-    def _forget_clients(self, server: _Server) -> None:
-        for client in server.clients.values():
-            if client.done:
-                self._clients.pop(client.branch, None)
+    def _arm(self, answered: _Answered, interval: float) -> None:
+        """
+        Timer G: retransmit a non-2xx final to the caller at C{interval},
+        doubling up to T2, until its ACK or Timer H.
+        """
+        assert self._clock is not None
+        answered.resend = self._clock.callLater(interval, self._resend, answered, interval)
+
+    def _resend(self, answered: _Answered, interval: float) -> None:
+        answered.resend = None
+        self._send_response(answered.last, answered.via, answered.leg, answered.source)
+        self._arm(answered, min(interval * 2, self.timers.t2))
+
+    def _end_after(self, answered: _Answered, wait: float) -> None:
+        """
+        Free an answered transaction after C{wait} seconds (Timer H / I /
+        J), or at once.
+        """
+        for timer in (answered.timer, answered.resend):
+            if timer is not None and timer.active():
+                timer.cancel()
+        answered.timer = answered.resend = None
+        if wait > 0:
+            assert self._clock is not None
+            answered.timer = self._clock.callLater(wait, self._end_after, answered, 0.0)
+            return
+        if self._servers.get(answered.key) is answered:
+            del self._servers[answered.key]
+        if answered.merge_key is not None and self._merged.get(answered.merge_key) is answered:
+            del self._merged[answered.merge_key]
 
     def stop(self) -> None:
         """
         Cancel every timer (the service stops; what is pending is dropped).
         """
         for server in list(self._servers.values()):
-            for timer in (server.timer, server.resend):
-                if timer is not None and timer.active():
-                    timer.cancel()
+            if isinstance(server, _Answered):
+                for timer in (server.timer, server.resend):
+                    if timer is not None and timer.active():
+                        timer.cancel()
+            else:
+                for client in server.clients.values():
+                    self._stop_timers(client)
         for client in list(self._clients.values()):
             self._stop_timers(client)
-        for server in list(self._servers.values()):
-            for client in server.clients.values():
-                self._stop_timers(client)
-        for call in self._forget:
-            if call.active():
-                call.cancel()
-        self._forget.clear()
 
     # -- CANCEL ------------------------------------------------------------------
 
-    def _answer_cancel(self, request: Request, leg: Leg, source: Address, server: _Server) -> None:
+    def _answer_cancel(
+        self, request: Request, leg: Leg, source: Address, server: _Server | _Answered
+    ) -> None:
         """
         §16.10: 200 for the CANCEL at once; every pending branch is
         cancelled; branches never heard from end 487 here.
@@ -586,7 +682,7 @@ class StatefulProxy(StatelessProxy):
             return
         self.stats.answered[200] += 1
         self._send_response(make_response(request, 200), view.via, leg, source)
-        if server.context is None or server.final:
+        if isinstance(server, _Answered) or server.final:
             return
         self._execute(server, server.context.cancel())
         for client in list(server.clients.values()):
@@ -594,19 +690,21 @@ class StatefulProxy(StatelessProxy):
                 client.cancel_late = True
                 self._branch_final(client, 487, self._made(client, 487, "Request Terminated"))
 
-    def _cancel_branch(self, client: _Client) -> None:
-        """
-        Cancel a pending branch.
-        """
-        if not client.done:
-            self._send_cancel(client)
-
     def _send_cancel(self, client: _Client) -> None:
         """
-        Send CANCEL for a branch (§9.1: the INVITE's Request-URI, Call-ID,
-        To, From, CSeq number and top Via).
+        Send CANCEL for a pending branch (§9.1: the INVITE's Request-URI,
+        Call-ID, To, From, CSeq number and top Via); a final must then
+        come within 64*T1, or the branch ends 408.
         """
-        self._send_branch_request(client, "CANCEL", client.server.view.request.get_header("to") or "")
+        if client.cancelled:
+            return
+        client.cancelled = True
+        self._send_branch_request(client, "CANCEL", client.request.get_header("to") or "")
+        if not client.done:
+            if client.timeout is not None and client.timeout.active():
+                client.timeout.cancel()
+            assert self._clock is not None
+            client.timeout = self._clock.callLater(64 * self.timers.t1, self._timed_out, client)
 
     def _send_ack(self, client: _Client, response: Response) -> None:
         """
@@ -623,7 +721,7 @@ class StatefulProxy(StatelessProxy):
         """
         if client.leg is None or client.address is None:
             return
-        request = client.server.view.request
+        request = client.request
         fields = [
             ("Via", client.data.split(b"\r\n", 2)[1].split(b": ", 1)[1].decode()),
             ("From", request.get_header("from") or ""),
@@ -634,7 +732,7 @@ class StatefulProxy(StatelessProxy):
         ]
         fields += [("Route", value) for value in request.get_headers("route")]
         data = bytes(Request(method, client.uri, fields))
-        client.leg.send_now(data, client.address, None, lambda error: None)
+        client.leg.send_now(data, client.address, None, _ignore)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -643,36 +741,47 @@ class StatefulProxy(StatelessProxy):
         A final response of ours standing for a branch (408, 503, 487): to
         the caller's request, so it goes upstream as ours.
         """
-        return make_response(client.server.view.request, code, reason)
-
-    def _forward_of(self, server: _Server) -> Forward:
-        """
-        The decision the transaction was made with (for the next group).
-        """
-        forward = server.forward
-        assert forward is not None
-        return forward
+        return make_response(client.request, code, reason)
 
 
-def _server_key(request: Request) -> tuple[str, str, str]:
+#: The finals whose challenges are merged (§16.7 step 7).
+_CHALLENGES = (401, 407)
+
+
+def merge_challenges(chosen: Response, finals: list[Response]) -> None:
+    """
+    RFC 3261 §16.7 step 7: the WWW-Authenticate and Proxy-Authenticate
+    values of every other 401 / 407 of the response context are added,
+    unchanged, to the chosen 401 / 407 (so a caller forked to two
+    realms can answer both challenges).
+    """
+    for other in finals:
+        if other is chosen or other.code not in _CHALLENGES:
+            continue
+        for name in ("WWW-Authenticate", "Proxy-Authenticate"):
+            for value in other.get_headers(name):
+                chosen.add_header(name, value)
+
+
+def _ignore(error: DeliveryError) -> None:
+    """
+    A retransmission, ACK or CANCEL that could not be sent: the timers
+    that wait for its answer say what happens next.
+    """
+
+
+def _server_key(via: Via, request: Request) -> tuple[str, str, str]:
     """
     What matches a request to its server transaction (RFC 3261 §17.2.3):
     the top Via's branch and sent-by, and the method (an ACK matches its
     INVITE).  A branch without the RFC 3261 magic cookie falls back on the
     Call-ID, CSeq number and From tag.
-
-    @raise SIPParseError: no usable top Via.
     """
-    via = parse_via(request.get_header("via") or "")
     method = "INVITE" if request.method == "ACK" else request.method
     branch = via.branch
     if branch is not None and branch.startswith("z9hG4bK"):
         return branch, f"{via.host}:{via.port}", method
-    return request.tid, _from_tag(request), method
-
-
-def _from_tag(request: Request) -> str:
-    return from_tag(request.get_header("from"))
+    return request.tid, from_tag(request.get_header("from")), method
 
 
 def _merge_key(request: Request) -> tuple[str, str, str] | None:
@@ -680,7 +789,7 @@ def _merge_key(request: Request) -> tuple[str, str, str] | None:
     From tag, Call-ID and CSeq: two INVITEs sharing them with other
     branches are a merged request (§8.2.2.2); none without a From tag.
     """
-    tag = _from_tag(request)
+    tag = from_tag(request.get_header("from"))
     try:
         in_dialog = header_tag(request.get_header("to") or "") is not None
     except SIPParseError:

@@ -10,11 +10,13 @@ L{Clock} drives the timers.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from sipleg import stateful
 from sipleg.address import Address
 from sipleg.dispatcher import Dispatcher
 from sipleg.flood import EdgePolicy
@@ -22,8 +24,10 @@ from sipleg.forking import ResponseContext, best_response
 from sipleg.leg import Leg
 from sipleg.message import Message, Request, Response, parse_message
 from sipleg.registrar import Registrar
+from sipleg.routing import StaticRoutes
 from sipleg.stateful import StatefulProxy, TransactionTimers
 from sipleg.transport.memory import MemorySocketPool
+from sipleg.uri import parse_uri
 
 CALLER = Address("127.0.0.1", 5071)
 DESK = Address("127.0.0.1", 5072)
@@ -325,3 +329,98 @@ class StatefulTests(TestCase):
         (answer,) = self.to(CALLER)
         assert isinstance(answer, Response)
         self.assertEqual((answer.code, answer.get_header("retry-after")), (503, "5"))
+
+    def test_branches_kept_as_rfc3261_says(self) -> None:
+        """
+        A branch ends with its final (§17.1): a 2xx INVITE branch is
+        forgotten at once; over UDP a non-2xx INVITE branch stays for
+        Timer D (32 s) and ACKs a retransmitted final again, a non-INVITE
+        branch for Timer K (T4); the server transaction of a non-INVITE
+        stays for Timer J (64*T1) and answers a retransmission from it.
+        """
+        _, desk, soft = self.invite()
+        self.step(self.answer(desk, 486, "d"), DESK)
+        self.step(self.answer(soft, 200, "s"), SOFT)
+        self.assertEqual((self.proxy.transactions, self.proxy.branches), (0, 1))
+        self.advance(31.75)
+        self.step(self.answer(desk, 486, "d"), DESK)
+        self.assertEqual((self.codes(DESK), self.codes(CALLER)), (["ACK"], []))
+        self.advance(0.5)
+        self.assertEqual(self.proxy.branches, 0)
+
+        bye = self.request("BYE", "sip:bob@127.0.0.1:5073", branch="z9hG4bKbye1", cseq=2)
+        self.step(bye, CALLER)
+        (forwarded,) = self.to(SOFT)
+        ok = self.answer(forwarded, 200, "s")
+        self.step(ok, SOFT)
+        self.assertEqual(self.codes(CALLER), [200])
+        self.assertEqual((self.proxy.transactions, self.proxy.branches), (1, 1))
+        self.step(ok, SOFT)
+        self.assertEqual(self.sent_now, [])
+        self.step(bye, CALLER)
+        self.assertEqual((self.codes(CALLER), self.to(SOFT)), ([200], []))
+        self.advance(5.0)
+        self.assertEqual((self.proxy.transactions, self.proxy.branches), (1, 0))
+        self.advance(27.0)
+        self.assertEqual((self.proxy.transactions, self.proxy.branches), (0, 0))
+
+    def test_ended_transactions_are_freed_without_the_collector(self) -> None:
+        """
+        A transaction holds no reference cycle once it ended: with the
+        cyclic garbage collector off, a forked call, its BYE and a
+        cancelled call leave no transaction object behind once their
+        timers ran (at a steady load, cycles would make every call wait
+        for full collections).
+        """
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        _, desk, soft = self.invite()
+        self.step(self.answer(soft, 180, "s"), SOFT)
+        self.step(self.answer(desk, 200, "d"), DESK)
+        self.step(self.answer(soft, 487, "s"), SOFT)
+        bye = self.request("BYE", "sip:bob@127.0.0.1:5072", branch="z9hG4bKbye2", cseq=2)
+        self.step(bye, CALLER)
+        (forwarded,) = self.to(DESK)
+        self.step(self.answer(forwarded, 200, "d"), DESK)
+        self.step(self.request(call_id="call2", branch="z9hG4bKcaller2"), CALLER)
+        self.step(self.request("CANCEL", call_id="call2", branch="z9hG4bKcaller2"), CALLER)
+        self.advance(70)
+        self.assertEqual((self.proxy.transactions, self.proxy.branches), (0, 0))
+        kinds = (stateful._Server, stateful._Client, stateful._Answered, ResponseContext)
+        self.assertEqual([o for o in gc.get_objects() if isinstance(o, kinds)], [])
+
+    def test_challenges_merged(self) -> None:
+        """
+        §16.7 step 7: the 401 chosen as the best final carries the
+        challenges of the 407 from the other branch, unchanged.
+        """
+        _, desk, soft = self.invite()
+        challenge = self.answer(desk, 401, "d")
+        challenge.add_header("WWW-Authenticate", 'Digest realm="desk", nonce="1"')
+        proxy_challenge = self.answer(soft, 407, "s")
+        proxy_challenge.add_header("Proxy-Authenticate", 'Digest realm="soft", nonce="2"')
+        self.step(challenge, DESK)
+        self.step(proxy_challenge, SOFT)
+        (spare,) = self.to(SPARE)
+        self.step(self.answer(spare, 404, "x"), SPARE)
+        (final,) = self.to(CALLER)
+        assert isinstance(final, Response)
+        self.assertEqual(final.code, 401)
+        self.assertEqual(final.get_headers("www-authenticate"), ['Digest realm="desk", nonce="1"'])
+        self.assertEqual(final.get_headers("proxy-authenticate"), ['Digest realm="soft", nonce="2"'])
+
+    def test_forks_follow_the_static_routes(self) -> None:
+        """
+        Every forked contact goes where the Request-URI would: with an
+        outbound proxy for what is not ours, each branch's INVITE goes
+        there with the contact as its Request-URI.
+        """
+        outbound = Address("127.0.0.1", 5090)
+        self.proxy.routes = StaticRoutes(
+            outbound_proxy=parse_uri(f"sip:{outbound.host}:{outbound.port};lr"), domains=["example.test"]
+        )
+        self.step(self.request(), CALLER)
+        uris = sorted(m.uri for m in self.to(outbound) if isinstance(m, Request))
+        self.assertEqual(uris, ["sip:bob@127.0.0.1:5072", "sip:bob@127.0.0.1:5073"])
+        self.assertEqual((self.to(DESK), self.to(SOFT)), ([], []))
