@@ -131,8 +131,11 @@ def main() -> int:
         "register-plain": [(request("REGISTER", "sip:example.test", n), TRUSTED) for n in range(rounds)],
     }
     expected = {
-        "plain": b"INVITE", "challenge": b"SIP/2.0 407", "verified": b"INVITE",
-        "register": b"SIP/2.0 200", "register-plain": b"SIP/2.0 200",
+        "plain": b"INVITE",
+        "challenge": b"SIP/2.0 407",
+        "verified": b"INVITE",
+        "register": b"SIP/2.0 200",
+        "register-plain": b"SIP/2.0 200",
     }
     costs = {}
     for kind, packets in kinds.items():

@@ -91,19 +91,43 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proxy = subprocess.Popen(
         [
-            sys.executable, "-m", "twisted", "--log-format", "text",
-            "--log-file", str(workdir / "twistd.log"), "sipproxy",
-            "--listen", f"udp:{PROXY}:{port}", "--allow", "127.0.0.254/32",
-            "--domain", "example.test", "--route", f"example.test=sip:{CALLER}:{uas_port}",
+            sys.executable,
+            "-m",
+            "twisted",
+            "--log-format",
+            "text",
+            "--log-file",
+            str(workdir / "twistd.log"),
+            "sipproxy",
+            "--listen",
+            f"udp:{PROXY}:{port}",
+            "--allow",
+            "127.0.0.254/32",
+            "--domain",
+            "example.test",
+            "--route",
+            f"example.test=sip:{CALLER}:{uas_port}",
         ],
-        cwd=workdir, env=env, stdout=quiet, stderr=quiet,
+        cwd=workdir,
+        env=env,
+        stdout=quiet,
+        stderr=quiet,
     )
     uas = subprocess.Popen(
         [
-            "sipp", "-sf", str(SCENARIOS / "uas.xml"), "-i", CALLER, "-p", str(uas_port),
-            "-nostdin", "-bind_local",
+            "sipp",
+            "-sf",
+            str(SCENARIOS / "uas.xml"),
+            "-i",
+            CALLER,
+            "-p",
+            str(uas_port),
+            "-nostdin",
+            "-bind_local",
         ],
-        cwd=workdir, stdout=quiet, stderr=quiet,
+        cwd=workdir,
+        stdout=quiet,
+        stderr=quiet,
     )
     calls = int(args.cps * (args.seconds + 2))
     uac = None
@@ -112,13 +136,40 @@ def main() -> int:
         uac_port = free_port(("udp",))
         uac = subprocess.Popen(
             [
-                "sipp", f"{CALLER}:{uas_port}", "-sf", str(SCENARIOS / "uac.xml"),
-                "-t", "u1", "-i", CALLER, "-p", str(uac_port), "-bind_local", "-nostdin",
-                "-rsa", f"{PROXY}:{port}", "-key", "ruri", "sip:service@example.test",
-                "-r", str(args.cps), "-m", str(calls), "-timeout", f"{int(args.seconds) + 30}s",
-                "-recv_timeout", "10000", "-trace_stat", "-stf", str(workdir / "stats.csv"), "-fd", "1",
+                "sipp",
+                f"{CALLER}:{uas_port}",
+                "-sf",
+                str(SCENARIOS / "uac.xml"),
+                "-t",
+                "u1",
+                "-i",
+                CALLER,
+                "-p",
+                str(uac_port),
+                "-bind_local",
+                "-nostdin",
+                "-rsa",
+                f"{PROXY}:{port}",
+                "-key",
+                "ruri",
+                "sip:service@example.test",
+                "-r",
+                str(args.cps),
+                "-m",
+                str(calls),
+                "-timeout",
+                f"{int(args.seconds) + 30}s",
+                "-recv_timeout",
+                "10000",
+                "-trace_stat",
+                "-stf",
+                str(workdir / "stats.csv"),
+                "-fd",
+                "1",
             ],
-            cwd=workdir, stdout=quiet, stderr=quiet,
+            cwd=workdir,
+            stdout=quiet,
+            stderr=quiet,
         )
         time.sleep(1)
         sent, sent_bytes, got = flood(port, args.rate, args.seconds)
@@ -129,10 +180,14 @@ def main() -> int:
         failed = int(last[header.index("FailedCall(C)")])
         log = (workdir / "twistd.log").read_text(errors="replace")
         bans = [line for line in log.splitlines() if "banned source" in line]
-        print(f"flooder: {sent} OPTIONS in {args.seconds:g} s ({sent_bytes} bytes), got back {got} bytes "
-              f"({100 * got / max(sent_bytes, 1):.2f}%)")
-        print(f"caller ({CALLER}, {args.cps} calls/s): {ok} calls succeeded, {failed} failed "
-              f"({100 * ok / max(ok + failed, 1):.1f}% success)")
+        print(
+            f"flooder: {sent} OPTIONS in {args.seconds:g} s ({sent_bytes} bytes), got back {got} bytes "
+            f"({100 * got / max(sent_bytes, 1):.2f}%)"
+        )
+        print(
+            f"caller ({CALLER}, {args.cps} calls/s): {ok} calls succeeded, {failed} failed "
+            f"({100 * ok / max(ok + failed, 1):.1f}% success)"
+        )
         print(f"bans logged: {len(bans)}" + (f"; first: {bans[0]}" if bans else ""))
     finally:
         for process in (uac, uas, proxy):

@@ -48,8 +48,7 @@ TEMPLATE = (
     "{body}"
 )
 SDP = (
-    "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
-    "m=audio 6000 RTP/AVP 0\r\n"
+    "v=0\r\no=caller 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n"
 )
 FIELDS = {
     "method": "INVITE",
@@ -84,8 +83,17 @@ def values() -> Iterator[str]:
         for count in (1, 16, 256):
             yield fmt * count
     yield from (
-        "-1", "0", "2147483647", "2147483648", "4294967295", "4294967296",
-        "18446744073709551616", "-2147483649", "0x7fffffff", "1e10", "999999999999999999999",
+        "-1",
+        "0",
+        "2147483647",
+        "2147483648",
+        "4294967295",
+        "4294967296",
+        "18446744073709551616",
+        "-2147483649",
+        "0x7fffffff",
+        "1e10",
+        "999999999999999999999",
     )
     yield from ("", "\r\n", "\r", "\n", "\t", "\x1b[2J", "\u00e9\u00e8", "\udc80", "sip:", "<>", '"', "\\")
 
@@ -184,8 +192,16 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sipleg-fuzz-"))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     argv = [
-        sys.executable, "-m", "twisted", "--log-file", str(workdir / "twistd.log"), "sipproxy",
-        "--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}",
+        sys.executable,
+        "-m",
+        "twisted",
+        "--log-file",
+        str(workdir / "twistd.log"),
+        "sipproxy",
+        "--listen",
+        f"udp:{HOST}:{port}",
+        "--listen",
+        f"tcp:{HOST}:{port}",
     ]
     quiet = subprocess.DEVNULL
     proxy = subprocess.Popen(argv, cwd=workdir, env=env, stdout=quiet, stderr=quiet)

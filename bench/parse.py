@@ -113,10 +113,12 @@ def twisted_parse_edit_serialise() -> bytes:
 
 CASES: list[tuple[str, Callable[[], bytes], Callable[[], bytes]]] = [
     ("parse + serialise", sipleg_parse_serialise, twisted_parse_serialise),
-    ("parse + read Via/Route/Max-Forwards + serialise",
-     sipleg_parse_read_serialise, twisted_parse_read_serialise),
-    ("parse + proxy edits + serialise (info)",
-     sipleg_parse_edit_serialise, twisted_parse_edit_serialise),
+    (
+        "parse + read Via/Route/Max-Forwards + serialise",
+        sipleg_parse_read_serialise,
+        twisted_parse_read_serialise,
+    ),
+    ("parse + proxy edits + serialise (info)", sipleg_parse_edit_serialise, twisted_parse_edit_serialise),
 ]
 
 
@@ -137,8 +139,10 @@ def main() -> None:
         parse_message(ours())
         parse_message(theirs())
 
-    print(f"{len(INVITE)}-byte INVITE, Python {platform.python_version()}, "
-          f"{platform.machine()}, best of {args.repeat}")
+    print(
+        f"{len(INVITE)}-byte INVITE, Python {platform.python_version()}, "
+        f"{platform.machine()}, best of {args.repeat}"
+    )
     print(f"| {'case':<48} | {'sipleg ops/s':>12} | {'Twisted ops/s':>13} | {'ratio':>6} |")
     print(f"|{'-' * 50}|{'-' * 13}:|{'-' * 14}:|{'-' * 7}:|")
     for name, ours, theirs in CASES:

@@ -48,8 +48,7 @@ from tests.certs import CertificateAuthority  # noqa: E402
 
 HOST = "127.0.0.1"
 SLOW = (
-    b"INVITE sip:victim@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5061;branch=z9hG4bK-slow\r\n"
-    b"X-Pad: "
+    b"INVITE sip:victim@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5061;branch=z9hG4bK-slow\r\nX-Pad: "
 )
 #: The legitimate client's own address.
 LEGIT = "127.0.0.2"
@@ -138,9 +137,7 @@ def legit_tcp(port: int, n: int) -> float | None:
     """
     start = time.monotonic()
     try:
-        with socket.create_connection(
-            (HOST, port), timeout=ANSWER_WITHIN, source_address=(LEGIT, 0)
-        ) as sock:
+        with socket.create_connection((HOST, port), timeout=ANSWER_WITHIN, source_address=(LEGIT, 0)) as sock:
             sock.sendall(options(port, "TCP", sock.getsockname()[1], n))
             data = sock.recv(65535)
     except OSError:
@@ -156,9 +153,10 @@ def legit_tls(port: int, context: ssl.SSLContext, n: int) -> float | None:
     """
     start = time.monotonic()
     try:
-        with socket.create_connection(
-            (HOST, port), timeout=ANSWER_WITHIN, source_address=(LEGIT, 0)
-        ) as raw, context.wrap_socket(raw, server_hostname=HOST) as sock:
+        with (
+            socket.create_connection((HOST, port), timeout=ANSWER_WITHIN, source_address=(LEGIT, 0)) as raw,
+            context.wrap_socket(raw, server_hostname=HOST) as sock,
+        ):
             sock.sendall(options(port, "TLS", sock.getsockname()[1], n))
             data = sock.recv(65535)
     except OSError:
@@ -292,10 +290,24 @@ def main() -> int:
     pem = write_certificates(workdir)
     context = ssl.create_default_context(cafile=str(pem["ca"]))
     argv = [
-        sys.executable, "-m", "twisted", "--log-file", str(workdir / "twistd.log"), "sipproxy",
-        "--listen", f"udp:{HOST}:{port}", "--listen", f"tcp:{HOST}:{port}",
-        "--listen", f"tls:{HOST}:{tls_port}",
-        "--tls-cert", str(pem["cert"]), "--tls-key", str(pem["key"]), "--tls-ca", str(pem["ca"]),
+        sys.executable,
+        "-m",
+        "twisted",
+        "--log-file",
+        str(workdir / "twistd.log"),
+        "sipproxy",
+        "--listen",
+        f"udp:{HOST}:{port}",
+        "--listen",
+        f"tcp:{HOST}:{port}",
+        "--listen",
+        f"tls:{HOST}:{tls_port}",
+        "--tls-cert",
+        str(pem["cert"]),
+        "--tls-key",
+        str(pem["key"]),
+        "--tls-ca",
+        str(pem["ca"]),
     ]
     quiet = subprocess.DEVNULL
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -284,4 +284,3 @@ def _uri_of(value: str | None) -> URI | None:
         return parse_name_addr(value).uri
     except SIPParseError:
         return None
-

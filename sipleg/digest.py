@@ -56,9 +56,7 @@ def hash_a1(algorithm: str, user: str, realm: str, password: str) -> str:
     return _hex(algorithm, f"{user}:{realm}:{password}")
 
 
-def digest_response(
-    algorithm: str, ha1: str, nonce: str, nc: str, cnonce: str, method: str, uri: str
-) -> str:
+def digest_response(algorithm: str, ha1: str, nonce: str, nc: str, cnonce: str, method: str, uri: str) -> str:
     """
     The C{response} of credentials with C{qop=auth} (RFC 7616 §3.4.1):
     H(H(A1) ":" nonce ":" nc ":" cnonce ":" "auth" ":" H(method ":" uri)).
@@ -118,7 +116,7 @@ def parse_credentials(value: str) -> Credentials | None:
             close = rest.find('"', at + 1)
             if close < 0:
                 return None
-            param = rest[at + 1:close]
+            param = rest[at + 1 : close]
             if "\\" in param:
                 param, close = _unescape(rest, at + 1)
                 if close < 0:

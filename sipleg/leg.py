@@ -246,7 +246,7 @@ class Leg(Service):
                 # yet, so a random tag stands in for it.
                 branch = os.urandom(16).hex()
             else:
-                branch = leg_prefix(ip, port, proto)[len(MAGIC_COOKIE):]
+                branch = leg_prefix(ip, port, proto)[len(MAGIC_COOKIE) :]
         self.branch: str = MAGIC_COOKIE + branch
         self._tid_connections: OrderedDict[str, object] = OrderedDict()
 
@@ -301,8 +301,14 @@ class Leg(Service):
                 self.contact += ";transport=tcp"
         Leg.identities_made += 1
         identity = leg_identity(
-            self.proto, self.family, local.host, port, self.branch, self._max_forwards,
-            host=self.host, name=host,
+            self.proto,
+            self.family,
+            local.host,
+            port,
+            self.branch,
+            self._max_forwards,
+            host=self.host,
+            name=host,
         )
         self.identity = identity
         self.record_route_uri = identity.record_route_uri

@@ -139,52 +139,146 @@ _CANONICAL = {
     name.lower(): name
     for name in (
         # RFC 3261 §20
-        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info",
-        "Allow", "Authentication-Info", "Authorization", "Call-ID",
-        "Call-Info", "Contact", "Content-Disposition", "Content-Encoding",
-        "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date",
-        "Error-Info", "Expires", "From", "In-Reply-To", "Max-Forwards",
-        "MIME-Version", "Min-Expires", "Organization", "Priority",
-        "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require",
-        "Record-Route", "Reply-To", "Require", "Retry-After", "Route",
-        "Server", "Subject", "Supported", "Timestamp", "To", "Unsupported",
-        "User-Agent", "Via", "Warning", "WWW-Authenticate",
+        "Accept",
+        "Accept-Encoding",
+        "Accept-Language",
+        "Alert-Info",
+        "Allow",
+        "Authentication-Info",
+        "Authorization",
+        "Call-ID",
+        "Call-Info",
+        "Contact",
+        "Content-Disposition",
+        "Content-Encoding",
+        "Content-Language",
+        "Content-Length",
+        "Content-Type",
+        "CSeq",
+        "Date",
+        "Error-Info",
+        "Expires",
+        "From",
+        "In-Reply-To",
+        "Max-Forwards",
+        "MIME-Version",
+        "Min-Expires",
+        "Organization",
+        "Priority",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Require",
+        "Record-Route",
+        "Reply-To",
+        "Require",
+        "Retry-After",
+        "Route",
+        "Server",
+        "Subject",
+        "Supported",
+        "Timestamp",
+        "To",
+        "Unsupported",
+        "User-Agent",
+        "Via",
+        "Warning",
+        "WWW-Authenticate",
         # extensions
-        "Accept-Contact", "Allow-Events", "Event", "History-Info",
-        "Identity", "Identity-Info", "Min-SE", "P-Asserted-Identity",
-        "P-Preferred-Identity", "Path", "Privacy", "RAck", "Reason",
-        "Refer-To", "Referred-By", "Reject-Contact", "Replaces",
-        "Request-Disposition", "RSeq", "Security-Client", "Security-Server",
-        "Security-Verify", "Service-Route", "Session-Expires", "SIP-ETag",
-        "SIP-If-Match", "Subscription-State",
+        "Accept-Contact",
+        "Allow-Events",
+        "Event",
+        "History-Info",
+        "Identity",
+        "Identity-Info",
+        "Min-SE",
+        "P-Asserted-Identity",
+        "P-Preferred-Identity",
+        "Path",
+        "Privacy",
+        "RAck",
+        "Reason",
+        "Refer-To",
+        "Referred-By",
+        "Reject-Contact",
+        "Replaces",
+        "Request-Disposition",
+        "RSeq",
+        "Security-Client",
+        "Security-Server",
+        "Security-Verify",
+        "Service-Route",
+        "Session-Expires",
+        "SIP-ETag",
+        "SIP-If-Match",
+        "Subscription-State",
     )
 }
 
 #: RFC 3261 §7.3.3 compact forms, plus those of RFC 3265 (o, u), RFC 3515
 #: (r), RFC 3892 (b), RFC 4028 (x), RFC 3841 (a, j, d), RFC 4474 (y, n).
 _COMPACT = {
-    "i": "call-id", "m": "contact", "e": "content-encoding",
-    "l": "content-length", "c": "content-type", "f": "from", "s": "subject",
-    "k": "supported", "t": "to", "v": "via", "o": "event", "r": "refer-to",
-    "b": "referred-by", "u": "allow-events", "x": "session-expires",
-    "a": "accept-contact", "j": "reject-contact",
-    "d": "request-disposition", "y": "identity", "n": "identity-info",
+    "i": "call-id",
+    "m": "contact",
+    "e": "content-encoding",
+    "l": "content-length",
+    "c": "content-type",
+    "f": "from",
+    "s": "subject",
+    "k": "supported",
+    "t": "to",
+    "v": "via",
+    "o": "event",
+    "r": "refer-to",
+    "b": "referred-by",
+    "u": "allow-events",
+    "x": "session-expires",
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "y": "identity",
+    "n": "identity-info",
 }
 
 #: Headers whose grammar is a comma-separated list (C{x *(COMMA x)}): their
 #: values are split into elements.  Everything else, including every
 #: unknown header and the authentication headers (whose commas separate
 #: parameters, not values), is one value per line.
-_LIST_HEADERS = frozenset((
-    "accept", "accept-contact", "accept-encoding", "accept-language",
-    "alert-info", "allow", "allow-events", "call-info", "contact",
-    "content-encoding", "content-language", "error-info", "history-info",
-    "in-reply-to", "p-asserted-identity", "p-preferred-identity", "path",
-    "proxy-require", "reason", "record-route", "reject-contact",
-    "request-disposition", "require", "route", "security-client",
-    "security-server", "security-verify", "service-route", "supported",
-    "unsupported", "via", "warning",
-))
+_LIST_HEADERS = frozenset(
+    (
+        "accept",
+        "accept-contact",
+        "accept-encoding",
+        "accept-language",
+        "alert-info",
+        "allow",
+        "allow-events",
+        "call-info",
+        "contact",
+        "content-encoding",
+        "content-language",
+        "error-info",
+        "history-info",
+        "in-reply-to",
+        "p-asserted-identity",
+        "p-preferred-identity",
+        "path",
+        "proxy-require",
+        "reason",
+        "record-route",
+        "reject-contact",
+        "request-disposition",
+        "require",
+        "route",
+        "security-client",
+        "security-server",
+        "security-verify",
+        "service-route",
+        "supported",
+        "unsupported",
+        "via",
+        "warning",
+    )
+)
 
 #: Single name-addr headers: not split, but their quotes and angle
 #: brackets must balance.
@@ -192,10 +286,17 @@ _ADDRESS_HEADERS = frozenset(("from", "to", "reply-to", "refer-to", "referred-by
 
 #: RFC 3261 §20: at most one value; a second occurrence with a different
 #: value makes the message unusable (RFC 4475 §3.3.8, §3.3.9).
-_ONCE = frozenset((
-    "call-id", "cseq", "from", "to", "content-length", "content-type",
-    "max-forwards",
-))
+_ONCE = frozenset(
+    (
+        "call-id",
+        "cseq",
+        "from",
+        "to",
+        "content-length",
+        "content-type",
+        "max-forwards",
+    )
+)
 
 #: RFC 3261 §8.1.1 mandatory headers (Max-Forwards aside: RFC 2543 peers
 #: omit it, RFC 4475 §3.4.1).
@@ -208,10 +309,7 @@ _REQUIRED_SET = frozenset(_REQUIRED)
 # RFC 3261 §25.1:
 #   token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`"
 #              / "'" / "~" )
-_TOKEN_BYTES = (
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-    b"-.!%*_+`'~"
-)
+_TOKEN_BYTES = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~"
 # The name of every header line (after a CRLF) with its colon; a line
 # without a colon has none.  (The class has no ":", no backtracking.)
 _HEADER_NAMES = re.compile(rb"\r\n([^:\r\n]*:)")
@@ -387,7 +485,7 @@ def _raw_value(line: bytes) -> bytes:
     """
     # message-header = header-name HCOLON header-value CRLF
     # HCOLON = *( SP / HTAB ) ":" SWS
-    value = line[line.find(b":") + 1:]
+    value = line[line.find(b":") + 1 :]
     if value.find(b"\n") >= 0:
         value = _unfold(value)
     return value.strip(b" \t")
@@ -399,7 +497,7 @@ def _decode(key: str, line: bytes) -> list[str]:
 
     @raise SIPParseError: a malformed list or address value.
     """
-    value = line[line.find(b":") + 1:]
+    value = line[line.find(b":") + 1 :]
     if value.find(b"\n") >= 0:
         value = _unfold(value)
     text = value.strip(b" \t").decode("utf-8", "surrogateescape")
@@ -534,7 +632,7 @@ def _header_params(value: str) -> str:
             pos = _closing_quote(value, at + 1)
         else:
             end = value.find(">", at)
-            return "" if end < 0 else value[end + 1:]
+            return "" if end < 0 else value[end + 1 :]
 
 
 def _has_tag(value: str) -> bool:
@@ -542,10 +640,7 @@ def _has_tag(value: str) -> bool:
         params = _header_params(value)
     except SIPParseError:
         return False
-    return any(
-        param.split("=", 1)[0].strip(" \t").lower() == "tag"
-        for param in params.split(";")
-    )
+    return any(param.split("=", 1)[0].strip(" \t").lower() == "tag" for param in params.split(";"))
 
 
 # ---------------------------------------------------------------------------
@@ -838,7 +933,7 @@ class Message:
                 raise IndexError(f"no {name} value number {index}")
             line, position = found
             new = list(self._values(line))
-            new[position:position + 1] = values
+            new[position : position + 1] = values
             self._replace(line, new)
         self._orig = None
 
@@ -1114,9 +1209,7 @@ def _parse_start(line: bytes) -> Request | Response:
             raise SIPParseError(f"bad Status-Code {code[:20]!r}")
         response = Response.__new__(Response)
         response._code = int(code)
-        response._reason = (
-            parts[2].decode("utf-8", "surrogateescape") if len(parts) == 3 else ""
-        )
+        response._reason = parts[2].decode("utf-8", "surrogateescape") if len(parts) == 3 else ""
         return response
     # RFC 3261 §7.1:
     #   Request-Line = Method SP Request-URI SP SIP-Version CRLF
@@ -1192,7 +1285,7 @@ def _header_lines(lines: list[bytes]) -> tuple[list[bytes], list[str]]:
         colon = line.find(b":")
         if colon <= 0:
             raise SIPParseError(f"bad header line {line[:40]!r}")
-        keys.append(_wire_key(line[:colon + 1]))
+        keys.append(_wire_key(line[: colon + 1]))
     return joined, keys
 
 
@@ -1235,7 +1328,7 @@ def _check_headers(
     for _ in range(keys.count("via")):
         at = index("via", at)
         line = raws[at]
-        value = line[line.find(b":") + 1:].strip(b" \t")
+        value = line[line.find(b":") + 1 :].strip(b" \t")
         if value.find(b"\n") >= 0:
             value = _raw_value(line)
         text = value.decode("utf-8", "surrogateescape")
@@ -1262,7 +1355,7 @@ def _check_headers(
     elif line.rfind(b"<") > line.rfind(b">"):
         raise SIPParseError("unclosed '<' in From")
     else:
-        value = line[line.find(b":") + 1:].strip(b" \t")
+        value = line[line.find(b":") + 1 :].strip(b" \t")
         if value.find(b"\n") >= 0:
             value = _raw_value(line)
         vals[at] = [value.decode("utf-8", "surrogateescape")]
@@ -1278,10 +1371,10 @@ def _check_headers(
     # RFC 4475 §3.1.2.17).  split() takes line folds for the whitespace
     # they are.
     line = raws[index("cseq")]
-    parts = line[line.find(b":") + 1:].split()
+    parts = line[line.find(b":") + 1 :].split()
     # (Nine digits are always below 2**31.)
     if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 9:
-        _parse_cseq(line[line.find(b":") + 1:])
+        _parse_cseq(line[line.find(b":") + 1 :])
     number = int(parts[0])
     if type(message) is Request:
         if parts[1] != message._method.encode("ascii"):
@@ -1292,7 +1385,7 @@ def _check_headers(
     # callid = word [ "@" word ]: at least one word and no whitespace.
     at = index("call-id")
     line = raws[at]
-    value = line[line.find(b":") + 1:].strip(b" \t")
+    value = line[line.find(b":") + 1 :].strip(b" \t")
     if value.find(b"\n") >= 0:
         value = _raw_value(line)
     text = value.decode("utf-8", "surrogateescape")
@@ -1306,7 +1399,7 @@ def _check_headers(
     if "max-forwards" in present:
         at = index("max-forwards")
         line = raws[at]
-        value = line[line.find(b":") + 1:].strip(b" \t")
+        value = line[line.find(b":") + 1 :].strip(b" \t")
         if value.find(b"\n") >= 0:
             value = _raw_value(line)
         if not value.isdigit() or len(value) > _MAX_DIGITS:
@@ -1325,7 +1418,7 @@ def _check_headers(
     if "content-length" not in present:
         return None
     line = raws[index("content-length")]
-    value = line[line.find(b":") + 1:].strip(b" \t")
+    value = line[line.find(b":") + 1 :].strip(b" \t")
     if value.isdigit() and len(value) <= _MAX_DIGITS:
         return int(value)
     value = _raw_value(line)
@@ -1524,10 +1617,12 @@ def salvage_answer(data: bytes, code: int, reason: str | None = None) -> bytes |
             continue
         value = values[0]
         if key == "to" and code > 100 and not _has_tag(value.decode("utf-8", "surrogateescape")):
-            tag = answer_tag(*(
-                (found[k] or [b""])[0].decode("utf-8", "surrogateescape")
-                for k in ("call-id", "from", "cseq", "via")
-            ))
+            tag = answer_tag(
+                *(
+                    (found[k] or [b""])[0].decode("utf-8", "surrogateescape")
+                    for k in ("call-id", "from", "cseq", "via")
+                )
+            )
             value += b";tag=" + tag.encode()
         out.append(name + b": " + value)
     out.append(b"Content-Length: 0\r\n\r\n")

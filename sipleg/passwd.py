@@ -37,7 +37,8 @@ def set_password(text: str, path: str, realm: str, user: str, password: str) -> 
             raise UserFileError(f"the {name} must be non-empty and contain no colon or line break")
     parse_users(text, path)
     lines = [
-        line for line in text.splitlines()
+        line
+        for line in text.splitlines()
         if line.strip().startswith("#") or line.strip().split(":")[:2] != [user, realm]
     ]
     hashes = {algorithm: hash_a1(algorithm, user, realm, password) for algorithm in ALGORITHMS}

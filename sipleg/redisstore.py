@@ -253,7 +253,7 @@ class RedisStore:
                 values = await redis.hmget(key, ["v", "b"])
                 if values[0] is None:
                     continue
-                aor = key[len(self._prefix):]
+                aor = key[len(self._prefix) :]
                 versions[aor] = int(values[0])
                 bindings.extend(_decode(aor, values[1]))
             known = set(await redis.smembers(self._users))
@@ -264,9 +264,7 @@ class RedisStore:
             assert self._registrar is not None
             self._registrar.loaded(stored)
             self._connected = True
-            log.info(
-                "Redis {url}: {count} bindings read", url=self.url, count=len(stored.bindings)
-            )
+            log.info("Redis {url}: {count} bindings read", url=self.url, count=len(stored.bindings))
 
         d = Deferred.fromCoroutine(read())
         return d.addCallback(loaded).addErrback(

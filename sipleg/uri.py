@@ -92,8 +92,10 @@ _HVALUE = re.compile(f"(?:[{_UNRESERVED}\\[\\]/?:+$]|{_ESCAPED})*")
 # Like most SIP stacks we also accept "_" and a toplabel starting with a
 # digit (a host of digits and dots only must still be a valid IPv4address).
 # A label cannot contain ".", so each label's extent is fixed: linear.
-_HOSTNAME = re.compile(r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?\.)*"
-                       r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?\.?")
+_HOSTNAME = re.compile(
+    r"(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?\.)*"
+    r"[A-Za-z0-9_](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?\.?"
+)
 _DIGITS_DOTS = re.compile(r"[0-9.]+")
 # Characters that may appear in a host name or an IPv4address.
 _HOST_RUN = re.compile(r"[A-Za-z0-9._-]+")
@@ -191,8 +193,7 @@ def _check_port(text: str) -> int:
 
 
 def _format_params(params: Mapping[str, str | None]) -> str:
-    return "".join(f";{name}" if value is None else f";{name}={value}"
-                   for name, value in params.items())
+    return "".join(f";{name}" if value is None else f";{name}={value}" for name, value in params.items())
 
 
 # --- URI ----------------------------------------------------------------------
@@ -422,9 +423,7 @@ def _parse_uri_params(text: str) -> dict[str, str | None]:
     params: dict[str, str | None] = {}
     for item in text.split(";")[1:]:
         name, sep, value = item.partition("=")
-        if _PARAMCHARS.fullmatch(name) is None or (
-            sep and _PARAMCHARS.fullmatch(value) is None
-        ):
+        if _PARAMCHARS.fullmatch(name) is None or (sep and _PARAMCHARS.fullmatch(value) is None):
             raise SIPParseError(f"bad URI parameter {_show(item)}")
         params[name.lower()] = value if sep else None
     maddr = params.get("maddr")
@@ -573,9 +572,7 @@ def same_hop(a: URI | str, b: URI | str) -> bool:
     if not a.is_sip:
         return a.opaque == b.opaque
     return (
-        a.effective_port == b.effective_port
-        and _same_host(a.host, b.host)
-        and _same_optional(a.user, b.user)
+        a.effective_port == b.effective_port and _same_host(a.host, b.host) and _same_optional(a.user, b.user)
     )
 
 
@@ -956,9 +953,7 @@ def _check_via_params(params: dict[str, str | None], text: str) -> None:
     # via-maddr     =  "maddr" EQUAL host
     # via-ttl       =  "ttl" EQUAL ttl
     # response-port =  "rport" [EQUAL 1*DIGIT]            (RFC 3581)
-    if "branch" in params and (
-        params["branch"] is None or _TOKEN.fullmatch(params["branch"] or "") is None
-    ):
+    if "branch" in params and (params["branch"] is None or _TOKEN.fullmatch(params["branch"] or "") is None):
         raise SIPParseError(f"bad branch in Via {_show(text)}")
     if "received" in params:
         received = params["received"]

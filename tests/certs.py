@@ -110,9 +110,7 @@ class CertificateAuthority:
             .not_valid_after(now + datetime.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                 critical=False,
             )
             .add_extension(
@@ -121,8 +119,6 @@ class CertificateAuthority:
             )
         )
         if alt_names:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(alt_names), critical=False
-            )
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         certificate = builder.sign(self._key, hashes.SHA256())
         return Leaf(certificate.public_bytes(serialization.Encoding.PEM), _key_pem(key))

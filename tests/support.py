@@ -238,4 +238,3 @@ class RedisServer:
                 parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
             sock.sendall(b"".join(parts))
             return sock.recv(65536)
-

@@ -179,16 +179,12 @@ class AuthProxyTests(TestCase):
         value = first.get_header("www-authenticate") or ""
         self.clock.advance(301)
         proof = answer_to(value, "alice", "wonderland", "REGISTER", "sip:example.test")
-        again = self.answer(
-            alice_register(n=2, proof=proof)
-        )
+        again = self.answer(alice_register(n=2, proof=proof))
         self.assertEqual(again.code, 401)
         self.assertTrue((again.get_header("www-authenticate") or "").endswith("stale=true"))
         # The same with a wrong password is no stale nonce: no stale=true.
         proof = answer_to(value, "alice", "guess", "REGISTER", "sip:example.test")
-        again = self.answer(
-            alice_register(n=3, proof=proof)
-        )
+        again = self.answer(alice_register(n=3, proof=proof))
         self.assertNotIn("stale", again.get_header("www-authenticate") or "")
 
     def test_replayed_nonce_count_refused(self) -> None:
@@ -209,7 +205,10 @@ class AuthProxyTests(TestCase):
         proof = answer_to(offer, "alice", "wonderland", "INVITE", "sip:bob@example.test")
         foreign = 'Digest username="x", realm="elsewhere.test", nonce="n", uri="u", response="r"'
         call = request(
-            "INVITE", "sip:bob@example.test", "sip:alice@example.test", n=2,
+            "INVITE",
+            "sip:bob@example.test",
+            "sip:alice@example.test",
+            n=2,
             headers=(("Proxy-Authorization", foreign), ("Proxy-Authorization", proof)),
         )
         sent = self.send(call)
@@ -230,7 +229,10 @@ class AuthProxyTests(TestCase):
         invite = request("INVITE", "sip:bob@example.test", "sip:alice@example.test", n=7)
         challenged = self.answer(invite)
         ack = request(
-            "ACK", "sip:bob@example.test", "sip:alice@example.test", n=7,
+            "ACK",
+            "sip:bob@example.test",
+            "sip:alice@example.test",
+            n=7,
             headers=(("Route", "<sip:127.0.0.1:5060;lr>"),),
         )
         ack.set_header("to", challenged.get_header("to") or "")
@@ -253,7 +255,10 @@ class AuthProxyTests(TestCase):
         offer = challenged.get_header("proxy-authenticate") or ""
         proof = answer_to(offer, "alice", "wonderland", "INVITE", "sip:carol@127.0.0.1:5077")
         ack = request(
-            "ACK", "sip:carol@127.0.0.1:5077", "sip:alice@example.test", n=2,
+            "ACK",
+            "sip:carol@127.0.0.1:5077",
+            "sip:alice@example.test",
+            n=2,
             headers=(("Proxy-Authorization", proof), ("Route", "<sip:127.0.0.1:5060;lr>")),
         )
         ack.set_header("to", "<sip:carol@127.0.0.1:5077>;tag=callee")
@@ -267,7 +272,10 @@ class AuthProxyTests(TestCase):
         challenged = self.answer(request("INVITE", "sip:carol@elsewhere.test", "sip:alice@example.test"))
         proof = answer_to(challenged.get_header("proxy-authenticate") or "", "bob", "builder", "INVITE", "x")
         call = request(
-            "INVITE", "sip:carol@elsewhere.test", "sip:alice@example.test", n=2,
+            "INVITE",
+            "sip:carol@elsewhere.test",
+            "sip:alice@example.test",
+            n=2,
             headers=(("Proxy-Authorization", proof),),
         )
         self.assertEqual(self.answer(call).code, 403)

@@ -53,7 +53,12 @@ class HashTests(TestCase):
         ha1 = hash_a1("MD5", "Mufasa", "testrealm@host.com", "Circle Of Life")
         self.assertEqual(
             digest_response(
-                "MD5", ha1, "dcd98b7102dd2f0e8b11d0f600bfb0c093", "00000001", "0a4f113b", "GET",
+                "MD5",
+                ha1,
+                "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+                "00000001",
+                "0a4f113b",
+                "GET",
                 "/dir/index.html",
             ),
             "6629fae49393a05397450978507c4ef1",
@@ -81,7 +86,14 @@ class CredentialsTests(TestCase):
         self.assertEqual(
             parse_credentials(value),
             Credentials(
-                "bob", "example.test", "n1", "sip:example.test", "abcdef", "SHA-256", 'c"x', "auth",
+                "bob",
+                "example.test",
+                "n1",
+                "sip:example.test",
+                "abcdef",
+                "SHA-256",
+                'c"x',
+                "auth",
                 "00000002",
             ),
         )
@@ -90,8 +102,12 @@ class CredentialsTests(TestCase):
         parsed = parse_credentials('digest username="a"')
         assert parsed is not None
         self.assertEqual((parsed.algorithm, parsed.qop, parsed.nc), ("MD5", "", ""))
-        for bad in ('Basic dXNlcjpwYXNz', 'Digest username="unterminated', "Digest novalue",
-                    "Digest " + ", ".join(f"p{n}=1" for n in range(40))):
+        for bad in (
+            "Basic dXNlcjpwYXNz",
+            'Digest username="unterminated',
+            "Digest novalue",
+            "Digest " + ", ".join(f"p{n}=1" for n in range(40)),
+        ):
             self.assertIsNone(parse_credentials(bad), bad)
 
     def test_challenge(self) -> None:

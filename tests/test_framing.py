@@ -27,8 +27,7 @@ def make_message(body: bytes = b"", length_line: bytes | None = None, method: by
         method + b" sip:bob@example.com SIP/2.0\r\n"
         b"Via: SIP/2.0/TCP 127.0.0.1:5060;branch=z9hG4bK1\r\n"
         b"Call-ID: abc@example.com\r\n"
-        b"CSeq: 1 " + method + b"\r\n"
-        + length_line + b"\r\n"
+        b"CSeq: 1 " + method + b"\r\n" + length_line + b"\r\n"
         b"\r\n" + body
     )
 
@@ -56,9 +55,7 @@ class SplittingTests(TestCase):
         first = make_message(b"hello")
         second = make_message(b"", method=b"BYE")
         third = make_message(b"x" * 100)
-        self.assertEqual(
-            StreamFramer().feed(first + second + third), [first, second, third]
-        )
+        self.assertEqual(StreamFramer().feed(first + second + third), [first, second, third])
 
     def test_split_everywhere(self) -> None:
         """
@@ -183,9 +180,7 @@ class KeepaliveTests(TestCase):
         Three CRLFs: a ping, then a CRLF that is skipped before a message.
         """
         message = make_message(b"")
-        self.assertEqual(
-            StreamFramer().feed(b"\r\n\r\n\r\n" + message), [KEEPALIVE_PING, message]
-        )
+        self.assertEqual(StreamFramer().feed(b"\r\n\r\n\r\n" + message), [KEEPALIVE_PING, message])
 
     def test_ping_repr(self) -> None:
         self.assertEqual(repr(KEEPALIVE_PING), "KEEPALIVE_PING")
@@ -304,9 +299,7 @@ class LimitTests(TestCase):
         self.assertRaises(MessageTooLarge, StreamFramer(max_body=9).feed, message)
 
     def test_huge_number(self) -> None:
-        self.assertRaises(
-            MessageTooLarge, StreamFramer().feed, make_message(b"", b"l: " + b"9" * 5000)
-        )
+        self.assertRaises(MessageTooLarge, StreamFramer().feed, make_message(b"", b"l: " + b"9" * 5000))
 
     def test_bad_limits(self) -> None:
         self.assertRaises(ValueError, StreamFramer, max_header=0)

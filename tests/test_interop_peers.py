@@ -213,9 +213,7 @@ class NetSipTests(PeerTestCase):
     """
 
     @defer.inlineCallbacks
-    def call(
-        self, proto: str, uas_mode: str, uac_mode: str, host: str = "127.0.0.1"
-    ) -> Any:
+    def call(self, proto: str, uas_mode: str, uac_mode: str, host: str = "127.0.0.1") -> Any:
         uas = yield start_netsip_uas(proto, uas_mode, host=host)
         done = self.uas_done(uas)
         uac: NetSipOutcome = yield run_netsip_uac(uas.uri, uas.address, uac_mode)
@@ -232,9 +230,7 @@ class NetSipTests(PeerTestCase):
         """
         uac, server = yield self.call("udp", "answer", "call")
         self.assertEqual((uac.result["invite"], uac.result["bye"]), ("200", "200"))
-        self.assertEqual(
-            [server.result[k] for k in ("invite", "ack", "bye")], ["1", "1", "1"]
-        )
+        self.assertEqual([server.result[k] for k in ("invite", "ack", "bye")], ["1", "1", "1"])
         invite = server.requests("INVITE")[0]
         self.assertEqual(invite["proto"], "udp")
         self.assertEqual(invite["headers"]["max-forwards"], ["70"])
@@ -267,9 +263,7 @@ class NetSipTests(PeerTestCase):
         """
         uac, server = yield self.call("udp", "ring", "cancel")
         self.assertEqual((uac.result["invite"], uac.result["cancel"]), ("487", "200"))
-        self.assertEqual(
-            [server.result[k] for k in ("cancel", "ack", "bye")], ["1", "1", "0"]
-        )
+        self.assertEqual([server.result[k] for k in ("cancel", "ack", "bye")], ["1", "1", "0"])
 
     @defer.inlineCallbacks
     def test_rejected(self) -> Any:
@@ -287,9 +281,7 @@ class NetSipTests(PeerTestCase):
         """
         uas = yield start_netsip_uas("udp", "reject", code=486)
         done = self.uas_done(uas)
-        uac: NetSipOutcome = yield run_netsip_uac(
-            uas.uri, uas.address, "rejected", code=603
-        )
+        uac: NetSipOutcome = yield run_netsip_uac(uas.uri, uas.address, "rejected", code=603)
         self.assertEqual((uac.status, uac.exit_code), ("fail", 1))
         self.assertEqual(uac.result["invite"], "486")
         yield done
@@ -322,9 +314,7 @@ class NetSipTests(PeerTestCase):
         """
         uas = yield start_netsip_uas("udp", "ring")
         self.addCleanup(uas.stop)
-        uac: NetSipOutcome = yield run_netsip_uac(
-            uas.uri, uas.address, "call", timeout=1
-        )
+        uac: NetSipOutcome = yield run_netsip_uac(uas.uri, uas.address, "call", timeout=1)
         self.assertEqual((uac.status, uac.exit_code), ("timeout", 3))
         self.assertFalse(uac.timed_out)
         self.assertEqual([r["code"] for r in uac.responses("INVITE")], [100, 180])
@@ -369,9 +359,7 @@ class HardBoundTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_killed(self) -> Any:
-        proc = peers._spawn(
-            reactor, [sys.executable, "-c", "import time; time.sleep(30)"], 0.2
-        )
+        proc = peers._spawn(reactor, [sys.executable, "-c", "import time; time.sleep(30)"], 0.2)
         started = time.monotonic()
         code = yield proc.ended
         self.assertIsNone(code)

@@ -53,9 +53,18 @@ class SansIOTests(unittest.TestCase):
             "import sipleg.tap\n"
         )
         wanted = (
-            "twisted.web", "sipleg.status", "sipleg.workers", "sipleg.transport.tls",
-            "sipleg.auth", "sipleg.digest", "sipleg.users",
-            "sipleg.store", "sipleg.redisstore", "txredisapi", "sqlite3", "sipleg.stateful",
+            "twisted.web",
+            "sipleg.status",
+            "sipleg.workers",
+            "sipleg.transport.tls",
+            "sipleg.auth",
+            "sipleg.digest",
+            "sipleg.users",
+            "sipleg.store",
+            "sipleg.redisstore",
+            "txredisapi",
+            "sqlite3",
+            "sipleg.stateful",
         )
         self.assertEqual(imported(code, wanted), [])
 

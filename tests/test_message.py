@@ -189,11 +189,26 @@ class HeaderNameTests(TestCase, ParseErrorMixin):
 
     def test_compact_forms(self) -> None:
         forms = {
-            "i": "Call-ID", "m": "Contact", "e": "Content-Encoding", "l": "Content-Length",
-            "c": "Content-Type", "f": "From", "s": "Subject", "k": "Supported", "t": "To",
-            "v": "Via", "o": "Event", "r": "Refer-To", "b": "Referred-By", "u": "Allow-Events",
-            "x": "Session-Expires", "a": "Accept-Contact", "j": "Reject-Contact",
-            "d": "Request-Disposition", "y": "Identity", "n": "Identity-Info",
+            "i": "Call-ID",
+            "m": "Contact",
+            "e": "Content-Encoding",
+            "l": "Content-Length",
+            "c": "Content-Type",
+            "f": "From",
+            "s": "Subject",
+            "k": "Supported",
+            "t": "To",
+            "v": "Via",
+            "o": "Event",
+            "r": "Refer-To",
+            "b": "Referred-By",
+            "u": "Allow-Events",
+            "x": "Session-Expires",
+            "a": "Accept-Contact",
+            "j": "Reject-Contact",
+            "d": "Request-Disposition",
+            "y": "Identity",
+            "n": "Identity-Info",
         }
         once = ("Call-ID", "Content-Length", "From", "To")
         for letter, full in forms.items():
@@ -210,7 +225,7 @@ class HeaderNameTests(TestCase, ParseErrorMixin):
             self.assertEqual(message.get_headers(full.upper())[-1], value, letter)
 
     def test_unknown_header_preserved(self) -> None:
-        data = raw(BASE + [b"X-Weird_Name.1: some, value; with \"stuff"])
+        data = raw(BASE + [b'X-Weird_Name.1: some, value; with "stuff'])
         message = parse_message(data)
         # Unknown headers are never split.
         self.assertEqual(message.get_headers("x-weird_name.1"), ['some, value; with "stuff'])
@@ -254,9 +269,7 @@ class FoldingTests(TestCase, ParseErrorMixin):
     def test_unfolded(self) -> None:
         data = raw(BASE + [b"Subject: I know you're there,", b"    pick up the phone", b"\tand talk"])
         message = parse_message(data)
-        self.assertEqual(
-            message.get_header("subject"), "I know you're there, pick up the phone and talk"
-        )
+        self.assertEqual(message.get_header("subject"), "I know you're there, pick up the phone and talk")
         self.assertEqual(bytes(message), data)
 
     def test_fold_right_after_colon(self) -> None:
@@ -305,7 +318,7 @@ class ListHeaderTests(TestCase, ParseErrorMixin):
     def test_quotes_and_brackets(self) -> None:
         contact = (
             b'Contact: "Smith, John \\"JS\\", Jr." <sip:js@example.com;a=b,c>;q=0.5, '
-            b"<sip:x@example.com>;expires=\"Thu, 01 Dec 1994\", sip:y@example.com"
+            b'<sip:x@example.com>;expires="Thu, 01 Dec 1994", sip:y@example.com'
         )
         message = parse_message(raw(BASE + [contact]))
         self.assertEqual(
@@ -603,14 +616,30 @@ class SerialiseTests(TestCase):
 
     def test_canonical_names(self) -> None:
         message = Request("INVITE", "sip:x@y")
-        for name in ("v", "record-route", "max-forwards", "CALL-ID", "cseq", "www-authenticate",
-                     "X-Custom-thing", "l"):
+        for name in (
+            "v",
+            "record-route",
+            "max-forwards",
+            "CALL-ID",
+            "cseq",
+            "www-authenticate",
+            "X-Custom-thing",
+            "l",
+        ):
             message.add_header(name, "1")
         out = bytes(message).split(b"\r\n")
         self.assertEqual(
             out[1:9],
-            [b"Via: 1", b"Record-Route: 1", b"Max-Forwards: 1", b"Call-ID: 1", b"CSeq: 1",
-             b"WWW-Authenticate: 1", b"X-Custom-thing: 1", b"Content-Length: 0"],
+            [
+                b"Via: 1",
+                b"Record-Route: 1",
+                b"Max-Forwards: 1",
+                b"Call-ID: 1",
+                b"CSeq: 1",
+                b"WWW-Authenticate: 1",
+                b"X-Custom-thing: 1",
+                b"Content-Length: 0",
+            ],
         )
 
     def test_modified_line_canonical(self) -> None:
@@ -755,8 +784,10 @@ class ConstructionTests(TestCase):
     """
 
     def test_request(self) -> None:
-        headers = [(name.decode(), value.strip().decode()) for name, _, value in
-                   (line.partition(b":") for line in BASE)]
+        headers = [
+            (name.decode(), value.strip().decode())
+            for name, _, value in (line.partition(b":") for line in BASE)
+        ]
         request = Request("INVITE", "sip:bob@example.com", headers, b"v=0\r\n")
         self.assertEqual(bytes(request), raw(body=b"v=0\r\n"))
         parsed = parse_message(bytes(request))
@@ -829,8 +860,11 @@ class MakeResponseTests(TestCase):
         self.assertEqual(make_response(self.request, 100).get_header("to"), "Bob <sip:bob@example.com>")
 
     def test_existing_tag_kept(self) -> None:
-        for to in ("<sip:bob@example.com>;tag=abc", "sip:bob@example.com;TAG=abc",
-                   '"x>;tag=no" <sip:bob@example.com>;tag=abc'):
+        for to in (
+            "<sip:bob@example.com>;tag=abc",
+            "sip:bob@example.com;TAG=abc",
+            '"x>;tag=no" <sip:bob@example.com>;tag=abc',
+        ):
             self.request.set_header("To", to)
             self.assertEqual(make_response(self.request, 486).get_header("to"), to)
 

@@ -96,8 +96,27 @@ def without_length(message: Message) -> list[tuple[str, str]]:
 
 
 VALID_TORTURE = [data for data in TORTURE if _parses(data)]
-INSERTS = [b"\r", b"\n", b"\r\n", b"\r\n ", b"\r\n\r\n", b":", b",", b";", b'"', b"\\", b"<", b">",
-           b" ", b"\t", b"\x00", b"\xff", b"SIP/2.0", b"Content-Length: 9999\r\n", b"v: x\r\n"]
+INSERTS = [
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\r\n ",
+    b"\r\n\r\n",
+    b":",
+    b",",
+    b";",
+    b'"',
+    b"\\",
+    b"<",
+    b">",
+    b" ",
+    b"\t",
+    b"\x00",
+    b"\xff",
+    b"SIP/2.0",
+    b"Content-Length: 9999\r\n",
+    b"v: x\r\n",
+]
 
 
 @st.composite
@@ -111,9 +130,9 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif kind == "insert":
             data[at:at] = draw(st.sampled_from(INSERTS))
         elif kind == "delete":
-            del data[at:at + draw(st.integers(1, 40))]
+            del data[at : at + draw(st.integers(1, 40))]
         else:
-            data[at:at] = data[at:at + draw(st.integers(1, 60))]
+            data[at:at] = data[at : at + draw(st.integers(1, 60))]
     return bytes(data)
 
 
@@ -230,10 +249,20 @@ class FuzzTests(TestCase):
     @BOUNDED
     @given(
         st.lists(
-            st.one_of(st.sampled_from(INSERTS + [b"INVITE sip:a@b SIP/2.0\r\n", b"CSeq: 1 INVITE\r\n",
-                                                 b"Via: SIP/2.0/UDP h\r\n", b"To: <sip:a@b>\r\n",
-                                                 b"From: a\r\n", b"Call-ID: x\r\n"]),
-                      st.binary(max_size=10)),
+            st.one_of(
+                st.sampled_from(
+                    INSERTS
+                    + [
+                        b"INVITE sip:a@b SIP/2.0\r\n",
+                        b"CSeq: 1 INVITE\r\n",
+                        b"Via: SIP/2.0/UDP h\r\n",
+                        b"To: <sip:a@b>\r\n",
+                        b"From: a\r\n",
+                        b"Call-ID: x\r\n",
+                    ]
+                ),
+                st.binary(max_size=10),
+            ),
             max_size=30,
         ).map(b"".join)
     )

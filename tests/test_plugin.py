@@ -359,9 +359,7 @@ class BadOptionTests(TwistdTestCase):
         users.write_text("alice:example.test:" + "0" * 32 + "\nbob:example.test\n")
         self.assertIn(f"{users}:2: expected user:realm:HA1", self.refused("--auth-file", str(users), *listen))
         users.write_text("alice:example.test:" + "0" * 32 + "\n")
-        self.assertIn(
-            "SHA-1", self.refused("--auth-file", str(users), "--auth-algorithms", "SHA-1", *listen)
-        )
+        self.assertIn("SHA-1", self.refused("--auth-file", str(users), "--auth-algorithms", "SHA-1", *listen))
         self.assertIn("--auth-realm", self.refused("--auth-file", str(users), "--listen", "udp:127.0.0.1:0"))
         self.assertIn(
             "--auth-secret-file", self.refused("--auth-file", str(users), "--workers", "2", *listen)

@@ -106,7 +106,7 @@ class CrashTests(unittest.TestCase):
         """
         The users with a binding in the store.
         """
-        return {int(aor.split("@")[0][len("sip:u"):]) for aor, _ in stored_bindings(str(self.db))}
+        return {int(aor.split("@")[0][len("sip:u") :]) for aor, _ in stored_bindings(str(self.db))}
 
     def expire_stored(self, seconds: float) -> None:
         """
@@ -245,4 +245,3 @@ class RedisCrashTests(CrashTests):
             "redis.call('PEXPIREAT', key, math.floor(last * 1000)) end end return 1"
         )
         self.redis.command("EVAL", script, "0", str(seconds))
-

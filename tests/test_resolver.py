@@ -152,9 +152,7 @@ class MemoryAuthority(authority.FileAuthority):
         self.queries.append((name.lower(), type))
         return super()._lookup(name, cls, type, timeout)
 
-    def _additionalRecords(
-        self, answer: Any, authority: Any, ttl: int
-    ) -> Iterator[Any]:
+    def _additionalRecords(self, answer: Any, authority: Any, ttl: int) -> Iterator[Any]:
         yield from super()._additionalRecords(answer, authority, ttl)
         for rr in answer:
             if rr.type == dns.SRV and rr.name.name.lower() in self.glued:
@@ -246,9 +244,7 @@ class ResolverTests(TestCase):
         r = self.resolver()
         expected = [Address("192.0.2.1", 5061, "tls")]
         self.assertEqual(await r.resolve("192.0.2.1", secure=True), expected)
-        self.assertEqual(
-            await r.resolve("192.0.2.1", transport="tcp", secure=True), expected
-        )
+        self.assertEqual(await r.resolve("192.0.2.1", transport="tcp", secure=True), expected)
         self.assertEqual(await r.resolve("192.0.2.1", transport="tls"), expected)
 
     async def test_literal_without_udp(self) -> None:
@@ -263,9 +259,7 @@ class ResolverTests(TestCase):
     async def test_explicit_port(self) -> None:
         found = await self.resolver().resolve("Host.Example.Test", 5080)
         host = "host.example.test"
-        self.assertEqual(
-            found, [udp(host, 5080, "2001:db8::10"), udp(host, 5080, "192.0.2.10")]
-        )
+        self.assertEqual(found, [udp(host, 5080, "2001:db8::10"), udp(host, 5080, "192.0.2.10")])
         self.assertEqual(
             self.asked(),
             {(b"host.example.test", dns.AAAA), (b"host.example.test", dns.A)},
@@ -291,9 +285,7 @@ class ResolverTests(TestCase):
         """
         found = await self.resolver().resolve("plain.example.test", transport="tls")
         host = "plain.example.test"
-        self.assertEqual(
-            found, [tls(host, 5061, "2001:db8::30"), tls(host, 5061, "192.0.2.30")]
-        )
+        self.assertEqual(found, [tls(host, 5061, "2001:db8::30"), tls(host, 5061, "192.0.2.30")])
         self.assertIn((b"_sips._tcp.plain.example.test", dns.SRV), self.asked())
 
     # NAPTR.
@@ -318,12 +310,8 @@ class ResolverTests(TestCase):
         self.assertNotIn((b"_sip._udp.naptr.example.test", dns.SRV), self.asked())
 
     async def test_naptr_transport_filter(self) -> None:
-        found = await self.resolver(transports=("udp", "tcp")).resolve(
-            "naptr.example.test"
-        )
-        self.assertEqual(
-            [(a.proto, a.port) for a in found], [("tcp", 5062), ("udp", 5060)]
-        )
+        found = await self.resolver(transports=("udp", "tcp")).resolve("naptr.example.test")
+        self.assertEqual([(a.proto, a.port) for a in found], [("tcp", 5062), ("udp", 5060)])
         self.assertNotIn((b"tls-servers.naptr.example.test", dns.SRV), self.asked())
 
     async def test_naptr_per_call_transports(self) -> None:
@@ -382,9 +370,7 @@ class ResolverTests(TestCase):
         """
         A random number near 1 picks the record of weight 90 first.
         """
-        found = await self.resolver(random=lambda: 0.99).resolve(
-            "srv.example.test", transport="udp"
-        )
+        found = await self.resolver(random=lambda: 0.99).resolve("srv.example.test", transport="udp")
         self.assertEqual([a.port for a in found], [5072, 5071, 5071, 5070])
 
     async def test_srv_choice_follows_the_seed(self) -> None:
@@ -427,13 +413,9 @@ class ResolverTests(TestCase):
         """
         host = "plain.example.test"
         found = await self.resolver().resolve(host)
-        self.assertEqual(
-            found, [udp(host, 5060, "2001:db8::30"), udp(host, 5060, "192.0.2.30")]
-        )
+        self.assertEqual(found, [udp(host, 5060, "2001:db8::30"), udp(host, 5060, "192.0.2.30")])
         found = await self.resolver().resolve(host, secure=True)
-        self.assertEqual(
-            found, [tls(host, 5061, "2001:db8::30"), tls(host, 5061, "192.0.2.30")]
-        )
+        self.assertEqual(found, [tls(host, 5061, "2001:db8::30"), tls(host, 5061, "192.0.2.30")])
 
     async def test_dot_target(self) -> None:
         """
@@ -448,17 +430,13 @@ class ResolverTests(TestCase):
         )
 
     async def test_all_dot_targets(self) -> None:
-        await self.assertFails(
-            self.resolver().resolve("down.example.test"), EHOSTUNREACH
-        )
+        await self.assertFails(self.resolver().resolve("down.example.test"), EHOSTUNREACH)
         self.assertEqual({kind for _, kind in self.asked()}, {dns.NAPTR, dns.SRV})
 
     async def test_duplicates_removed(self) -> None:
         found = await self.resolver().resolve("dup.example.test", transport="udp")
         host = "dup.example.test"
-        self.assertEqual(
-            found, [udp(host, 5060, "192.0.2.21"), udp(host, 5064, "192.0.2.21")]
-        )
+        self.assertEqual(found, [udp(host, 5060, "192.0.2.21"), udp(host, 5064, "192.0.2.21")])
 
     async def test_unresolvable_target_skipped(self) -> None:
         found = await self.resolver().resolve("partial.example.test", transport="udp")
@@ -472,67 +450,47 @@ class ResolverTests(TestCase):
         self.serve(glued=(b"_sip._udp.glue.example.test",))
         found = await self.resolver().resolve("glue.example.test", transport="udp")
         host = "glue.example.test"
-        self.assertEqual(
-            found, [udp(host, 5060, "2001:db8::60"), udp(host, 5060, "192.0.2.60")]
-        )
+        self.assertEqual(found, [udp(host, 5060, "2001:db8::60"), udp(host, 5060, "192.0.2.60")])
         self.assertEqual(self.asked(), {(b"_sip._udp.glue.example.test", dns.SRV)})
 
     # Failures.
 
     async def test_nxdomain(self) -> None:
-        await self.assertFails(
-            self.resolver().resolve("missing.example.test"), EHOSTUNREACH
-        )
-        await self.assertFails(
-            self.resolver().resolve("missing.example.test", 5060), EHOSTUNREACH
-        )
+        await self.assertFails(self.resolver().resolve("missing.example.test"), EHOSTUNREACH)
+        await self.assertFails(self.resolver().resolve("missing.example.test", 5060), EHOSTUNREACH)
 
     async def test_outside_zone(self) -> None:
         """
         A refused query (the server is not authoritative) is no answer.
         """
-        await self.assertFails(
-            self.resolver().resolve("elsewhere.invalid"), EHOSTUNREACH
-        )
+        await self.assertFails(self.resolver().resolve("elsewhere.invalid"), EHOSTUNREACH)
 
     async def test_transport_not_allowed(self) -> None:
         r = self.resolver(transports=("tcp",))
         await self.assertFails(r.resolve("192.0.2.1", transport="udp"), ENOPROTOOPT)
-        await self.assertFails(
-            r.resolve("plain.example.test", secure=True), ENOPROTOOPT
-        )
+        await self.assertFails(r.resolve("plain.example.test", secure=True), ENOPROTOOPT)
         await self.assertFails(r.resolve("192.0.2.1", 5061, secure=True), ENOPROTOOPT)
         self.assertEqual(self.authority.queries, [])
 
     async def test_transport_impossible(self) -> None:
         r = self.resolver()
         await self.assertFails(r.resolve("192.0.2.1", transport="sctp"), ENOPROTOOPT)
-        await self.assertFails(
-            r.resolve("192.0.2.1", transport="udp", secure=True), ENOPROTOOPT
-        )
+        await self.assertFails(r.resolve("192.0.2.1", transport="udp", secure=True), ENOPROTOOPT)
 
     async def test_bad_name(self) -> None:
-        await self.assertFails(
-            self.resolver().resolve("a..b.example.test"), EHOSTUNREACH
-        )
+        await self.assertFails(self.resolver().resolve("a..b.example.test"), EHOSTUNREACH)
 
     # maddr.
 
     async def test_maddr_ip(self) -> None:
-        found = await self.resolver().resolve(
-            "nowhere.invalid", 5070, "tcp", maddr="192.0.2.7"
-        )
+        found = await self.resolver().resolve("nowhere.invalid", 5070, "tcp", maddr="192.0.2.7")
         self.assertEqual(found, [Address("192.0.2.7", 5070, "tcp")])
         self.assertEqual(self.authority.queries, [])
 
     async def test_maddr_name(self) -> None:
-        found = await self.resolver().resolve(
-            "nowhere.invalid", maddr="plain.example.test"
-        )
+        found = await self.resolver().resolve("nowhere.invalid", maddr="plain.example.test")
         host = "plain.example.test"
-        self.assertEqual(
-            found, [udp(host, 5060, "2001:db8::30"), udp(host, 5060, "192.0.2.30")]
-        )
+        self.assertEqual(found, [udp(host, 5060, "2001:db8::30"), udp(host, 5060, "192.0.2.30")])
         self.assertNotIn(b"nowhere.invalid", {name for name, _ in self.asked()})
 
     # URIs.
@@ -557,9 +515,7 @@ class ResolverSetupTests(TestCase):
 
     def test_unknown_transport(self) -> None:
         self.assertRaises(ValueError, Resolver, transports=("udp", "sctp"))
-        self.assertRaises(
-            ValueError, Resolver().resolve, "192.0.2.1", transports=("ws",)
-        )
+        self.assertRaises(ValueError, Resolver().resolve, "192.0.2.1", transports=("ws",))
 
     async def test_default_resolver_lazy(self) -> None:
         """
@@ -635,10 +591,7 @@ class SRVOrderTests(TestCase):
 
     def test_all_kept(self) -> None:
         rng = random.Random(1)
-        records = [
-            srv(p, w, n, b"t")
-            for n, (p, w) in enumerate([(1, 0), (1, 5), (2, 7), (1, 5), (2, 0)])
-        ]
+        records = [srv(p, w, n, b"t") for n, (p, w) in enumerate([(1, 0), (1, 5), (2, 7), (1, 5), (2, 0)])]
         for _ in range(50):
             ordered = _srv_order(records, rng.random)
             self.assertEqual(sorted(r.port for r in ordered), [0, 1, 2, 3, 4])

@@ -178,8 +178,13 @@ class VerdictTests(TestCase):
     def test_untouched_valid_messages_are_the_input(self) -> None:
         # Those with a correct Content-Length and nothing after the body
         # serialise to their own bytes.
-        for name in ("rfc4475/wsinv.dat", "rfc4475/intmeth.dat", "rfc4475/longreq.dat",
-                     "rfc4475/mpart01.dat", "rfc5118/ipv6-good.dat"):
+        for name in (
+            "rfc4475/wsinv.dat",
+            "rfc4475/intmeth.dat",
+            "rfc4475/longreq.dat",
+            "rfc4475/mpart01.dat",
+            "rfc5118/ipv6-good.dat",
+        ):
             data = load(name)
             self.assertEqual(bytes(parse_message(data)), data, name)
 
@@ -282,8 +287,14 @@ class DetailTests(TestCase):
         self.assertEqual(message.uri, "sip:user;par=u%40example.net@example.com")
         self.assertEqual(
             message.get_headers("accept"),
-            ["application/sdp", "application/pkcs7-mime", "multipart/mixed", "multipart/signed",
-             "message/sip", "message/sipfrag"],
+            [
+                "application/sdp",
+                "application/pkcs7-mime",
+                "multipart/mixed",
+                "multipart/signed",
+                "message/sip",
+                "message/sipfrag",
+            ],
         )
 
     def test_transports(self) -> None:

@@ -130,8 +130,13 @@ STREAM_OUTCOMES: dict[str, str | int] = {
 
 #: The messages whose connection the proxy closes: nothing after them can
 #: be framed (the ones answered are answered first).
-CLOSES = {"rfc4475/clerr.dat", "rfc4475/ncl.dat", "rfc4475/mcl01.dat", "rfc4475/inv2543.dat",
-          "rfc4475/dblreq.dat"}
+CLOSES = {
+    "rfc4475/clerr.dat",
+    "rfc4475/ncl.dat",
+    "rfc4475/mcl01.dat",
+    "rfc4475/inv2543.dat",
+    "rfc4475/dblreq.dat",
+}
 
 
 def load(name: str, sink: int) -> bytes:
@@ -283,7 +288,8 @@ class TortureThroughTheProxyTests(TestCase):
                 status = what[0].split(b"\r\n", 1)[0]
                 self.assertNotEqual(status, b"SIP/2.0 400 Bad Request", name)
         drops = [
-            event for event in self.logged
+            event
+            for event in self.logged
             if event.get("log_format", "").startswith("dropping unparsable packet")
         ]
         self.assertEqual(

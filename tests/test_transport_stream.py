@@ -203,9 +203,7 @@ class ExchangeTests(StreamTestBase):
         self.assertRaises(ValueError, StreamSocketPool, Address("127.0.0.1", 0, "udp"), collector)
         self.assertRaises(ValueError, StreamSocketPool, Address("127.0.0.1", 0, "tls"), collector)
         self.assertRaises(ValueError, StreamSocketPool, Address("localhost", 0, "tcp"), collector)
-        self.assertRaises(
-            ValueError, StreamLimits, max_connections=0
-        )
+        self.assertRaises(ValueError, StreamLimits, max_connections=0)
 
 
 class FailureTests(StreamTestBase):
@@ -361,9 +359,7 @@ class KeepaliveAndFramingTests(StreamTestBase):
         Reads split anywhere are reassembled (deterministic, no sockets).
         """
         collector = Collector()
-        pool = StreamSocketPool(
-            Address("127.0.0.1", 0, "tcp"), collector, reactor=MemoryReactorClock()
-        )
+        pool = StreamSocketPool(Address("127.0.0.1", 0, "tcp"), collector, reactor=MemoryReactorClock())
         conn = pool._accept("127.0.0.1", 40000)
         assert conn is not None
         transport = StringTransport()

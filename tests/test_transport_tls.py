@@ -36,9 +36,7 @@ class PKI:
 
     def __init__(self) -> None:
         self.ca = CertificateAuthority()
-        self.server = self.ca.issue(
-            "sip.test", dns_names=("localhost",), ip_addresses=("127.0.0.1", "::1")
-        )
+        self.server = self.ca.issue("sip.test", dns_names=("localhost",), ip_addresses=("127.0.0.1", "::1"))
         self.client = self.ca.issue("client.test", dns_names=("client.test",))
         self.rogue_ca = CertificateAuthority("rogue CA")
         self.rogue = self.rogue_ca.issue("rogue", ip_addresses=("127.0.0.1",))
@@ -160,9 +158,7 @@ class TLSPoolTests(TestCase):
         In "required" mode a client without a certificate gets nothing
         through; one with a certificate from the CA does.
         """
-        server, server_got = await self.make_pool(
-            config(pki().server, verify_client="required")
-        )
+        server, server_got = await self.make_pool(config(pki().server, verify_client="required"))
         anonymous = StreamSocketPool(Address("127.0.0.1", 0, "tls"), Collector(), tls=config(None))
         self.addCleanup(anonymous.stop)
         try:
@@ -182,9 +178,7 @@ class TLSPoolTests(TestCase):
         self.assertEqual([item[0] for item in server_got.received], [sip(b"authenticated")])
 
     async def test_client_certificate_optional(self) -> None:
-        server, server_got = await self.make_pool(
-            config(pki().server, verify_client="optional")
-        )
+        server, server_got = await self.make_pool(config(pki().server, verify_client="optional"))
         anonymous = StreamSocketPool(Address("127.0.0.1", 0, "tls"), Collector(), tls=config(None))
         self.addCleanup(anonymous.stop)
         await anonymous.send(sip(b"anonymous"), server.local)
@@ -219,9 +213,7 @@ class TLSPoolTests(TestCase):
         A restricted TLS pool closes connections from other addresses before
         any handshake.
         """
-        server, _ = await self.make_pool(
-            config(pki().server), peer=Address("::1", 5061, "tls")
-        )
+        server, _ = await self.make_pool(config(pki().server), peer=Address("::1", 5061, "tls"))
         client = await TCP4ClientEndpoint(reactor, "127.0.0.1", server.local.port).connect(
             Factory.forProtocol(RawClient)
         )
@@ -298,7 +290,5 @@ class TLSConfigTests(TestCase):
             "TLS verification failed: certificate does not match example.com",
         )
         error = SSL.Error([("SSL routines", "", "certificate verify failed")])
-        self.assertEqual(
-            describe_tls_failure(error), "TLS handshake failed: certificate verify failed"
-        )
+        self.assertEqual(describe_tls_failure(error), "TLS handshake failed: certificate verify failed")
         self.assertEqual(describe_tls_failure(ValueError("odd")), "TLS handshake failed: odd")

@@ -103,8 +103,10 @@ class PasswdTests(TestCase):
         users = parse_users(text, "f")
         self.assertEqual(
             users[("alice", "example.test")],
-            {algorithm: hash_a1(algorithm, "alice", "example.test", "new")
-             for algorithm in ("MD5", "SHA-256", "SHA-512-256")},
+            {
+                algorithm: hash_a1(algorithm, "alice", "example.test", "new")
+                for algorithm in ("MD5", "SHA-256", "SHA-512-256")
+            },
         )
         self.assertIn(("carol", "example.test"), users)
         self.assertTrue(text.startswith("# ours\n"))
@@ -125,7 +127,11 @@ class PasswdTests(TestCase):
         for password in ("first", "second"):
             done = subprocess.run(
                 [sys.executable, "-m", "sipleg.passwd", path, "example.test", "alice"],
-                input=password + "\n", capture_output=True, text=True, check=False, env=env,
+                input=password + "\n",
+                capture_output=True,
+                text=True,
+                check=False,
+                env=env,
             )
             self.assertEqual((done.returncode, done.stderr), (0, ""))
         with open(path) as f:

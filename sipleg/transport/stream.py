@@ -229,9 +229,7 @@ class StreamConnection(Protocol):
             transport.abortConnection()
         else:
             transport.loseConnection()
-            self._linger_timer = self._pool._clock.callLater(
-                _CLOSE_GRACE, transport.abortConnection
-            )
+            self._linger_timer = self._pool._clock.callLater(_CLOSE_GRACE, transport.abortConnection)
 
     # Connection set-up (outgoing connections)
 
@@ -353,9 +351,7 @@ class StreamConnection(Protocol):
         Content-Length is refused (513 for a body too large; 400 for a
         Content-Length missing, malformed or conflicting).
         """
-        _log.warn(
-            "Closing {conn}: broken SIP stream: {reason}", conn=self, reason=reason.reason
-        )
+        _log.warn("Closing {conn}: broken SIP stream: {reason}", conn=self, reason=reason.reason)
         head = self._framer.refused_head
         if head is not None and self.ready:
             answer = salvage_answer(head, reason.status, reason.reason)
@@ -555,9 +551,7 @@ class StreamSocketPool:
                 sock.close()
             listening = defer.succeed(port)
         else:
-            endpoint_type = (
-                TCP6ServerEndpoint if self.local.family == socket.AF_INET6 else TCP4ServerEndpoint
-            )
+            endpoint_type = TCP6ServerEndpoint if self.local.family == socket.AF_INET6 else TCP4ServerEndpoint
             endpoint = endpoint_type(
                 self._reactor, self.local.port, backlog=LISTEN_BACKLOG, interface=self.local.addr
             )
@@ -605,16 +599,12 @@ class StreamSocketPool:
             raise DeliveryError(errno.EMFILE, "connection limit reached")
         hostname = target.host if self.tls is not None else None
         if self.tls is not None:
-            endpoint = wrapClientTLS(
-                self.tls.client_options(target.host), endpoint, clock=self._reactor
-            )
+            endpoint = wrapClientTLS(self.tls.client_options(target.host), endpoint, clock=self._reactor)
         connection = StreamConnection(
             self, Address(target.sockaddr[0], target.port, self.local.proto), False, hostname
         )
         self._register(connection)
-        connection.start_connect(
-            endpoint.connect(_OutgoingFactory(connection)), self._connect_timeout
-        )
+        connection.start_connect(endpoint.connect(_OutgoingFactory(connection)), self._connect_timeout)
         return connection.write_now(data)
 
     def stop(self) -> Deferred[None]:
@@ -835,9 +825,7 @@ class StreamSocketPool:
             if self.local.family != target.family:
                 raise DeliveryError(errno.EAFNOSUPPORT)
             bind = (local_addr, 0)
-        endpoint_type = (
-            TCP6ClientEndpoint if target.family == socket.AF_INET6 else TCP4ClientEndpoint
-        )
+        endpoint_type = TCP6ClientEndpoint if target.family == socket.AF_INET6 else TCP4ClientEndpoint
         # The endpoint's own timeout (on the reactor) only backs up ours.
         return endpoint_type(
             self._reactor,

@@ -109,9 +109,7 @@ class TLSConfig:
         # Trusted CAs as Twisted certificates (what trust roots are made of).
         self._ca: list[Certificate] | None = None
         if ca is not None:
-            self._ca = [
-                Certificate(X509.from_cryptography(c)) for c in _certificates(_read_pem(ca))
-            ]
+            self._ca = [Certificate(X509.from_cryptography(c)) for c in _certificates(_read_pem(ca))]
         self._server_options: CertificateOptions | None = None
         self._client_options: dict[str, Any] = {}
 

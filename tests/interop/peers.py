@@ -382,12 +382,7 @@ class SippOutcome:
         """
         Every call SIPp made or took succeeded, and there was at least one.
         """
-        return (
-            self.exit_code == 0
-            and not self.timed_out
-            and self.failed == 0
-            and self.successful > 0
-        )
+        return self.exit_code == 0 and not self.timed_out and self.failed == 0 and self.successful > 0
 
     def describe(self) -> str:
         """
@@ -416,9 +411,7 @@ def _count(stats: dict[str, str], column: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def _sipp_outcome(
-    proc: _PeerProcess, exit_code: int | None, rundir: Path
-) -> SippOutcome:
+def _sipp_outcome(proc: _PeerProcess, exit_code: int | None, rundir: Path) -> SippOutcome:
     stats = _read_stats(rundir / "stat.csv")
     errors_log = rundir / "errors.log"
     errors = errors_log.read_text("utf-8", "replace") if errors_log.exists() else ""
@@ -435,9 +428,7 @@ def _sipp_outcome(
     )
 
 
-def _fire_sipp(
-    exit_code: int | None, outcome: _Outcome, proc: _PeerProcess, rundir: Path
-) -> None:
+def _fire_sipp(exit_code: int | None, outcome: _Outcome, proc: _PeerProcess, rundir: Path) -> None:
     outcome.fire(_sipp_outcome(proc, exit_code, rundir))
 
 
@@ -466,9 +457,7 @@ def _sipp_argv(
     ]  # fmt: skip
 
 
-def _sipp_run(
-    reactor: Any, argv: list[str], timeout: int, rundir: Path
-) -> _PeerProcess:
+def _sipp_run(reactor: Any, argv: list[str], timeout: int, rundir: Path) -> _PeerProcess:
     return _spawn(reactor, argv, timeout + KILL_GRACE, cwd=str(rundir))
 
 
@@ -556,11 +545,7 @@ def listening(pid: int, proto: str, port: int) -> bool:
         for line in lines:
             # sl local_address rem_address st ... uid timeout inode
             fields = line.split()
-            if (
-                fields[3] == state
-                and int(fields[1].rsplit(":", 1)[1], 16) == port
-                and fields[9] in inodes
-            ):
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
                 return True
     return False
 
@@ -623,9 +608,7 @@ def start_sipp_uas(
     for attempt in range(_PORT_ATTEMPTS):
         chosen = free_port(proto, host) if port is None else port
         try:
-            server = yield _start_sipp_once(
-                reactor, Address(host, chosen, proto), calls, scenario, timeout
-            )
+            server = yield _start_sipp_once(reactor, Address(host, chosen, proto), calls, scenario, timeout)
         except _PortTaken:
             if port is not None or attempt == _PORT_ATTEMPTS - 1:
                 raise
@@ -769,9 +752,7 @@ class NetSipOutcome:
         The received responses, all or those whose CSeq names C{method}.
         """
         return [
-            e
-            for e in self.received
-            if "code" in e and (method is None or e["cseq"].split()[-1] == method)
+            e for e in self.received if "code" in e and (method is None or e["cseq"].split()[-1] == method)
         ]
 
     def describe(self) -> str:
@@ -815,9 +796,7 @@ class _NetSipLines:
         )
 
 
-def _fire_netsip(
-    exit_code: int | None, outcome: _Outcome, lines: _NetSipLines, proc: _PeerProcess
-) -> None:
+def _fire_netsip(exit_code: int | None, outcome: _Outcome, lines: _NetSipLines, proc: _PeerProcess) -> None:
     outcome.fire(lines.outcome(proc, exit_code))
 
 
