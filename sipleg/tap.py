@@ -328,8 +328,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 "--registrar with --workers needs --registrations redis://HOST:PORT/DB"
                 " (the workers must share the bindings)"
             )
-        if config.status is not None:
-            raise ConfigError("--status shows one process; it cannot be used with --workers")
         if config.auth is not None and config.auth.secret_file is None:
             raise ConfigError(
                 "--auth-file with --workers needs --auth-secret-file"
@@ -339,6 +337,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             sock.close()
         from sipleg.workers import WorkerSupervisor, worker_arguments
 
+        if config.status is not None:
+            # The supervisor serves the sum of its workers' status.
+            from sipleg.workerstatus import supervise_with_status
+
+            return supervise_with_status(config.status, options.argv, options["workers"], reactor)
         return WorkerSupervisor(worker_arguments(options.argv), options["workers"], reactor)
     except ConfigError as e:
         sys.stderr.write(f"sipproxy: {e}\n")

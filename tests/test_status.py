@@ -324,6 +324,8 @@ class StatusOptionTests(unittest.TestCase):
                     self.refused("--status", status),
                     f"sipproxy: --status: cannot listen on tcp:127.0.0.1:{port}: Address already in use",
                 )
+            line = self.refused("--workers", "2", "--status", f"tcp:127.0.0.1:{port}")
+        self.assertIn("Address already in use", line)
 
     def test_unix_directory_missing(self) -> None:
         self.assertEqual(
