@@ -191,6 +191,15 @@ class StatelessProxy:
             user=user[:64],
         )
 
+    def banned(self) -> list[str]:
+        """
+        The sources banned now (flooding, or failing to authenticate), for
+        the status page.
+        """
+        if self._flood is None or self._clock is None:
+            return []
+        return self._flood.banned(self._clock.seconds())
+
     @property
     def rules(self) -> Rules:
         """

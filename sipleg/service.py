@@ -201,18 +201,13 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         proxy.stats.registrar = registrar.status
         _Running(lambda: None, registrar.stop).setServiceParent(top)
     if config.status is not None:
-        # twisted.web is imported only with --status.
-        from twisted.application import strports
-        from twisted.web.server import Site
+        # twisted.web and prometheus_client are imported only with --status.
+        from sipleg.status import proxy_status, status_site
+        from sipleg.statusport import StatusServer, bind_status, parse_status
 
-        from sipleg.status import StatusPage
-
-        page = StatusPage(proxy.stats, lambda: [leg.dump() for leg in legs])
-        try:
-            status = strports.service(config.status, Site(page), reactor=reactor)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"--status {config.status!r}: {e}") from None
-        status.setServiceParent(top)
+        sock = bind_status(parse_status(config.status))
+        site = status_site(lambda: proxy_status(proxy, legs), reactor)
+        StatusServer(sock, site, reactor).setServiceParent(top)
     return top
 
 

@@ -1,35 +1,96 @@
 """
-What the proxy has done, for operators: a small HTTP status page
-(C{twistd sipproxy --status tcp:8060:interface=127.0.0.1}).
+What the proxy has done, for operators: a small HTTP status site
+(C{twistd sipproxy --status tcp:8060}).
 
-L{StatusPage} renders the counters of L{sipleg.stats.ProxyStats} with
-C{twisted.web} as JSON (C{/status.json}) and in the Prometheus text
-format (C{/metrics}).  This module (and C{twisted.web} with it) is
-imported only when C{--status} is given.
+L{StatusPage} serves a status (L{proxy_status}: the counters of
+L{sipleg.stats.ProxyStats}, the registrar's figures, the banned sources and
+each leg's socket) as JSON (C{/status.json}) and, through
+C{prometheus_client}, in the Prometheus and OpenMetrics text formats
+(C{/metrics}, L{sipleg.metrics}).  This module (and C{twisted.web} and
+C{prometheus_client} with it) is imported only when C{--status} is given.
+Everything is read when a page is asked for: the proxy's hot path keeps
+its plain counters and pays nothing for the page.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import socket
+import struct
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Site
 from twisted.web.server import Request as HTTPRequest
 
 from sipleg.stats import ProxyStats
 
-__all__ = ["ProxyStats", "StatusPage"]
+if TYPE_CHECKING:
+    from sipleg.leg import Leg
+    from sipleg.proxy import StatelessProxy
+
+__all__ = ["ProxyStats", "StatusPage", "StatusSource", "leg_name", "proxy_status", "status_site"]
+
+log = Logger()
+
+#: Returns the status (JSON-able), or a L{Deferred} firing with it.
+StatusSource = Callable[[], "dict[str, Any] | Deferred[dict[str, Any]]"]
+
+#: C{getsockopt(SOL_SOCKET, SO_MEMINFO)} (Linux): the socket's memory
+#: figures, of which we read the bytes queued for reading (index 0) and
+#: the packets the kernel dropped (index 8, C{SK_MEMINFO_DROPS}).
+_SO_MEMINFO = 55
+_MEMINFO = struct.Struct("9I")
 
 
-def _prometheus(name: str, label: str, counts: Counter[Any], help_text: str) -> list[str]:
-    lines = [f"# HELP sipleg_{name} {help_text}", f"# TYPE sipleg_{name} counter"]
-    for key, value in sorted(counts.items(), key=lambda item: str(item[0])):
-        text = str(key).replace("\\", "\\\\").replace('"', '\\"')
-        lines.append(f'sipleg_{name}{{{label}="{text}"}} {value}')
-    return lines
+def leg_name(leg: Leg) -> str:
+    """
+    The name of a leg in the status: C{udp:127.0.0.1:5060}.
+    """
+    return f"{leg.proto}:{leg.local.hostport}"
+
+
+def socket_counters(sock: socket.socket | None) -> dict[str, int]:
+    """
+    What the kernel counts for a socket: the bytes waiting to be read and
+    the packets it dropped (a full receive buffer), on Linux; nothing
+    elsewhere or without a socket.
+    """
+    if sock is None or not sys.platform.startswith("linux"):
+        return {}
+    try:
+        info = _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size))
+    except (OSError, struct.error):
+        return {}
+    return {"receive_queue_bytes": info[0], "kernel_drops": info[8]}
+
+
+def proxy_status(proxy: StatelessProxy, legs: Sequence[Leg]) -> dict[str, Any]:
+    """
+    The status of a proxy process, as plain JSON-able data: the counters
+    of L{ProxyStats.snapshot}, C{legs} (each leg's L{Leg.dump}), the
+    number of C{banned_sources}, and C{leg_counters}: per leg, the open
+    connections and its socket's kernel counters.
+    """
+    counters = {}
+    for leg in legs:
+        pool = leg.socketpool
+        counters[leg_name(leg)] = {
+            "connections": len(pool.connections()),
+            **socket_counters(getattr(pool, "listening_socket", None)),
+        }
+    return {
+        "legs": [leg.dump() for leg in legs],
+        **proxy.stats.snapshot(),
+        "banned_sources": len(proxy.banned()),
+        "leg_counters": counters,
+    }
 
 
 class StatusPage(Resource):
@@ -37,14 +98,23 @@ class StatusPage(Resource):
     The status site: C{/status.json} and C{/metrics}.
     """
 
-    def __init__(self, stats: ProxyStats, legs: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, source: StatusSource, reactor: Any = None) -> None:
         """
-        @param stats: the proxy's counters.
-        @param legs: returns a description of each leg (L{Leg.dump}).
+        @param source: gives the status when a page is asked for.
+        @param reactor: the reactor the metrics are read on (from
+            C{prometheus_client}'s thread).
         """
         super().__init__()
-        self.putChild(b"status.json", _JSON(stats, legs))
-        self.putChild(b"metrics", _Metrics(stats))
+        # prometheus_client (and its registry types) only with --status.
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.twisted import MetricsResource
+
+        from sipleg.metrics import StatusCollector
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(StatusCollector(source, reactor))
+        self.putChild(b"status.json", _JSON(source))
+        self.putChild(b"metrics", MetricsResource(registry=registry))
 
     def render_GET(self, request: HTTPRequest) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -54,49 +124,37 @@ class StatusPage(Resource):
         return notFound()
 
 
+def status_site(source: StatusSource, reactor: Any = None) -> Site:
+    """
+    The HTTP site serving L{StatusPage}.
+    """
+    return Site(StatusPage(source, reactor))
+
+
 class _JSON(Resource):
     isLeaf = True
 
-    def __init__(self, stats: ProxyStats, legs: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, source: StatusSource) -> None:
         super().__init__()
-        self.stats = stats
-        self.legs = legs
+        self.source = source
 
-    def render_GET(self, request: HTTPRequest) -> bytes:
-        request.setHeader(b"content-type", b"application/json")
-        body = {"legs": list(self.legs()), **self.stats.snapshot()}
-        return json.dumps(body, sort_keys=True).encode() + b"\n"
+    def render_GET(self, request: HTTPRequest) -> Any:
+        gone: list[Failure] = []
+        request.notifyFinish().addErrback(gone.append)
 
+        def write(status: dict[str, Any]) -> None:
+            if gone:
+                return
+            request.setHeader(b"content-type", b"application/json")
+            request.write(json.dumps(status, sort_keys=True).encode() + b"\n")
+            request.finish()
 
-class _Metrics(Resource):
-    isLeaf = True
+        def failed(reason: Failure) -> None:
+            log.failure("status page failed", reason)
+            if not gone:
+                request.setResponseCode(500)
+                request.finish()
 
-    def __init__(self, stats: ProxyStats) -> None:
-        super().__init__()
-        self.stats = stats
-
-    def render_GET(self, request: HTTPRequest) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4")
-        stats = self.stats
-        lines = [
-            "# HELP sipleg_uptime_seconds Seconds since the proxy started.",
-            "# TYPE sipleg_uptime_seconds gauge",
-            f"sipleg_uptime_seconds {stats.snapshot()['uptime']}",
-        ]
-        lines += _prometheus("requests_total", "method", stats.requests, "Requests received.")
-        lines += _prometheus("forwarded_total", "method", stats.forwarded, "Requests forwarded.")
-        lines += _prometheus("responses_total", "class", stats.responses, "Responses forwarded.")
-        lines += _prometheus("answered_total", "code", stats.answered, "Requests answered by the proxy.")
-        lines += _prometheus("dropped_total", "reason", stats.dropped, "Packets dropped.")
-        if stats.registrar is not None:
-            registrar = stats.registrar()
-            lines += [
-                "# HELP sipleg_bindings Registrations held.",
-                "# TYPE sipleg_bindings gauge",
-                f"sipleg_bindings {registrar['bindings']}",
-                "# HELP sipleg_store_write_seconds Time the location store took to keep a change.",
-                "# TYPE sipleg_store_write_seconds summary",
-                f"sipleg_store_write_seconds_count {registrar['store_writes']}",
-                f"sipleg_store_write_seconds_sum {registrar['store_write_seconds']}",
-            ]
-        return ("\n".join(lines) + "\n").encode()
+        found: Deferred[Any] = maybeDeferred(self.source)
+        found.addCallback(write).addErrback(failed)
+        return NOT_DONE_YET

@@ -115,13 +115,6 @@ class Options(usage.Options):
             "10/60",
             "N/SECONDS: an untrusted source failing to authenticate more than N times in SECONDS is banned.",
         ],
-        [
-            "status",
-            None,
-            None,
-            "Serve /status.json and /metrics on this endpoint, e.g. tcp:8060 "
-            "(TCP endpoints listen on 127.0.0.1 unless given an interface=).",
-        ],
     ]
 
     def __init__(self) -> None:
@@ -130,6 +123,7 @@ class Options(usage.Options):
         self["domain"] = []
         self["route"] = {}
         self["allow"] = []
+        self["status"] = None
 
     def opt_listen(self, value: str) -> None:
         """
@@ -141,6 +135,21 @@ class Options(usage.Options):
             self["listen"].append(parse_listen(value))
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+    def opt_status(self, value: str) -> None:
+        """
+        Serve /status.json and /metrics (Prometheus) on tcp:[ADDR:]PORT
+        (127.0.0.1 by default), tcp:[::1]:PORT or unix:PATH.
+        """
+        if self["status"] is not None:
+            raise usage.UsageError("--status given twice")
+        from sipleg.statusport import parse_status
+
+        try:
+            parse_status(value)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        self["status"] = value
 
     def opt_domain(self, value: str) -> None:
         """
@@ -200,12 +209,6 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be between 1 and 64")
         if self["max-forwards"] < 1 or self["max-forwards"] > 255:
             raise usage.UsageError("--max-forwards must be between 1 and 255")
-        status: str | None = self["status"]
-        if status is not None and status.startswith("tcp") and "interface=" not in status:
-            # Loopback unless told otherwise.
-            self["status"] = status + (
-                ":interface=::1" if status.startswith("tcp6") else ":interface=127.0.0.1"
-            )
         outbound: str | None = self["outbound-proxy"]
         if outbound is not None:
             self["outbound-proxy"] = _sip_uri("--outbound-proxy", outbound)
@@ -325,8 +328,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 "--registrar with --workers needs --registrations redis://HOST:PORT/DB"
                 " (the workers must share the bindings)"
             )
-        if config.status is not None:
-            raise ConfigError("--status shows one process; it cannot be used with --workers")
         if config.auth is not None and config.auth.secret_file is None:
             raise ConfigError(
                 "--auth-file with --workers needs --auth-secret-file"
@@ -336,6 +337,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             sock.close()
         from sipleg.workers import WorkerSupervisor, worker_arguments
 
+        if config.status is not None:
+            # The supervisor serves the sum of its workers' status.
+            from sipleg.workerstatus import supervise_with_status
+
+            return supervise_with_status(config.status, options.argv, options["workers"], reactor)
         return WorkerSupervisor(worker_arguments(options.argv), options["workers"], reactor)
     except ConfigError as e:
         sys.stderr.write(f"sipproxy: {e}\n")

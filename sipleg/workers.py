@@ -30,19 +30,23 @@ __all__ = ["WorkerSupervisor", "worker_arguments"]
 log = Logger()
 
 
+#: The supervisor's own options, which its workers do not get.
+_SUPERVISOR_OPTIONS = ("--workers", "--status")
+
+
 def worker_arguments(argv: Sequence[str]) -> list[str]:
     """
     The command line of one worker: the parent's options without
-    C{--workers}, plus C{--reuse-port}.
+    C{--workers} and C{--status} (the supervisor's), plus C{--reuse-port}.
     """
     out: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--workers":
+        elif arg in _SUPERVISOR_OPTIONS:
             skip = True
-        elif not arg.startswith("--workers="):
+        elif not arg.startswith(tuple(f"{option}=" for option in _SUPERVISOR_OPTIONS)):
             out.append(arg)
     return [*out, "--reuse-port"]
 
@@ -73,6 +77,7 @@ class WorkerSupervisor(Service):
         restart_delay: float = 1.0,
         executable: str = sys.executable,
         stop_timeout: float = 10.0,
+        status_dir: str | None = None,
     ) -> None:
         """
         @param arguments: the worker's C{sipproxy} options (see
@@ -85,6 +90,8 @@ class WorkerSupervisor(Service):
         @param executable: the Python interpreter running the workers.
         @param stop_timeout: seconds the workers get to stop on SIGTERM
             before they are killed.
+        @param status_dir: a directory where worker C{N} serves its status
+            on the UNIX socket L{status_socket}C{(N)} (L{None}: no status).
         """
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -96,6 +103,7 @@ class WorkerSupervisor(Service):
         self.restart_delay = restart_delay
         self.stop_timeout = stop_timeout
         self.executable = executable
+        self.status_dir = status_dir
         self.workers: dict[int, tuple[_Worker, Any]] = {}
         self._pending: dict[int, IDelayedCall] = {}
 
@@ -108,6 +116,8 @@ class WorkerSupervisor(Service):
         self._pending.pop(slot, None)
         worker = _Worker(self, slot)
         argv = [self.executable, "-m", "sipleg.workers", "--log-format=text", "sipproxy", *self.arguments]
+        if self.status_dir is not None:
+            argv += ["--status", f"unix:{self.status_socket(slot)}"]
         process = self._reactor.spawnProcess(
             worker, self.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: 1, 2: 2}
         )
@@ -126,6 +136,13 @@ class WorkerSupervisor(Service):
             delay=self.restart_delay,
         )
         self._pending[worker.slot] = self._reactor.callLater(self.restart_delay, self._spawn, worker.slot)
+
+    def status_socket(self, slot: int) -> str:
+        """
+        The UNIX socket where worker C{slot} serves its status.
+        """
+        assert self.status_dir is not None
+        return os.path.join(self.status_dir, f"{slot}.sock")
 
     def pids(self) -> list[int]:
         """

@@ -1,24 +1,32 @@
 """
 Helpers shared by the test modules: receivers that record what they get,
 a raw TCP client, minimal framed requests, the proxy's log lines as twistd
-writes them and the fail2ban filter that reads them.
+writes them and the fail2ban filter that reads them, the status page
+fetched and its metrics parsed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer, reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.web.client import HTTPConnectionPool
 
 import sipleg
 from sipleg.address import Address
@@ -62,6 +70,33 @@ def sip(body: bytes = b"", method: bytes = b"OPTIONS") -> bytes:
     ) + body
 
 
+def register(n: int, port: int, expires: int = 3600) -> bytes:
+    """
+    A REGISTER over UDP for user C{u<n>@example.test}, its contact on
+    127.0.0.1:C{port}.
+    """
+    return (
+        f"REGISTER sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-r{n}\r\n"
+        f"From: <sip:u{n}@example.test>;tag=t{n}\r\nTo: <sip:u{n}@example.test>\r\n"
+        f"Call-ID: reg-{n}\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+        f"Contact: <sip:u{n}@127.0.0.1:{port}>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def options(uri: str, n: int, port: int) -> bytes:
+    """
+    An OPTIONS over UDP for C{uri}, from 127.0.0.1:C{port} (transaction
+    and call C{n}).
+    """
+    return (
+        f"OPTIONS {uri} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-o{n}\r\n"
+        f"From: <sip:probe@127.0.0.1>;tag=o{n}\r\nTo: <{uri}>\r\n"
+        f"Call-ID: probe-{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
 class RawClient(Protocol):
     """
     A plain TCP client that records what it receives.
@@ -88,6 +123,61 @@ class RawClient(Protocol):
         waiter: Deferred[None] = Deferred()
         self._waiters.append((expected, waiter))
         return waiter
+
+
+#: Seconds a status page may take to show what was sent (bounded polling).
+STATUS_WAIT = 10.0
+
+
+@defer.inlineCallbacks
+def fetch(url: str, accept: str | None = None) -> Any:
+    """
+    GET C{url} (with C{Accept: accept}) on a fresh connection.
+
+    @return: fires with the response and its body.
+    """
+    headers = {} if accept is None else {"Accept": [accept]}
+    response = yield treq.get(url, headers=headers, pool=HTTPConnectionPool(reactor, persistent=False))
+    body = yield treq.content(response)
+    return response, body
+
+
+@defer.inlineCallbacks
+def poll_status(base: str, ready: Any, wait: float = STATUS_WAIT) -> Any:
+    """
+    Fetch C{base + "/status.json"} until C{ready(status)} holds (every
+    0.05 s, at most C{wait} seconds; a refused connection is retried).
+
+    @return: fires with that status.
+    @raise AssertionError: it never held.
+    """
+    deadline = time.monotonic() + wait
+    status = None
+    while True:
+        try:
+            _, body = yield fetch(base + "/status.json")
+        except ConnectError:
+            # A child process still starting.
+            pass
+        else:
+            status = json.loads(body)
+            if ready(status):
+                return status
+        if time.monotonic() > deadline:
+            raise AssertionError(f"status never got there: {status}")
+        yield deferLater(reactor, 0.05, lambda: None)
+
+
+def metric_values(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """
+    The samples of a C{/metrics} body, parsed by C{prometheus_client}:
+    C{(name, sorted labels)} to value.
+    """
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
 
 
 #: The directory holding the C{sipleg} package and C{twisted/plugins}.

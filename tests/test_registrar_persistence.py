@@ -20,7 +20,7 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
-from tests.support import RedisServer, child_env, stored_bindings, twistd_argv
+from tests.support import RedisServer, child_env, options, register, stored_bindings, twistd_argv
 
 #: Kills per test.
 KILLS = 3
@@ -28,25 +28,6 @@ KILLS = 3
 BURST = 1000
 #: Seconds the child may take to answer its first OPTIONS.
 READY = 15.0
-
-
-def register(n: int, port: int, expires: int = 3600) -> bytes:
-    return (
-        f"REGISTER sip:example.test SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-r{n}\r\n"
-        f"From: <sip:u{n}@example.test>;tag=t{n}\r\nTo: <sip:u{n}@example.test>\r\n"
-        f"Call-ID: reg-{n}\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
-        f"Contact: <sip:u{n}@127.0.0.1:{port}>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
-
-
-def options(uri: str, n: int, port: int) -> bytes:
-    return (
-        f"OPTIONS {uri} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-o{n}\r\n"
-        f"From: <sip:probe@127.0.0.1>;tag=o{n}\r\nTo: <{uri}>\r\n"
-        f"Call-ID: probe-{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    ).encode()
 
 
 class CrashTests(unittest.TestCase):

@@ -629,6 +629,14 @@ class StreamSocketPool:
             connection.close(DeliveryError(errno.ESHUTDOWN, "socket pool stopped"))
         return defer.gatherResults(waiting, consumeErrors=True).addCallback(lambda _: None)
 
+    @property
+    def listening_socket(self) -> socket.socket | None:
+        """
+        The bound socket, whose kernel counters the status page reads
+        (L{sipleg.status}); L{None} when not listening.
+        """
+        return None if self._port is None else self._port.socket
+
     def connections(self) -> list[object]:
         """
         @return: the connected L{StreamConnection}s (TCP up; a TLS one may

@@ -286,6 +286,14 @@ class UDPSocketPool:
             return defer.succeed(None)
         return defer.maybeDeferred(port.stopListening).addCallback(lambda _: None)
 
+    @property
+    def listening_socket(self) -> socket.socket | None:
+        """
+        The bound socket, whose kernel counters the status page reads
+        (L{sipleg.status}); L{None} when not listening.
+        """
+        return None if self._port is None else self._port.socket
+
     def connections(self) -> list[object]:
         """
         UDP has no connections.
