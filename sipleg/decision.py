@@ -59,7 +59,9 @@ __all__ = [
     "carries_loop",
     "decide_request",
     "decide_response",
+    "forward_edits",
     "from_tag",
+    "in_dialog",
     "leg_identity",
     "next_hop",
     "next_max_forwards",
@@ -370,13 +372,18 @@ class Forward(NamedTuple):
     @ivar forks: for a request to an address of record of ours, its
         contacts, one group per q value, best first (a stateful proxy
         forks to them, L{sipleg.stateful}; the stateless one uses the
-        first, which C{edits.uri} names).
+        first, which C{edits.uri} names).  Several L{targets} (a routing
+        hook's list, L{sipleg.routehook}) go with the URIs of C{forks}, in
+        order: the stateless proxy fails over from one to the next.
+    @ivar user: the user the request's sender proved to be
+        (L{Authenticated}), if any.
     """
 
     targets: tuple[URI, ...]
     edits: Edits
     prefer: LegIdentity
     forks: tuple[tuple[str, ...], ...] = ()
+    user: str | None = None
 
 
 class Answer(NamedTuple):
@@ -618,7 +625,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     registers = method == "REGISTER" and rules.registers is not None and rules.registers(uri)
     if not routes and not registers and uri.user is None and legs.hop(uri) is not None:
         return addressed_to_us(method, rules.registers is not None)
-    through_us = (named is not None or restored is not None) and _in_dialog(view)
+    through_us = (named is not None or restored is not None) and in_dialog(view)
     max_forwards = next_max_forwards(view.max_forwards, view.leg.max_forwards)
     proved: Authenticated | None = None
     if rules.auth is not None and not through_us and max_forwards is not None:
@@ -663,10 +670,28 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     else:
         target = next_hop(uri, rules)
 
-    out_uri = new_uri if new_uri is not None else text
+    edits = forward_edits(view, rules, new_uri, routes, max_forwards)
+    if not isinstance(edits, Edits):
+        return edits
+    return Forward((target,), edits, named or view.leg, forks, proved.user if proved is not None else None)
+
+
+def forward_edits(
+    view: RequestView, rules: Rules, new_uri: str | None, routes: tuple[str, ...], max_forwards: int
+) -> Edits | Answer | Drop:
+    """
+    The L{Edits} of a request leaving with the Request-URI C{new_uri}
+    (L{None}: unchanged) and the Route values C{routes}, after the loop
+    check (RFC 3261 §16.3 item 4: 482) on the request as it would leave.
+    A request retargeted after the decision (L{sipleg.routehook}) gets
+    its edits here too, so its branch and loop hash name its new
+    Request-URI.
+    """
+    method = view.method
+    out_uri = new_uri if new_uri is not None else view.request.uri
     from_value = view.from_value
     loop = loop_hash(out_uri, from_tag(from_value), view.tid, routes, view.proxy_require)
-    if carries_loop(view.vias, legs, loop):
+    if carries_loop(view.vias, rules.legs, loop):
         return _refuse(method, 482, "Loop Detected")
     top_branch = view.via.branch or view.vias[0]
     branch = transaction_hash(
@@ -679,7 +704,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         out_uri,
         loop,
     )
-    edits = Edits(
+    return Edits(
         max_forwards,
         new_uri,
         routes if routes != view.routes else None,
@@ -687,7 +712,6 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         branch,
         rules.credentials(view.request) if rules.credentials is not None else (),
     )
-    return Forward((target,), edits, named or view.leg, forks)
 
 
 _LOCATE_REASONS = {404: "Not Found", 480: "Temporarily Unavailable"}
@@ -719,7 +743,7 @@ def addressed_to_us(method: str, registrar: bool) -> Answer | Drop:
     return Answer(405, "Method Not Allowed", (("Allow", allow),))
 
 
-def _in_dialog(view: RequestView) -> bool:
+def in_dialog(view: RequestView) -> bool:
     """
     Whether a request belongs to a dialog (its To has a tag).  Such a
     request that came through a Route of ours follows a Record-Route we

@@ -28,6 +28,7 @@ __all__ = [
     "FramingError",
     "DeliveryError",
     "ConfigError",
+    "HookAnswerError",
 ]
 
 
@@ -102,3 +103,17 @@ class ConfigError(SIPError):
     unreadable certificate or user file ...).  The message is one line for
     the operator.
     """
+
+
+class HookAnswerError(SIPError):
+    """
+    The routing hook's web service answered something that is not a valid
+    answer (L{sipleg.routehook.parse_hook_answer}); the call counts as
+    failed.
+
+    @ivar reason: what is wrong with it, for the log.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

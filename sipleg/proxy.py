@@ -60,6 +60,7 @@ from sipleg.uri import URI, Via
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator
+    from sipleg.hookclient import RouteHookClient
 
 __all__ = ["StatelessProxy"]
 
@@ -86,6 +87,7 @@ class StatelessProxy:
         edge: EdgePolicy | None = None,
         clock: IReactorTime | None = None,
         auth: Authenticator | None = None,
+        route_hook: RouteHookClient | None = None,
     ) -> None:
         """
         @param dispatcher: the dispatcher whose legs the proxy forwards
@@ -100,7 +102,10 @@ class StatelessProxy:
         @param clock: the time for flood control (default: the reactor).
         @param auth: who must authenticate, and how (L{sipleg.auth}); its
             bans of sources that fail too often are the proxy's to keep.
+        @param route_hook: the web service that routes initial requests
+            (L{sipleg.hookclient}, C{--route-url}); none by default.
         """
+        self.route_hook = route_hook
         self.registrar = registrar
         self.auth = auth
         self.edge = edge if edge is not None else EdgePolicy(flood=None, scanners=())
@@ -304,6 +309,11 @@ class StatelessProxy:
             return None
         decision = decide_request(view, rules)
         if isinstance(decision, Forward):
+            hook = self.route_hook
+            if hook is not None and hook.asks(view, decision):
+                asked = hook.route(view, decision, rules)
+                # (None: a retransmission while its call is pending.)
+                return None if asked is None else asked.addCallback(self._routed, view, leg)
             return self._forward(view, decision, leg)
         if isinstance(decision, Answer):
             return self._answer(view, decision, leg)
@@ -327,6 +337,17 @@ class StatelessProxy:
         )
         return None
 
+    def _routed(self, decision: Forward | Answer | Drop, view: RequestView, leg: Leg) -> Deferred[Any] | None:
+        """
+        Do what the routing hook's answer made of a L{Forward}.
+        """
+        if isinstance(decision, Forward):
+            return self._forward(view, decision, leg)
+        if isinstance(decision, Answer):
+            return self._answer(view, decision, leg)
+        self.stats.dropped[decision.reason] += 1
+        return None
+
     def _forward(self, view: RequestView, forward: Forward, in_leg: Leg) -> Deferred[Any] | None:
         """
         Execute a L{Forward}: edit the request once, then splice the
@@ -334,22 +355,64 @@ class StatelessProxy:
         The edits leave alone what an error answer is built from (Via,
         From, To, Call-ID, CSeq), so the request is edited in place.
         """
-        request = edit(view.request, forward.edits)
+        return self._send_request(view, forward, in_leg, edit(view.request, forward.edits), 0)
+
+    def _send_request(
+        self, view: RequestView, forward: Forward, in_leg: Leg, request: Request, index: int
+    ) -> Deferred[Any] | None:
+        """
+        Send the edited request to C{forward.targets[index]}; when it
+        cannot be delivered there, to the next target, if any.
+        """
+        if index:
+            # The next of several targets (a routing hook's list) goes
+            # with the next URI of the forks.
+            request.uri = [uri for group in forward.forks for uri in group][index]
         build = self._builder(request, forward.edits.branch, forward.edits.record_route, in_leg)
         legs = self._legs_from(self._legs[forward.prefer])
         # A datagram held back (design item 18) that fails when it is sent
-        # moves on to the next target by itself; this hears when none is
+        # moves on to the next address by itself; this hears when none is
         # left.
-        failed = partial(self._undeliverable, view, in_leg)
+        failed = partial(self._target_failed, view, forward, in_leg, request, index)
         try:
-            sent = self.dispatcher.send_to(forward.targets[0], legs, request, build, failed, self._transports)
+            sent = self.dispatcher.send_to(
+                forward.targets[index], legs, request, build, failed, self._transports
+            )
         except DeliveryError as e:
-            self._undeliverable(view, in_leg, e)
-            return None
+            return self._target_failed(view, forward, in_leg, request, index, e)
         if isinstance(sent, Deferred):
-            sent.addCallbacks(self._forwarded, self._unreachable, (request,), errbackArgs=(view, in_leg))
+            sent.addCallbacks(
+                self._forwarded,
+                self._unreachable,
+                (request,),
+                errbackArgs=(view, forward, in_leg, request, index),
+            )
             return sent
         self._forwarded(sent, request)
+        return None
+
+    def _target_failed(
+        self,
+        view: RequestView,
+        forward: Forward,
+        in_leg: Leg,
+        request: Request,
+        index: int,
+        error: DeliveryError,
+    ) -> Deferred[Any] | None:
+        """
+        No address of one target took the request: the next target, or
+        503 when it was the last.
+        """
+        if index + 1 < len(forward.targets):
+            log.info(
+                "cannot forward {method} to {uri}: {error}; trying the next target",
+                method=request.method,
+                uri=request.uri,
+                error=str(error),
+            )
+            return self._send_request(view, forward, in_leg, request, index + 1)
+        self._undeliverable(view, in_leg, error)
         return None
 
     @staticmethod
@@ -397,12 +460,14 @@ class StatelessProxy:
         self.stats.forwarded[self.stats.method(request.method)] += 1
         return pair
 
-    def _unreachable(self, reason: Failure, view: RequestView, leg: Leg) -> None:
+    def _unreachable(
+        self, reason: Failure, view: RequestView, forward: Forward, leg: Leg, request: Request, index: int
+    ) -> Deferred[Any] | None:
         error = reason.value
         if not isinstance(error, DeliveryError):
             log.failure("forwarding {method} failed", reason, method=view.request.method)
             error = DeliveryError(None, str(error))
-        self._undeliverable(view, leg, error)
+        return self._target_failed(view, forward, leg, request, index, error)
 
     def _undeliverable(self, view: RequestView, leg: Leg, error: DeliveryError) -> None:
         """

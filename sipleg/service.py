@@ -31,6 +31,7 @@ from sipleg.uri import URI
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator, AuthSettings
+    from sipleg.routehook import HookConfig
     from sipleg.stateful import TransactionTimers
     from sipleg.store import ILocationStore
     from sipleg.transport.tls import TLSConfig
@@ -102,6 +103,8 @@ class ProxyConfig:
     auth: AuthSettings | None = None
     #: With C{--stateful}: the transaction timers (L{None}: stateless).
     transactions: TransactionTimers | None = None
+    #: With C{--route-url}: the routing hook (L{None}: none).
+    route_hook: HookConfig | None = None
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -188,6 +191,15 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         clock=reactor,
         auth=auth,
     )
+    if config.route_hook is not None:
+        # treq and twisted.web are imported only with --route-url.
+        from sipleg.hookclient import RouteHookClient
+
+        if reactor is None:
+            from twisted.internet import reactor
+        hook = RouteHookClient(config.route_hook, reactor)
+        _Running(lambda: None, hook.close).setServiceParent(top)
+        arguments["route_hook"] = hook
     if config.transactions is not None:
         # The stateful proxy is imported only with --stateful.
         from sipleg.stateful import StatefulProxy

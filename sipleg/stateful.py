@@ -402,7 +402,7 @@ class StatefulProxy(StatelessProxy):
         """
         No target of a branch took its request: it ends 503 (§16.7).
         """
-        log.info("branch to {uri} unreachable: {why}", uri=client.uri, why=error)
+        log.info("branch to {uri} unreachable: {why}", uri=client.uri, why=str(error))
         self._branch_final(client, 503, self._made(client, 503, "Service Unavailable"))
 
     def _retransmit(self, client: _Client) -> None:

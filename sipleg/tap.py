@@ -115,6 +115,21 @@ class Options(usage.Options):
             "10/60",
             "N/SECONDS: an untrusted source failing to authenticate more than N times in SECONDS is banned.",
         ],
+        [
+            "route-url",
+            None,
+            None,
+            "POST each initial request's summary to this http(s) URL; route as it answers.",
+        ],
+        ["route-timeout", None, 1.0, "With --route-url: seconds the web service has to answer.", float],
+        [
+            "route-failure",
+            None,
+            "503",
+            "With --route-url: on a timeout, HTTP error or bad answer, answer 503 or 'fallback' to the "
+            "normal routing.",
+        ],
+        ["route-max-pending", None, 1000, "With --route-url: calls waiting at most (beyond: 503).", int],
     ]
 
     def __init__(self) -> None:
@@ -195,6 +210,7 @@ class Options(usage.Options):
         self["edge"] = self._edge()
         self["auth"] = self._auth()
         self["transactions"] = self._transactions()
+        self["route-hook"] = self._route_hook()
         try:
             self["stream-limits"] = StreamLimits(
                 max_connections=self["max-connections"],
@@ -251,6 +267,21 @@ class Options(usage.Options):
                 f"--timer-t1 / --timer-t2 / --timer-t4 / --timer-c / --max-transactions: {e}"
             ) from None
 
+    def _route_hook(self) -> Any:
+        """
+        The routing hook options as a L{sipleg.routehook.HookConfig}, or
+        L{None} without C{--route-url}.
+        """
+        url: str | None = self["route-url"]
+        if url is None:
+            return None
+        from sipleg.routehook import HookConfig
+
+        try:
+            return HookConfig(url, self["route-timeout"], self["route-failure"], self["route-max-pending"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+
     def _auth(self) -> Any:
         """
         The authentication options as an L{sipleg.auth.AuthSettings}, or
@@ -306,6 +337,7 @@ class Options(usage.Options):
             stream_limits=self["stream-limits"],
             auth=self["auth"],
             transactions=self["transactions"],
+            route_hook=self["route-hook"],
         )
         if self["listen"]:
             config.listen = list(self["listen"])

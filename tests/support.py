@@ -59,6 +59,22 @@ class Collector:
         return waiter
 
 
+@defer.inlineCallbacks
+def listening_leg(test: Any, proto: str, receiver: Any = None) -> Any:
+    """
+    A L{sipleg.leg.Leg} listening on 127.0.0.1 (a free port), stopped at
+    C{test}'s cleanup.
+
+    @return: a L{Deferred} firing with the leg.
+    """
+    from sipleg.leg import Leg
+
+    leg = Leg(port=0, proto=proto, receiver=receiver)
+    yield leg.listen()
+    test.addCleanup(leg.stop)
+    return leg
+
+
 def sip(body: bytes = b"", method: bytes = b"OPTIONS") -> bytes:
     """
     A minimal framed SIP request.
@@ -328,3 +344,108 @@ class RedisServer:
                 parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
             sock.sendall(b"".join(parts))
             return sock.recv(65536)
+
+
+class HookServer:
+    """
+    A routing hook web service (C{--route-url}) on 127.0.0.1, in the test
+    process: it records every call (the JSON summary and the client's
+    port, so a reused connection shows) and answers with L{respond}, or
+    holds the call in L{held} while L{respond} is L{None}.  Everything is
+    closed at the test's cleanup.
+
+    @ivar calls: C{(summary, client port)} of every call, in order.
+    @ivar respond: the answer to a summary: C{(HTTP status, body)}.
+    """
+
+    def __init__(self, test: Any) -> None:
+        import json
+
+        from twisted.internet import reactor
+        from twisted.web.resource import Resource
+        from twisted.web.server import NOT_DONE_YET, Site
+
+        self.calls: list[tuple[dict[str, Any], int]] = []
+        self.respond: Any = lambda summary: (200, b'{"action": "continue"}')
+        self.held: list[Any] = []
+        self._lost: list[Deferred[None]] = []
+        self._transports: list[Any] = []
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+        server = self
+
+        class Route(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> Any:
+                summary = json.loads(request.content.read())
+                server.calls.append((summary, request.getClientAddress().port))
+                for waiter in [w for w in server._waiters if w[0] <= len(server.calls)]:
+                    server._waiters.remove(waiter)
+                    waiter[1].callback(None)
+                if server.respond is None:
+                    server.held.append(request)
+                    return NOT_DONE_YET
+                code, body = server.respond(summary)
+                request.setResponseCode(code)
+                request.setHeader(b"content-type", b"application/json")
+                return body
+
+        class RecordingSite(Site):
+            def buildProtocol(self, addr: Any) -> Any:
+                protocol = super().buildProtocol(addr)
+                lost: Deferred[None] = Deferred()
+                server._lost.append(lost)
+                original = protocol.connectionLost
+                made = protocol.makeConnection
+
+                def makeConnection(transport: Any) -> None:
+                    server._transports.append(transport)
+                    made(transport)
+
+                def connectionLost(reason: Failure) -> None:
+                    original(reason)
+                    lost.callback(None)
+
+                protocol.makeConnection = makeConnection
+                protocol.connectionLost = connectionLost
+                return protocol
+
+        self._port = reactor.listenTCP(0, RecordingSite(Route()), interface="127.0.0.1")
+        self.url = f"http://127.0.0.1:{self._port.getHost().port}/route"
+        test.addCleanup(self.close)
+
+    @property
+    def connections(self) -> int:
+        """
+        How many TCP connections clients opened.
+        """
+        return len(self._transports)
+
+    def wait(self, count: int) -> Deferred[None]:
+        """
+        @return: a L{Deferred} firing once C{count} calls came.
+        """
+        if len(self.calls) >= count:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((count, waiter))
+        return waiter
+
+    def release(self, code: int, body: bytes) -> None:
+        """
+        Answer every held call.
+        """
+        held, self.held = self.held, []
+        for request in held:
+            if not request._disconnected:
+                request.setResponseCode(code)
+                request.write(body)
+                request.finish()
+
+    @defer.inlineCallbacks
+    def close(self) -> Any:
+        for transport, lost in zip(self._transports, self._lost, strict=True):
+            if not lost.called:
+                transport.abortConnection()
+        yield defer.gatherResults(self._lost)
+        yield self._port.stopListening()

@@ -30,7 +30,7 @@ from tests.interop.peers import (
     run_sipp_uac,
     start_sipp_uas,
 )
-from tests.support import SOURCE_ROOT, child_env, twistd_argv
+from tests.support import SOURCE_ROOT, HookServer, child_env, twistd_argv
 
 #: Seconds a C{twistd} child may run before it is killed.
 CHILD_TIMEOUT = 20.0
@@ -345,6 +345,17 @@ class BadOptionTests(TwistdTestCase):
             self.assertIn(why, reason)
             self.assertEqual(path.read_text(), garbage)
 
+    def test_bad_route_hook_options(self) -> None:
+        """
+        C{--route-url} must be http(s) with a host; the other routing hook
+        options must make sense.
+        """
+        listen = ("--listen", "udp:127.0.0.1:0")
+        self.assertIn("--route-url 'ftp://h/'", self.refused("--route-url", "ftp://h/", *listen))
+        url = ("--route-url", "http://127.0.0.1:9/route")
+        self.assertIn("--route-timeout", self.refused(*url, "--route-timeout", "0", *listen))
+        self.assertIn("--route-failure 'drop'", self.refused(*url, "--route-failure", "drop", *listen))
+
     def test_registrar_needs_a_domain(self) -> None:
         self.assertIn("--domain", self.refused("--registrar", "--listen", "udp:127.0.0.1:0"))
 
@@ -463,6 +474,19 @@ class RunTests(ProxyProcessTestCase):
         proc, port = yield self.start_proxy()
         self.assert_clean_stop(proc)
         self.assertTrue(port_free(port))
+
+    @defer.inlineCallbacks
+    def test_route_url(self) -> Any:
+        """
+        With C{--route-url} a SIPp call goes through as the web service
+        (answering "continue") says; only its INVITE asked (the ACK and
+        BYE are in-dialog).
+        """
+        web = HookServer(self)
+        proc, port = yield self.start_proxy("--route-url", web.url)
+        yield self.call_through(port)
+        self.assertEqual([summary["method"] for summary, _ in web.calls], ["INVITE"])
+        self.assert_clean_stop(proc)
 
     @defer.inlineCallbacks
     def test_default(self) -> Any:

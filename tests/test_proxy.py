@@ -22,6 +22,7 @@ from sipleg.proxy import StatelessProxy
 from sipleg.routing import NetworkAccessPolicy, StaticRoutes, response_target
 from sipleg.uri import parse_uri, parse_via
 from tests.collector import PacketCollector, options
+from tests.support import listening_leg
 
 
 @inlineCallbacks
@@ -67,12 +68,8 @@ class ProxyTestCase(unittest.TestCase):
         self.uas_tcp_got = PacketCollector()
         self.uas_tcp = yield self.leg("tcp", self.uas_tcp_got)
 
-    @inlineCallbacks
     def leg(self, proto: str, receiver: Any = None) -> Any:
-        leg = Leg(port=0, proto=proto, receiver=receiver)
-        yield leg.listen()
-        self.addCleanup(leg.stop)
-        return leg
+        return listening_leg(self, proto, receiver)
 
     def send(self, request: Request, via: Leg | None = None) -> Any:
         """
