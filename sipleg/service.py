@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 
-from sipleg.address import Address, default_port, split_hostport
+from sipleg.address import Address, default_port, ip_family, split_hostport
 from sipleg.dispatcher import Dispatcher
 from sipleg.errors import ConfigError, SIPError
 from sipleg.flood import EdgePolicy
@@ -64,8 +64,21 @@ def parse_listen(text: str) -> ListenSpec:
     except ValueError as e:
         raise ConfigError(f"--listen {text!r}: {e}") from None
     if not address.is_ip:
-        raise ConfigError(f"--listen {text!r}: the address must be an IP address")
+        raise ConfigError(f"--listen {text!r}: the address must be an IP address{_bracket_hint(proto, rest)}")
     return ListenSpec(proto, address)
+
+
+def _bracket_hint(proto: str, rest: str) -> str:
+    """
+    For an unbracketed IPv6 address in C{--listen} (C{tcp::1:5060}): how
+    to write it, else nothing.
+    """
+    if rest.startswith("[") or rest.count(":") < 2:
+        return ""
+    host, _, port = rest.rpartition(":")
+    if ip_family(host) != socket.AF_INET6 or not port.isdigit():
+        host, port = "::1", "5060"
+    return f" (IPv6 addresses go in brackets: {proto}:[{host}]:{port})"
 
 
 DEFAULT_LISTEN = (
@@ -154,9 +167,9 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
             tls = TLSConfig(config.tls_cert, config.tls_key, config.tls_ca)
             tls.server_options()
         except (OSError, ValueError, SIPError) as e:
-            raise ConfigError(f"cannot use the TLS certificate/key: {e}") from None
+            raise ConfigError(f"TLS: {e}") from None
         except Exception as e:  # pyOpenSSL raises its own error types
-            raise ConfigError(f"cannot use the TLS certificate/key: {e}") from None
+            raise ConfigError(f"TLS: {e}") from None
     try:
         access = NetworkAccessPolicy(config.allow or LOOPBACK_NETWORKS, config.domains)
     except ValueError as e:
