@@ -22,6 +22,7 @@ from sipleg.proxy import StatelessProxy
 from sipleg.routing import NetworkAccessPolicy, StaticRoutes, response_target
 from sipleg.uri import parse_uri, parse_via
 from tests.collector import PacketCollector, options
+from tests.support import proxy_log_lines
 
 
 @inlineCallbacks
@@ -343,6 +344,20 @@ class AccessTests(ProxyTestCase):
         response = self.only(self.uac_got)
         assert isinstance(response, Response)
         self.assertEqual(response.code, 403)
+
+    @inlineCallbacks
+    def test_refusal_logged(self) -> Any:
+        """
+        A request refused 403 is logged with its source, once however
+        often that source is refused.
+        """
+        lines = proxy_log_lines(self, "sipleg.refusals")
+        for n in range(3):
+            yield self.send(options(f"sip:bob@{self.uas.local.hostport}"))
+            yield self.uac_got.wait(n + 1)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"refused OPTIONS sip:bob@{self.uas.local.hostport} from 127.0.0.1:", lines[0])
+        self.assertIn("403 Forbidden", lines[0])
 
     @inlineCallbacks
     def test_our_domain_allowed(self) -> Any:
