@@ -28,6 +28,7 @@ from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileEr
 from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
 from sipleg.transport.base import StreamLimits
 from sipleg.uri import URI
+from sipleg.workers import WORKER_VARIABLE
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator, AuthSettings
@@ -180,6 +181,8 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
     auth = make_authenticator(config, access, reactor, top)
     legs = []
     sockets = [bind_socket(spec, config.reuse_port) for spec in config.listen]
+    # The supervisor of --workers numbers its workers (sipleg.workers).
+    worker = os.environ.get(WORKER_VARIABLE)
     for spec, sock in zip(config.listen, sockets, strict=False):
         leg = Leg(
             sock=sock,
@@ -190,6 +193,8 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
             trace=config.trace,
             stream_limits=config.stream_limits,
         )
+        if worker:
+            leg.log_prefix = f"worker {worker}: "
         leg.setServiceParent(top)
         legs.append(leg)
     dispatcher = Dispatcher(legs, reactor=reactor)

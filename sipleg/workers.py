@@ -29,6 +29,9 @@ __all__ = ["WorkerSupervisor", "worker_arguments"]
 
 log = Logger()
 
+#: The environment variable telling a worker which it is: C{"2/4"}.
+WORKER_VARIABLE = "SIPLEG_WORKER"
+
 
 def worker_arguments(argv: Sequence[str]) -> list[str]:
     """
@@ -108,11 +111,18 @@ class WorkerSupervisor(Service):
         self._pending.pop(slot, None)
         worker = _Worker(self, slot)
         argv = [self.executable, "-m", "sipleg.workers", "--log-format=text", "sipproxy", *self.arguments]
+        env = dict(os.environ, **{WORKER_VARIABLE: self._label(slot)})
         process = self._reactor.spawnProcess(
-            worker, self.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: 1, 2: 2}
+            worker, self.executable, argv, env=env, childFDs={0: "w", 1: 1, 2: 2}
         )
         self.workers[slot] = (worker, process)
-        log.info("started worker {slot} (pid {pid})", slot=slot, pid=process.pid)
+        log.info("started worker {worker} (pid {pid})", worker=self._label(slot), pid=process.pid)
+
+    def _label(self, slot: int) -> str:
+        """
+        How the worker in C{slot} is named in the log: C{"2/4"}.
+        """
+        return f"{slot + 1}/{self.count}"
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.slot, (None,))[0] is worker:
@@ -120,8 +130,8 @@ class WorkerSupervisor(Service):
         if not self.running:
             return
         log.warn(
-            "worker {slot} ended ({why}); restarting in {delay} s",
-            slot=worker.slot,
+            "worker {worker} ended ({why}); restarting in {delay} s",
+            worker=self._label(worker.slot),
             why=reason.value,
             delay=self.restart_delay,
         )

@@ -555,6 +555,9 @@ class RunTests(ProxyProcessTestCase):
         self.assertIn("INVITE sip:service@127.0.0.1", out)
         self.assertIn("BYE sip:", out)
         self.assertTrue(port_free(port))
+        # Each listener said where it listens, in one line.
+        for proto in ("udp", "tcp"):
+            self.assertIn(f"] listening on {proto}:127.0.0.1:{port}\n", out)
 
     @defer.inlineCallbacks
     def test_sigterm_idle(self) -> Any:
