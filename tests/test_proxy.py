@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any
 
 from twisted.internet import reactor
@@ -276,6 +277,29 @@ class RefusalTests(ProxyTestCase):
     def test_unreachable_next_hop(self) -> Any:
         target = f"sip:bob@127.0.0.1:{closed_port()};transport=tcp"
         return self.refused(options(target), 503)
+
+    @inlineCallbacks
+    def test_udp_next_hop_port_closed(self) -> Any:
+        """
+        A request forwarded over UDP to a port where nothing listens: the
+        kernel's ICMP error is logged, naming the destination (Linux); the
+        caller is not answered (its retransmissions time out) and the
+        proxy's leg goes on working.
+        """
+        if sys.platform != "linux":
+            raise unittest.SkipTest("IP_RECVERR is Linux's")
+        lines = proxy_log_lines(self, "sipleg.transport.udp")
+        port = closed_port(socket.SOCK_DGRAM)
+        yield self.send(options(f"sip:bob@127.0.0.1:{port}"))
+        for _ in range(100):
+            if lines:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"UDP datagram to 127.0.0.1:{port} not delivered: Connection refused", lines[0])
+        self.assertEqual(self.uac_got.messages(), [])
+        yield self.send(options(f"sip:bob@{self.uas.local.hostport}"))
+        yield self.uas_got.wait()
 
     def test_udp_next_hop_refused_when_sent(self) -> Any:
         # The kernel refuses the held-back datagram when the pool sends it
