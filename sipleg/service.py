@@ -28,7 +28,6 @@ from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileEr
 from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
 from sipleg.transport.base import StreamLimits
 from sipleg.uri import URI
-from sipleg.workers import WORKER_VARIABLE
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator, AuthSettings
@@ -80,6 +79,11 @@ def _bracket_hint(proto: str, rest: str) -> str:
     if ip_family(host) != socket.AF_INET6 or not port.isdigit():
         host, port = "::1", "5060"
     return f" (IPv6 addresses go in brackets: {proto}:[{host}]:{port})"
+
+
+#: The environment variable telling a worker of C{--workers} which it is
+#: (C{"2/4"}), set by L{sipleg.workers.WorkerSupervisor}.
+WORKER_VARIABLE = "SIPLEG_WORKER"
 
 
 DEFAULT_LISTEN = (

@@ -25,12 +25,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sipleg.service import WORKER_VARIABLE
+
 __all__ = ["WorkerSupervisor", "worker_arguments"]
 
 log = Logger()
-
-#: The environment variable telling a worker which it is: C{"2/4"}.
-WORKER_VARIABLE = "SIPLEG_WORKER"
 
 
 def worker_arguments(argv: Sequence[str]) -> list[str]:
