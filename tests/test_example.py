@@ -89,3 +89,12 @@ class ReadmeCommandTests(unittest.TestCase):
         cert = x509.load_pem_x509_certificate((folder / "cert.pem").read_bytes())
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         self.assertIn(ipaddress.ip_address("127.0.0.1"), names.get_values_for_type(x509.IPAddress))
+
+    def test_twistd_files_ignored(self) -> None:
+        """
+        C{twistd -n sipproxy} run in a checkout leaves C{twistd.pid} (and
+        without C{-n} C{twistd.log}): git ignores them.
+        """
+        ignored = (ROOT / ".gitignore").read_text().splitlines()
+        self.assertIn("twistd.pid", ignored)
+        self.assertIn("twistd.log", ignored)
