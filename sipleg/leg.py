@@ -197,6 +197,9 @@ class Leg(Service):
         self.gate: Callable[[Address, bytes], bool] | None = None
         self._max_forwards = max_forwards
         self.trace = trace
+        #: Put before the line the leg logs when it starts listening (the
+        #: proxy's worker number under C{--workers}).
+        self.log_prefix = ""
         self._tls = tls
 
         existing: Address | None = None
@@ -680,7 +683,17 @@ class Leg(Service):
 
     def startService(self) -> None:
         Service.startService(self)
-        self.listen().addErrback(lambda f: log.failure("leg {leg} failed to listen", f, leg=self.dump()))
+        self.listen().addCallbacks(
+            self._listening, lambda f: log.failure("leg {leg} failed to listen", f, leg=self.dump())
+        )
+
+    def _listening(self, _: Leg) -> None:
+        log.info(
+            "{prefix}listening on {proto}:{address}",
+            prefix=self.log_prefix,
+            proto=self.proto,
+            address=self._local.hostport,
+        )
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)

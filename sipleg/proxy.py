@@ -53,6 +53,7 @@ from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.flood import EdgePolicy, FloodControl, FloodLimits, Verdict
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_answer
+from sipleg.refusals import RefusalLog
 from sipleg.registrar import Registrar
 from sipleg.routing import IAccessPolicy, IRoutePolicy, NetworkAccessPolicy, StaticRoutes
 from sipleg.stats import ProxyStats
@@ -119,6 +120,7 @@ class StatelessProxy:
         if clock is None and self._flood is not None:
             from twisted.internet import reactor as clock
         self._clock = clock
+        self._refusals: RefusalLog | None = None
         self.stats = ProxyStats()
         self.dispatcher = dispatcher
         self.access: IAccessPolicy = access if access is not None else NetworkAccessPolicy()
@@ -316,6 +318,8 @@ class StatelessProxy:
                 return None if asked is None else asked.addCallback(self._routed, view, leg)
             return self._forward(view, decision, leg)
         if isinstance(decision, Answer):
+            if decision.code == 403:
+                self._refused(request, source, decision)
             return self._answer(view, decision, leg)
         if isinstance(decision, Register):
             assert self.registrar is not None
@@ -347,6 +351,18 @@ class StatelessProxy:
             return self._answer(view, decision, leg)
         self.stats.dropped[decision.reason] += 1
         return None
+
+    def _refused(self, request: Request, source: Address, answer: Answer) -> None:
+        """
+        Log a refusal (rate-limited: L{RefusalLog}).
+        """
+        if self._refusals is None:
+            clock = self._clock
+            if clock is None:
+                from twisted.internet import reactor as clock
+            assert clock is not None
+            self._refusals = RefusalLog(clock)
+        self._refusals.refused(source, request.method, request.uri, answer.code, answer.reason)
 
     def _forward(self, view: RequestView, forward: Forward, in_leg: Leg) -> Deferred[Any] | None:
         """

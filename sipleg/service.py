@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 
-from sipleg.address import Address, default_port, split_hostport
+from sipleg.address import Address, default_port, ip_family, split_hostport
 from sipleg.dispatcher import Dispatcher
 from sipleg.errors import ConfigError, SIPError
 from sipleg.flood import EdgePolicy
@@ -65,8 +65,26 @@ def parse_listen(text: str) -> ListenSpec:
     except ValueError as e:
         raise ConfigError(f"--listen {text!r}: {e}") from None
     if not address.is_ip:
-        raise ConfigError(f"--listen {text!r}: the address must be an IP address")
+        raise ConfigError(f"--listen {text!r}: the address must be an IP address{_bracket_hint(proto, rest)}")
     return ListenSpec(proto, address)
+
+
+def _bracket_hint(proto: str, rest: str) -> str:
+    """
+    For an unbracketed IPv6 address in C{--listen} (C{tcp::1:5060}): how
+    to write it, else nothing.
+    """
+    if rest.startswith("[") or rest.count(":") < 2:
+        return ""
+    host, _, port = rest.rpartition(":")
+    if ip_family(host) != socket.AF_INET6 or not port.isdigit():
+        host, port = "::1", "5060"
+    return f" (IPv6 addresses go in brackets: {proto}:[{host}]:{port})"
+
+
+#: The environment variable telling a worker of C{--workers} which it is
+#: (C{"2/4"}), set by L{sipleg.workers.WorkerSupervisor}.
+WORKER_VARIABLE = "SIPLEG_WORKER"
 
 
 DEFAULT_LISTEN = (
@@ -157,9 +175,9 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
             tls = TLSConfig(config.tls_cert, config.tls_key, config.tls_ca)
             tls.server_options()
         except (OSError, ValueError, SIPError) as e:
-            raise ConfigError(f"cannot use the TLS certificate/key: {e}") from None
+            raise ConfigError(f"TLS: {e}") from None
         except Exception as e:  # pyOpenSSL raises its own error types
-            raise ConfigError(f"cannot use the TLS certificate/key: {e}") from None
+            raise ConfigError(f"TLS: {e}") from None
     try:
         access = NetworkAccessPolicy(config.allow or LOOPBACK_NETWORKS, config.domains)
     except ValueError as e:
@@ -170,6 +188,8 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
     auth = make_authenticator(config, access, reactor, top)
     legs = []
     sockets = [bind_socket(spec, config.reuse_port) for spec in config.listen]
+    # The supervisor of --workers numbers its workers (sipleg.workers).
+    worker = os.environ.get(WORKER_VARIABLE)
     for spec, sock in zip(config.listen, sockets, strict=False):
         leg = Leg(
             sock=sock,
@@ -180,6 +200,8 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
             trace=config.trace,
             stream_limits=config.stream_limits,
         )
+        if worker:
+            leg.log_prefix = f"worker {worker}: "
         leg.setServiceParent(top)
         legs.append(leg)
     dispatcher = Dispatcher(legs, reactor=reactor)

@@ -8,19 +8,25 @@ proxy.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+import sipleg
+from sipleg.address import split_hostport
 from sipleg.errors import SIPParseError
 from sipleg.flood import SCANNERS, EdgePolicy, FloodLimits
 from sipleg.routing import NetworkAccessPolicy
 from sipleg.service import ConfigError, ProxyConfig, bind_socket, make_service, parse_listen
 from sipleg.transport.base import StreamLimits
-from sipleg.uri import URI, parse_uri
+from sipleg.uri import URI, check_host, parse_uri
 
 __all__ = ["Options", "makeService"]
+
+#: The transports a next hop may ask for (C{;transport=}).
+_TRANSPORTS = ("udp", "tcp", "tls")
 
 
 def _sip_uri(option: str, text: str) -> URI:
@@ -30,9 +36,81 @@ def _sip_uri(option: str, text: str) -> URI:
         raise usage.UsageError(f"{option} {text!r}: {e.reason}") from None
     if uri.scheme not in ("sip", "sips"):
         raise usage.UsageError(f"{option} {text!r}: not a sip: or sips: URI")
+    transport = uri.params.get("transport")
+    if transport is not None and transport.lower() not in _TRANSPORTS:
+        raise usage.UsageError(f"{option} {text!r}: transport={transport} is not supported (udp, tcp or tls)")
     return uri
 
 
+def _domain(text: str) -> str:
+    """
+    A C{--domain}: a host name or IP address, lower-cased.
+
+    @raise usage.UsageError: anything else (a URI gets a hint).
+    """
+    try:
+        check_host(text)
+        return text.lower()
+    except SIPParseError:
+        pass
+    hint = ""
+    _, colon, rest = text.partition(":")
+    if colon and not text.startswith("["):
+        # sip:example.test, sips:alice@example.test:5061, http://example.test/
+        hostport = rest.lstrip("/").partition("/")[0].rpartition("@")[2]
+        try:
+            hint = f"; did you mean {check_host(split_hostport(hostport)[0])}?"
+        except (SIPParseError, ValueError):
+            pass
+    raise usage.UsageError(f"--domain {text!r}: expected a host name or IP address, no scheme or port{hint}")
+
+
+_OptionsType = TypeVar("_OptionsType", bound=type["Options"])
+
+
+def _one_line_help(cls: _OptionsType) -> _OptionsType:
+    """
+    Put the docstring of every C{opt_} method of C{cls} on one line:
+    C{--help} shows it as written, indentation included.
+    """
+    for name, method in vars(cls).items():
+        if name.startswith("opt_") and method.__doc__:
+            method.__doc__ = " ".join(method.__doc__.split())
+    return cls
+
+
+def _named_numbers(cls: _OptionsType) -> _OptionsType:
+    """
+    Give every C{int} or C{float} parameter of C{cls} a coercer whose error
+    names the option and the value (Twisted's says only "Parameter type
+    enforcement failed").
+    """
+    parameters: list[Any] = cls.optParameters
+    cls.optParameters = [
+        [*entry[:4], _number(entry[0], entry[4])] if len(entry) == 5 and entry[4] in (int, float) else entry
+        for entry in parameters
+    ]
+    return cls
+
+
+def _number(name: str, kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """
+    The coercer of C{--name}: C{kind(text)}, or a L{usage.UsageError}
+    naming the option.
+    """
+    what = "an integer" if kind is int else "a number"
+
+    def coerce(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise usage.UsageError(f"--{name} {text!r}: not {what}") from None
+
+    return coerce
+
+
+@_named_numbers
+@_one_line_help
 class Options(usage.Options):
     """
     Options of C{twistd sipproxy}.
@@ -143,8 +221,8 @@ class Options(usage.Options):
     def opt_listen(self, value: str) -> None:
         """
         PROTO:ADDR[:PORT] to listen on (udp, tcp or tls; IPv6 as
-        udp:[::1]:5060). Repeatable. Default udp:127.0.0.1:5060 and
-        tcp:127.0.0.1:5060.
+        udp:[::1]:5060; PORT 5060, 5061 for tls). Repeatable. Default
+        udp:127.0.0.1:5060 and tcp:127.0.0.1:5060.
         """
         try:
             self["listen"].append(parse_listen(value))
@@ -168,9 +246,10 @@ class Options(usage.Options):
 
     def opt_domain(self, value: str) -> None:
         """
-        A domain this proxy serves (reachable from any source). Repeatable.
+        A domain this proxy serves (reachable from any source): a host
+        name or IP address. Repeatable.
         """
-        self["domain"].append(value.lower())
+        self["domain"].append(_domain(value))
 
     def opt_route(self, value: str) -> None:
         """
@@ -184,8 +263,9 @@ class Options(usage.Options):
 
     def opt_allow(self, value: str) -> None:
         """
-        CIDR of sources that may send anywhere (default loopback only).
-        Repeatable.
+        CIDR of sources that may send anywhere. Repeatable. Replaces the
+        default, loopback only: add 127.0.0.0/8 and ::1/128 to keep it.
+        Refused requests (403) are logged.
         """
         try:
             NetworkAccessPolicy([value])
@@ -206,6 +286,15 @@ class Options(usage.Options):
             sys.stderr.write(f"sipproxy: {e}\n")
             raise SystemExit(1) from None
 
+    def opt_version(self) -> None:
+        """
+        Print the versions of sipleg and Twisted, and exit.
+        """
+        import twisted
+
+        print(f"sipleg {sipleg.__version__} (Twisted {twisted.__version__})")
+        sys.exit(0)
+
     def postOptions(self) -> None:
         self["edge"] = self._edge()
         self["auth"] = self._auth()
@@ -225,9 +314,23 @@ class Options(usage.Options):
             raise usage.UsageError("--workers must be between 1 and 64")
         if self["max-forwards"] < 1 or self["max-forwards"] > 255:
             raise usage.UsageError("--max-forwards must be between 1 and 255")
+        if self["max-bindings"] < 1:
+            raise usage.UsageError("--max-bindings must be at least 1")
+        self._tls_files_need_a_listener()
         outbound: str | None = self["outbound-proxy"]
         if outbound is not None:
             self["outbound-proxy"] = _sip_uri("--outbound-proxy", outbound)
+
+    def _tls_files_need_a_listener(self) -> None:
+        """
+        C{--tls-cert}, C{--tls-key} and C{--tls-ca} serve a tls listener
+        only: without one they would be ignored, so they are refused.
+        """
+        if any(spec.proto == "tls" for spec in self["listen"]):
+            return
+        given = [f"--{name}" for name in ("tls-cert", "tls-key", "tls-ca") if self[name] is not None]
+        if given:
+            raise usage.UsageError(f"{' / '.join(given)} without a tls listener (--listen tls:ADDR[:PORT])")
 
     def _edge(self) -> EdgePolicy:
         """

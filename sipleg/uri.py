@@ -39,6 +39,7 @@ __all__ = [
     "URI",
     "NameAddr",
     "Via",
+    "check_host",
     "header_tag",
     "normalise_escapes",
     "parse_name_addr",
@@ -169,6 +170,19 @@ def _check_host(host: str) -> str:
     if _DIGITS_DOTS.fullmatch(host) is not None and ip_family(host) != socket.AF_INET:
         raise SIPParseError(f"bad IPv4 address {_show(host)}")
     return host.lower()
+
+
+def check_host(text: str) -> str:
+    """
+    Validate a host as a SIP URI writes it: a host name, an IPv4 address
+    or an IPv6 address (with or without brackets).
+
+    @return: the host lower-cased, without brackets.
+    @raise SIPParseError: C{text} is none of these.
+    """
+    if not text:
+        raise SIPParseError("empty host")
+    return _check_host(_unbracket(text))
 
 
 def _show(text: str) -> str:

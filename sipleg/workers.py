@@ -25,6 +25,8 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sipleg.service import WORKER_VARIABLE
+
 __all__ = ["WorkerSupervisor", "worker_arguments"]
 
 log = Logger()
@@ -118,11 +120,18 @@ class WorkerSupervisor(Service):
         argv = [self.executable, "-m", "sipleg.workers", "--log-format=text", "sipproxy", *self.arguments]
         if self.status_dir is not None:
             argv += ["--status", f"unix:{self.status_socket(slot)}"]
+        env = dict(os.environ, **{WORKER_VARIABLE: self._label(slot)})
         process = self._reactor.spawnProcess(
-            worker, self.executable, argv, env=dict(os.environ), childFDs={0: "w", 1: 1, 2: 2}
+            worker, self.executable, argv, env=env, childFDs={0: "w", 1: 1, 2: 2}
         )
         self.workers[slot] = (worker, process)
-        log.info("started worker {slot} (pid {pid})", slot=slot, pid=process.pid)
+        log.info("started worker {worker} (pid {pid})", worker=self._label(slot), pid=process.pid)
+
+    def _label(self, slot: int) -> str:
+        """
+        How the worker in C{slot} is named in the log: C{"2/4"}.
+        """
+        return f"{slot + 1}/{self.count}"
 
     def _ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.slot, (None,))[0] is worker:
@@ -130,8 +139,8 @@ class WorkerSupervisor(Service):
         if not self.running:
             return
         log.warn(
-            "worker {slot} ended ({why}); restarting in {delay} s",
-            slot=worker.slot,
+            "worker {worker} ended ({why}); restarting in {delay} s",
+            worker=self._label(worker.slot),
             why=reason.value,
             delay=self.restart_delay,
         )

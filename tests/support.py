@@ -246,17 +246,18 @@ def fail2ban_patterns() -> list[re.Pattern[str]]:
     ]
 
 
-def proxy_log_lines(test: Any) -> list[str]:
+def proxy_log_lines(test: Any, namespace: str = "sipleg.proxy") -> list[str]:
     """
-    Record the log lines of L{sipleg.proxy} as twistd writes them to its
-    log file, until C{test} ends.
+    Record the log lines of L{sipleg.proxy} (or another module's
+    C{namespace}) as twistd writes them to its log file, until C{test}
+    ends.
     """
     lines: list[str] = []
 
     def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "sipleg.proxy":
+        if event.get("log_namespace") == namespace:
             lines.append(
-                f"2026-12-02T15:50:01+0000 [sipleg.proxy#{event['log_level'].name}] {formatEvent(event)}"
+                f"2026-12-02T15:50:01+0000 [{namespace}#{event['log_level'].name}] {formatEvent(event)}"
             )
 
     globalLogPublisher.addObserver(observe)

@@ -11,6 +11,7 @@ C{PYTHONPATH}.  Every child has a hard timeout and is killed at cleanup.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import subprocess
@@ -209,6 +210,32 @@ class HelpTests(TwistdTestCase):
             self.assertIn(option, done.stdout)
         self.assertIn("127.0.0.1:5060", done.stdout)
 
+    def test_help_readable(self) -> None:
+        """
+        The help text has no runs of spaces from docstring indentation; it
+        gives the default ports and says that C{--allow} replaces the
+        loopback default.
+        """
+        done = self.run_twistd("sipproxy", "--help")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        for line in done.stdout.splitlines():
+            # The option column is padded with spaces; its help is not.
+            self.assertNotIn("  ", re.sub(r"^\s*--[\w-]+=?\s+", "", line).strip(), line)
+        text = " ".join(done.stdout.split())
+        self.assertIn("PORT 5060, 5061 for tls", text)
+        self.assertIn("Replaces the default, loopback only", text)
+
+    def test_version(self) -> None:
+        """
+        C{twistd sipproxy --version} gives sipleg's version and Twisted's.
+        """
+        import sipleg
+        import twisted
+
+        done = self.run_twistd("sipproxy", "--version")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout, f"sipleg {sipleg.__version__} (Twisted {twisted.__version__})\n")
+
 
 class BadOptionTests(TwistdTestCase):
     """
@@ -356,6 +383,81 @@ class BadOptionTests(TwistdTestCase):
         self.assertIn("--route-timeout", self.refused(*url, "--route-timeout", "0", *listen))
         self.assertIn("--route-failure 'drop'", self.refused(*url, "--route-failure", "drop", *listen))
 
+    def test_numbers_name_their_option(self) -> None:
+        """
+        A value that is not a number names the option and the value.
+        """
+        self.assertIn("--workers 'abc': not an integer", self.refused("--workers", "abc"))
+        self.assertIn("--ban-time 'soon': not a number", self.refused("--ban-time", "soon"))
+
+    def test_no_bindings(self) -> None:
+        """
+        C{--max-bindings 0} would answer every REGISTER 503.
+        """
+        self.assertIn("--max-bindings", self.refused("--max-bindings", "0"))
+
+    def test_bad_domain(self) -> None:
+        """
+        A C{--domain} is a host name or IP address; a URI gets a hint.
+        """
+        self.assertIn("'exa mple': expected a host name", self.refused("--domain", "exa mple"))
+        line = self.refused("--domain", "sip:example.test")
+        self.assertIn("--domain 'sip:example.test'", line)
+        self.assertIn("did you mean example.test?", line)
+
+    def test_tls_files_without_tls_listener(self) -> None:
+        """
+        Certificate options without a tls listener would be ignored.
+        """
+        line = self.refused("--tls-cert", "cert.pem", "--tls-key", "key.pem")
+        self.assertIn("--tls-cert / --tls-key without a tls listener", line)
+        self.assertIn("--tls-ca without a tls listener", self.refused("--tls-ca", "ca.pem"))
+
+    def test_route_transport(self) -> None:
+        """
+        A next hop over a transport sipleg does not have (SCTP).
+        """
+        line = self.refused("--route", "example.test=sip:127.0.0.1;transport=sctp")
+        self.assertIn("transport=sctp is not supported", line)
+
+    def test_listen_ipv6_without_brackets(self) -> None:
+        """
+        C{--listen tcp::1:5060} gets a hint about brackets.
+        """
+        self.assertIn(
+            "IPv6 addresses go in brackets: tcp:[::1]:5060", self.refused("--listen", "tcp::1:5060")
+        )
+
+    def test_certificate_errors_name_the_file(self) -> None:
+        """
+        A malformed certificate, key or CA file, or a key that is not the
+        certificate's, is named in the error.
+        """
+        from tests.certs import CertificateAuthority
+
+        ca = CertificateAuthority()
+        cert, key, other_key = (self.rundir.resolve() / name for name in ("cert.pem", "key.pem", "other.pem"))
+        leaf = ca.issue("proxy", ip_addresses=("127.0.0.1",))
+        cert.write_bytes(leaf.cert)
+        key.write_bytes(leaf.key)
+        other_key.write_bytes(ca.issue("other").key)
+        garbage = self.rundir.resolve() / "garbage.pem"
+        garbage.write_text("not PEM\n")
+        listen = ("--listen", f"tls:127.0.0.1:{free_port('tcp')}")
+        for files, named in (
+            ((garbage, key, None), f"{garbage}: cannot load the certificate"),
+            ((cert, garbage, None), f"{garbage}: cannot load the private key"),
+            ((cert, key, garbage), f"{garbage}: cannot load the CA certificates"),
+            (
+                (cert, other_key, None),
+                f"the private key {other_key} is not the key of the certificate {cert}",
+            ),
+        ):
+            tls = ("--tls-cert", str(files[0]), "--tls-key", str(files[1]))
+            if files[2] is not None:
+                tls += ("--tls-ca", str(files[2]))
+            self.assertIn(named, self.refused(*listen, *tls))
+
     def test_registrar_needs_a_domain(self) -> None:
         self.assertIn("--domain", self.refused("--registrar", "--listen", "udp:127.0.0.1:0"))
 
@@ -464,6 +566,9 @@ class RunTests(ProxyProcessTestCase):
         self.assertIn("INVITE sip:service@127.0.0.1", out)
         self.assertIn("BYE sip:", out)
         self.assertTrue(port_free(port))
+        # Each listener said where it listens, in one line.
+        for proto in ("udp", "tcp"):
+            self.assertIn(f"] listening on {proto}:127.0.0.1:{port}\n", out)
 
     @defer.inlineCallbacks
     def test_sigterm_idle(self) -> Any:

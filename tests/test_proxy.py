@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any
 
 from twisted.internet import reactor
@@ -22,7 +23,7 @@ from sipleg.proxy import StatelessProxy
 from sipleg.routing import NetworkAccessPolicy, StaticRoutes, response_target
 from sipleg.uri import parse_uri, parse_via
 from tests.collector import PacketCollector, options
-from tests.support import listening_leg
+from tests.support import listening_leg, proxy_log_lines
 
 
 @inlineCallbacks
@@ -273,6 +274,29 @@ class RefusalTests(ProxyTestCase):
         target = f"sip:bob@127.0.0.1:{closed_port()};transport=tcp"
         return self.refused(options(target), 503)
 
+    @inlineCallbacks
+    def test_udp_next_hop_port_closed(self) -> Any:
+        """
+        A request forwarded over UDP to a port where nothing listens: the
+        kernel's ICMP error is logged, naming the destination (Linux); the
+        caller is not answered (its retransmissions time out) and the
+        proxy's leg goes on working.
+        """
+        if sys.platform != "linux":
+            raise unittest.SkipTest("IP_RECVERR is Linux's")
+        lines = proxy_log_lines(self, "sipleg.transport.udp")
+        port = closed_port(socket.SOCK_DGRAM)
+        yield self.send(options(f"sip:bob@127.0.0.1:{port}"))
+        for _ in range(100):
+            if lines:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"UDP datagram to 127.0.0.1:{port} not delivered: Connection refused", lines[0])
+        self.assertEqual(self.uac_got.messages(), [])
+        yield self.send(options(f"sip:bob@{self.uas.local.hostport}"))
+        yield self.uas_got.wait()
+
     def test_udp_next_hop_refused_when_sent(self) -> Any:
         # The kernel refuses the held-back datagram when the pool sends it
         # at the end of the reactor turn (EACCES: broadcast): still 503.
@@ -340,6 +364,20 @@ class AccessTests(ProxyTestCase):
         response = self.only(self.uac_got)
         assert isinstance(response, Response)
         self.assertEqual(response.code, 403)
+
+    @inlineCallbacks
+    def test_refusal_logged(self) -> Any:
+        """
+        A request refused 403 is logged with its source, once however
+        often that source is refused.
+        """
+        lines = proxy_log_lines(self, "sipleg.refusals")
+        for n in range(3):
+            yield self.send(options(f"sip:bob@{self.uas.local.hostport}"))
+            yield self.uac_got.wait(n + 1)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn(f"refused OPTIONS sip:bob@{self.uas.local.hostport} from 127.0.0.1:", lines[0])
+        self.assertIn("403 Forbidden", lines[0])
 
     @inlineCallbacks
     def test_our_domain_allowed(self) -> Any:

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
 from sipleg.transport.base import ISocketPool
 from sipleg.transport.udp import UDPSocketPool
-from tests.support import Collector
+from tests.support import Collector, proxy_log_lines
 
 
 class UDPSocketPoolTests(TestCase):
@@ -228,6 +229,64 @@ class UDPSocketPoolTests(TestCase):
             Collector(),
             peer=Address("example.com", 5060),
         )
+
+
+class UnreachableTests(TestCase):
+    """
+    An ICMP error for a datagram the pool sent (nobody listens on the
+    destination port) is read from the socket's error queue on Linux:
+    logged once per destination, handed to C{on_unreachable}, and the
+    pool reads on.
+    """
+
+    timeout = 10
+
+    def setUp(self) -> None:
+        if sys.platform != "linux":
+            raise SkipTest("IP_RECVERR is Linux's")
+        self.lines = proxy_log_lines(self, "sipleg.transport.udp")
+
+    async def refused(self, host: str, adopt: bool) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = None
+        if adopt:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((host, 0))
+        errors: list[tuple[Address, int, bytes]] = []
+        told: list[Deferred[None]] = [Deferred() for _ in range(3)]
+
+        def unreachable(dst: Address, code: int, payload: bytes) -> None:
+            errors.append((dst, code, payload))
+            told[len(errors) - 1].callback(None)
+
+        got = Collector()
+        pool = UDPSocketPool(Address(host, 0, "udp"), got, sock=sock)
+        pool.on_unreachable = unreachable
+        await pool.listen()
+        self.addCleanup(pool.stop)
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+            closed = Address(host, probe.getsockname()[1], "udp")
+        for n in range(3):
+            await pool.send(b"OPTIONS sip:nobody SIP/2.0 %d" % n, closed)
+            await told[n]
+        self.assertEqual(
+            errors, [(closed, errno.ECONNREFUSED, b"OPTIONS sip:nobody SIP/2.0 %d" % n) for n in range(3)]
+        )
+        self.assertEqual(len(self.lines), 1, self.lines)
+        self.assertIn(f"UDP datagram to {closed} not delivered: Connection refused", self.lines[0])
+        # The socket was not taken for hung up: datagrams still arrive.
+        other = UDPSocketPool(Address(host, 0, "udp"), Collector())
+        await other.listen()
+        self.addCleanup(other.stop)
+        await other.send(b"still there", pool.local)
+        await got.wait(1)
+
+    async def test_ipv4(self) -> None:
+        await self.refused("127.0.0.1", adopt=False)
+
+    async def test_ipv6_adopted(self) -> None:
+        await self.refused("::1", adopt=True)
 
 
 class BufferTests(TestCase):

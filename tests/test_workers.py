@@ -99,6 +99,10 @@ class WorkerRunTests(ProxyProcessTestCase):
         code, out, err = self.terminate(proc)
         self.assertIn(code, (0, -signal.SIGTERM), out[-2000:])
         self.assertEqual(children(proc.pid), [])
+        # Each worker's listeners say which worker they are.
+        for worker in ("1/2", "2/2"):
+            self.assertIn(f"worker {worker}: listening on udp:127.0.0.1:{port}\n", out)
+            self.assertIn(f"worker {worker}: listening on tcp:127.0.0.1:{port}\n", out)
         for pid in (first[1], replaced[0]):
             self.assertFalse(os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived the supervisor")
 

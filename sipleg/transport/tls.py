@@ -12,7 +12,9 @@ against the host name or IP address it meant to reach: a DNS-ID for names
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -36,6 +38,8 @@ VERIFY_CLIENT_MODES = ("none", "optional", "required")
 #: PEM data (C{bytes}) or the path of a PEM file (C{str} or path-like).
 PEMSource = bytes | str | os.PathLike[str]
 
+_Loaded = TypeVar("_Loaded")
+
 # Client options are cached per host name: building one creates an OpenSSL
 # context and loads the trust store.
 _CLIENT_OPTIONS_CACHE_SIZE = 256
@@ -50,6 +54,31 @@ def _read_pem(source: PEMSource) -> bytes:
         return source
     with open(source, "rb") as pem_file:
         return pem_file.read()
+
+
+def _loaded(source: PEMSource, what: str, load: Callable[[bytes], _Loaded]) -> _Loaded:
+    """
+    C{load} the PEM data of C{source}; a failure names the file.
+
+    @param what: what the file should hold, for the error.
+    @raise ValueError: C{load} failed: C{"PATH: cannot load the WHAT:
+        REASON"}.
+    @raise OSError: the file cannot be read.
+    """
+    pem = _read_pem(source)
+    try:
+        return load(pem)
+    except (ValueError, TypeError) as error:
+        # cryptography's reasons end in a long "See https://..." pointer.
+        reason = str(error).split(". See ")[0]
+        raise ValueError(f"{_name(source)}: cannot load the {what}: {reason}") from None
+
+
+def _name(source: PEMSource) -> str:
+    """
+    C{source} in an error: its file name.
+    """
+    return "PEM data" if isinstance(source, bytes) else os.fsdecode(source)
 
 
 def _certificates(pem: bytes) -> list[x509.Certificate]:
@@ -101,15 +130,18 @@ class TLSConfig:
         self._chain: list[x509.Certificate] = []
         self._key: Any = None
         if cert is not None and key is not None:
-            self._certificate, *self._chain = _certificates(_read_pem(cert))
-            try:
-                self._key = load_pem_private_key(_read_pem(key), password=None)
-            except TypeError as error:
-                raise ValueError(f"cannot load the private key: {error}") from None
+            self._certificate, *self._chain = _loaded(cert, "certificate", _certificates)
+            self._key = _loaded(key, "private key", partial(load_pem_private_key, password=None))
+            if self._key.public_key() != self._certificate.public_key():
+                raise ValueError(
+                    f"the private key {_name(key)} is not the key of the certificate {_name(cert)}"
+                )
         # Trusted CAs as Twisted certificates (what trust roots are made of).
         self._ca: list[Certificate] | None = None
         if ca is not None:
-            self._ca = [Certificate(X509.from_cryptography(c)) for c in _certificates(_read_pem(ca))]
+            self._ca = [
+                Certificate(X509.from_cryptography(c)) for c in _loaded(ca, "CA certificates", _certificates)
+            ]
         self._server_options: CertificateOptions | None = None
         self._client_options: dict[str, Any] = {}
 

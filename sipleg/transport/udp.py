@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import socket
+import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer, error
+from twisted.internet import defer, error, udp
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableDescriptor
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipleg.address import Address
 from sipleg.errors import DeliveryError
+from sipleg.logwindow import LogWindow
 from sipleg.transport.base import ISocketPool, Receiver, delivery_error, send_deferred
 
 __all__ = ["MAX_DATAGRAM", "UDPSocketPool"]
@@ -76,6 +83,44 @@ class _DatagramReader(DatagramProtocol):
             self.refused_during_send = True
         else:
             _log.debug("UDP peer {peer} refused a datagram", peer=self._pool.peer)
+
+
+#: Linux's socket options that queue the ICMP errors of an unconnected
+#: UDP socket (C{IP_RECVERR}, C{IPV6_RECVERR}), and the control messages
+#: they come back in.
+_RECVERR = {socket.AF_INET: (socket.IPPROTO_IP, 11), socket.AF_INET6: (socket.IPPROTO_IPV6, 25)}
+
+#: C{struct sock_extended_error}: the errno comes first.
+_EXTENDED_ERROR = struct.Struct("=IBBBBII")
+
+
+@implementer(IHalfCloseableDescriptor)
+class _ErrorQueuePort(udp.Port):
+    """
+    A UDP port whose socket queues ICMP errors (Linux C{IP_RECVERR}): they
+    are read before the datagrams and handed to the pool.
+
+    A queued error alone makes C{epoll} report the socket as hung up
+    (C{EPOLLERR} without C{EPOLLIN}): the reactor then stops reading and
+    calls L{readConnectionLost} (the port says it can be half-closed),
+    which reads the errors and reads on.
+    """
+
+    protocol: _DatagramReader
+
+    def doRead(self) -> None:
+        self.protocol._pool._read_errors()
+        udp.Port.doRead(self)
+
+    def readConnectionLost(self, reason: Failure) -> None:
+        self.protocol._pool._read_errors()
+        if self.connected:
+            self.startReading()
+
+    def writeConnectionLost(self, reason: Failure) -> None:
+        """
+        A datagram port has no write side to lose.
+        """
 
 
 @implementer(ISocketPool)
@@ -146,6 +191,13 @@ class UDPSocketPool:
         self._sources: dict[tuple[str, int], Address] = {}
         self._pending: list[tuple[bytes, tuple[str, int], _Waiter]] = []
         self._flush_call: Any = None
+        #: Told C{(destination, errno, payload)} when an ICMP error comes
+        #: back for a datagram this (unconnected, Linux) pool sent: the
+        #: payload is the start of that datagram (IPv4 ICMP keeps about
+        #: 500 bytes of it).  Every such error is also logged, once per
+        #: destination and minute.
+        self.on_unreachable: Callable[[Address, int, bytes], object] | None = None
+        self._unreachable_log: LogWindow | None = None
 
     def __repr__(self) -> str:
         return f"<UDPSocketPool {self.local}>"
@@ -161,12 +213,27 @@ class UDPSocketPool:
             if self._sock is not None:
                 sock = self._sock
                 sock.setblocking(False)
-                self._port = self._reactor.adoptDatagramPort(
-                    sock.fileno(), sock.family, self._protocol, maxPacketSize=MAX_DATAGRAM
-                )
+                if self._reads_errors(sock.family):
+                    self._port = _ErrorQueuePort._fromListeningDescriptor(
+                        self._reactor, sock.fileno(), sock.family, self._protocol, maxPacketSize=MAX_DATAGRAM
+                    )
+                    self._port.startListening()
+                else:
+                    self._port = self._reactor.adoptDatagramPort(
+                        sock.fileno(), sock.family, self._protocol, maxPacketSize=MAX_DATAGRAM
+                    )
                 # The reactor works on a duplicate of the descriptor.
                 sock.close()
                 self._sock = None
+            elif self._reads_errors(self.local.family):
+                self._port = _ErrorQueuePort(
+                    self.local.port,
+                    self._protocol,
+                    interface=self.local.addr or "",
+                    maxPacketSize=MAX_DATAGRAM,
+                    reactor=self._reactor,
+                )
+                self._port.startListening()
             else:
                 self._port = self._reactor.listenUDP(
                     self.local.port,
@@ -176,11 +243,74 @@ class UDPSocketPool:
                 )
             if self.peer is not None:
                 self._port.connect(self.peer.addr, self.peer.port)
+            elif isinstance(self._port, _ErrorQueuePort):
+                level, option = _RECVERR[self._port.socket.family]
+                self._port.socket.setsockopt(level, option, 1)
             _enlarge_buffers(self._port.socket)
         except (OSError, ValueError, error.CannotListenError):
             return defer.fail()
         self.local = dataclasses.replace(self.local, port=self._port.getHost().port)
         return defer.succeed(self.local)
+
+    def _reads_errors(self, family: int | None) -> bool:
+        """
+        Whether this pool's socket is to queue ICMP errors: Linux, a posix
+        reactor (whose ports we can subclass), no fixed peer (a connected
+        socket gets them as C{ECONNREFUSED} anyway).
+        """
+        return (
+            sys.platform == "linux"
+            and self.peer is None
+            and family in _RECVERR
+            and isinstance(self._reactor, PosixReactorBase)
+        )
+
+    def _read_errors(self) -> None:
+        """
+        Read the queued ICMP errors (C{MSG_ERRQUEUE}): log each, once per
+        destination and minute, and tell L{on_unreachable}.
+        """
+        port = self._port
+        if port is None:
+            return
+        while True:
+            try:
+                payload, ancillary, _, sockaddr = port.socket.recvmsg(MAX_DATAGRAM, 512, socket.MSG_ERRQUEUE)
+            except OSError:
+                # EAGAIN: nothing (more) queued.
+                return
+            for level, kind, data in ancillary:
+                if (level, kind) in _RECVERR.values() and len(data) >= _EXTENDED_ERROR.size:
+                    code = _EXTENDED_ERROR.unpack_from(data)[0]
+                    self._unreachable(Address(sockaddr[0], sockaddr[1], "udp"), code, payload)
+
+    def _unreachable(self, dst: Address, code: int, payload: bytes) -> None:
+        """
+        An ICMP error came back for a datagram sent to C{dst}.
+        """
+        if self._unreachable_log is None:
+            self._unreachable_log = LogWindow(self._reactor)
+        logged, previous = self._unreachable_log.admit(dst)
+        if previous:
+            _log.info(
+                "{count} more ICMP errors for UDP datagrams in the previous {window} s,"
+                " not logged one by one",
+                count=previous,
+                window=self._unreachable_log.window,
+            )
+        if logged:
+            _log.info(
+                "UDP datagram to {dst} not delivered: {reason}"
+                " (ICMP; a destination is logged once per {window} s)",
+                dst=dst,
+                reason=os.strerror(code),
+                window=self._unreachable_log.window,
+            )
+        if self.on_unreachable is not None:
+            try:
+                self.on_unreachable(dst, code, payload)
+            except Exception:
+                _log.failure("handling an ICMP error for {dst} failed", dst=dst)
 
     def send(self, data: bytes, dst: Address, conn: object | None = None) -> Deferred[None]:
         """
