@@ -17,9 +17,8 @@ are live as at R calls/s (on a clock with the reactor's heap: the sorted
 list of C{task.Clock} is quadratic there).  Reports CPU microseconds per
 forwarded message (6 per call for both; the 100 Trying and the timers
 are the stateful proxy's cost), the ratio, and the garbage collector's
-share.  Where sipleg/stateful.py needs it, the same run also measures the
-stateful proxy with a change this bench proposes (L{EndToEndAck},
-L{ForgetQueue}).  C{--by-step}: the microseconds of each message;
+share (and, with C{--rate}, the VmRSS growth and the live transactions
+and branches).  C{--by-step}: the microseconds of each message;
 C{--profile}: cProfile, the stateful run's top functions and what it
 spends more than the stateless one, function by function.
 
@@ -32,7 +31,7 @@ collector, then the clock runs (T1/2 steps, 200 s: past Timers B, G, H,
 J, K and C) until C{proxy.transactions} is 0, and what is left.
 
     python bench/stateful.py cpu [--calls 3000] [--repeat 5] [--by-step | --profile]
-                                 [--rate 1600] [--only stateful+queue] [--heap-clock]
+                                 [--rate 1600] [--only stateful] [--heap-clock]
     python bench/stateful.py memory [--transactions 10000] [--kind invite|bye]
 """
 
@@ -49,7 +48,6 @@ import pstats
 import sys
 import time
 import tracemalloc
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +60,10 @@ sys.path.insert(0, str(HERE))
 
 import forward  # noqa: E402
 from twisted.internet.base import DelayedCall  # noqa: E402
-from twisted.internet.defer import Deferred  # noqa: E402
 from twisted.internet.interfaces import IDelayedCall  # noqa: E402
 from twisted.internet.task import Clock  # noqa: E402
 
 from sipleg.address import Address  # noqa: E402
-from sipleg.decision import Forward, RequestView  # noqa: E402
 from sipleg.dispatcher import Dispatcher  # noqa: E402
 from sipleg.leg import Leg  # noqa: E402
 from sipleg.proxy import StatelessProxy  # noqa: E402
@@ -148,51 +144,11 @@ def answer(status: bytes, forwarded: bytes, rest: bytes) -> bytes:
 # -- the proxies ------------------------------------------------------------------
 
 
-class EndToEndAck(StatefulProxy):
-    """
-    L{StatefulProxy} with the change this bench proposes: an ACK (that of
-    a 2xx: the ACK of our own non-2xx final is absorbed before) and a
-    CANCEL that matches no transaction are forwarded statelessly (RFC 3261
-    §17.1.1.3, §13.2.2.4: an ACK gets no response and no retransmission;
-    §16.10: an unmatched CANCEL "MUST" be forwarded statelessly), instead
-    of getting a client transaction of their own.
-    """
-
-    def _forward(self, view: RequestView, forward: Forward, in_leg: Leg) -> Deferred[Any] | None:
-        if view.method in ("ACK", "CANCEL"):
-            return StatelessProxy._forward(self, view, forward, in_leg)
-        return super()._forward(view, forward, in_leg)
-
-
-class ForgetQueue(StatefulProxy):
-    """
-    L{StatefulProxy} with the other change this bench proposes, where
-    C{_end} keeps the Timer K calls of ended transactions in a list that
-    it rebuilds at every end (O(live transactions) each): they all have
-    the same delay, so a FIFO pruned from its front does (O(1)).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._queue: deque[IDelayedCall] = deque()
-
-    def _end(self, server: Any, wait: float) -> None:
-        self._forget = []
-        super()._end(server, wait)  # type: ignore[misc]
-        queue = self._queue
-        queue.extend(self._forget)
-        while queue and not queue[0].active():
-            queue.popleft()
-
-
-#: The proxies compared: the stateless one, the stateful one as it is in
-#: sipleg/stateful.py, and (when the code there needs them) the stateful
-#: one with L{EndToEndAck}'s or L{ForgetQueue}'s change.
+#: The proxies compared: the stateless one and the stateful one, as they
+#: are in sipleg/.
 PROXIES: dict[str, type[StatelessProxy]] = {
     "stateless": StatelessProxy,
     "stateful": StatefulProxy,
-    "stateful+ack": EndToEndAck,
-    "stateful+queue": ForgetQueue,
 }
 
 
@@ -271,72 +227,65 @@ def build(name: str, clock: Clock | None = None, timers: TransactionTimers = TIM
     return Bench(name, leg, pool, kind(Dispatcher([leg])), None)
 
 
-def check(bench: Bench) -> str:
+def check(bench: Bench) -> None:
     """
     One call, step by step: every message forwarded to the right side,
     responses built as C{forward.response} builds them, and (stateful)
-    the live transactions at each step, all ended once the clock has run
-    (how long ended branches are remembered is left to the proxy).
-
-    @return: what the 2xx's ACK did to a stateful proxy, if more than
-        going on (it then has a transaction of its own).
+    the live transactions and branches at each step as RFC 3261 §17 has
+    them over UDP: the INVITE's transaction and branch end at its 2xx
+    (§17.2.1, §17.1.1.2), the 2xx's ACK goes on with no transaction, the
+    BYE's transaction stays for Timer J (64*T1, §17.2.2) and its branch
+    for Timer K (T4, §17.1.2.2); then, the clock running, nothing more is
+    sent and everything ends on time.
     """
     call = make_call("check")
     receive, sent = bench.leg._pool_received, bench.pool.sent
     stateful = bench.clock is not None
     proxy: Any = bench.proxy
-    extra = 0
 
-    def step(data: bytes, source: Address, to: list[Address], live: int) -> bytes:
+    def step(data: bytes, source: Address, to: list[Address], live: int, branches: int) -> bytes:
         sent.clear()
         receive(data, source, None)
         assert [dst for _, dst in sent] == to, (data[:20], sent)
         if stateful:
-            assert proxy.transactions == live + extra, (data[:20], proxy.transactions, live, extra)
+            seen = (proxy.transactions, proxy.branches)
+            assert seen == (live, branches), (data[:20], seen, (live, branches))
         return sent[-1][0]
 
     trying = [UAC] if stateful else []
-    out = step(call.invite, UAC, [*trying, UAS], 1)
+    out = step(call.invite, UAC, [*trying, UAS], 1, 1)
     ringing = answer(b"SIP/2.0 180 Ringing\r\n", out, call.ringing)
     assert ringing == forward.response(out, 180, "Ringing"), ringing
     ok = answer(b"SIP/2.0 200 OK\r\n", out, call.ok)
     assert ok == forward.response(out, 200, "OK", "Contact: <sip:service@127.0.0.1:5062>"), ok
-    step(ringing, UAS, [UAC], 1)
-    # The 2xx ends the INVITE transaction at once (§17.2.1).
-    step(ok, UAS, [UAC], 0)
-    sent.clear()
-    receive(call.ack, UAC, None)
-    assert [dst for _, dst in sent] == [UAS], sent
-    if stateful:
-        extra = proxy.transactions
-        assert extra in (0, 1), extra
-    out = step(call.bye, UAC, [UAS], 1)
+    step(ringing, UAS, [UAC], 1, 1)
+    step(ok, UAS, [UAC], 0, 0)
+    step(call.ack, UAC, [UAS], 0, 0)
+    out = step(call.bye, UAC, [UAS], 1, 1)
     bye_ok = answer(b"SIP/2.0 200 OK\r\n", out, call.bye_ok)
     assert bye_ok == forward.response(out, 200, "OK"), bye_ok
-    # The BYE's transaction stays for Timer J.
-    step(bye_ok, UAS, [UAC], 1)
+    step(bye_ok, UAS, [UAC], 1, 1)
     sent.clear()
     if not stateful:
-        return ""
-    # The clock runs (T1/2 steps): what is sent meanwhile?
+        return
+    # The clock runs (T1/2 steps): nothing is sent; when does each end?
     assert bench.clock is not None
     later: list[bytes] = []
     elapsed = 0.0
+    ended: dict[str, float] = {}
     while bench.clock.getDelayedCalls():
         bench.clock.advance(TIMERS.t1 / 2)
         elapsed += TIMERS.t1 / 2
-        later += [data.split(b" ", 2)[0 if dst == UAS else 1] + b" to " + (b"UAS" if dst == UAS else b"UAC")
-                  for data, dst in sent]  # fmt: skip
+        later += [data.split(b"\r\n", 1)[0] for data, _ in sent]
         sent.clear()
-    assert proxy.transactions == 0 and not proxy._clients and not proxy._merged
-    assert not later or extra, later
-    if not extra:
-        return ""
-    counted = {what: later.count(what) for what in later}
-    return (
-        f"the 2xx's ACK got a client transaction: in the {elapsed:g} s after the call it sent "
-        + ", ".join(f"{count} x {what.decode()}" for what, count in counted.items())
-    )
+        if not proxy.branches:
+            ended.setdefault("branch", elapsed)
+        if not proxy.transactions:
+            ended.setdefault("transaction", elapsed)
+    assert not later, later
+    assert proxy.transactions == 0 and proxy.branches == 0 and not proxy._merged
+    assert TIMERS.t4 <= ended["branch"] < TIMERS.t4 + TIMERS.t1, ended
+    assert 64 * TIMERS.t1 <= ended["transaction"] < 65 * TIMERS.t1, ended
 
 
 # -- item 7: CPU --------------------------------------------------------------------
@@ -520,15 +469,8 @@ def by_step(benches: list[Bench], calls: int, repeat: int) -> None:
 def cpu(args: argparse.Namespace) -> None:
     timers = TransactionTimers(max_transactions=args.max_transactions)
     benches = [build("stateless"), build("stateful", timers=timers)]
-    notes = {bench.name: check(bench) for bench in benches}
-    if notes["stateful"]:
-        print(f"stateful, as in sipleg/stateful.py: {notes['stateful']}")
-        benches.append(build("stateful+ack", timers=timers))
-    if isinstance(getattr(benches[1].proxy, "_forget", None), list):
-        print("stateful, as in sipleg/stateful.py: _end rebuilds its list of Timer K calls at every end")
-        benches.append(build("stateful+queue", timers=timers))
-    for bench in benches[2:]:
-        assert not check(bench)
+    for bench in benches:
+        check(bench)
     if args.only:
         benches = [
             bench for bench in benches if bench.name in args.only.split(",") or bench.name == "stateless"
@@ -540,10 +482,10 @@ def cpu(args: argparse.Namespace) -> None:
             bench.proxy._clock = bench.clock
     rss: dict[str, float] = {}
     if args.rate:
-        # Steady state: every call's transactions live 64*T1 (Timer J),
-        # and their branches as long again (Timer K, where the proxy
-        # keeps them that long), of a clock that moves 1/rate per call,
-        # as at that many calls/s.
+        # Steady state: a call's longest-lived state is its BYE's
+        # transaction (Timer J, 64*T1; its branch has Timer K, T4), on a
+        # clock that moves 1/rate per call, as at that many calls/s; the
+        # warm-up is twice that (as for the earlier figures).
         warm = int((2 * 64 * TIMERS.t1 + 2) * args.rate)
         for bench in benches[1:]:
             bench.clock = HeapClock()
@@ -567,10 +509,6 @@ def cpu(args: argparse.Namespace) -> None:
             print(f"profiled: {name} {sum(tt for _, tt in seen.values()) / messages * 1e6:.1f} us/msg")
         for bench in benches[1:]:
             difference(profiles["stateless"], profiles[bench.name], args.calls, f"{bench.name} - stateless")
-        for bench in benches[2:]:
-            if "stateful" in profiles:
-                title = f"stateful - {bench.name}"
-                difference(profiles[bench.name], profiles["stateful"], args.calls, title, 12)
         return
     times: dict[str, list[float]] = {bench.name: [] for bench in benches}
     watches = {bench.name: GcWatch() for bench in benches}
@@ -611,12 +549,12 @@ def cpu(args: argparse.Namespace) -> None:
             proxy = bench.proxy
             print(f"{bench.name}: VmRSS +{rss[bench.name]:.0f} MiB over its {warm} warm-up calls; "
                   f"{proxy.transactions} live transactions, "
-                  f"{len(proxy._clients)} branches remembered")  # fmt: skip
+                  f"{proxy.branches} branches kept")  # fmt: skip
         return
     for bench in benches[1:]:
         drain(bench, 200.0)
         proxy = bench.proxy
-        assert proxy.transactions == 0 and not proxy._clients, bench.name
+        assert proxy.transactions == 0 and proxy.branches == 0, bench.name
 
 
 # -- item 5: memory -----------------------------------------------------------------
@@ -720,7 +658,7 @@ def drain(bench: Bench, until: float, report: Callable[[float], None] | None = N
     """
     assert bench.clock is not None
     step = TIMERS.t1 / 2
-    marks = iter([31.0, 33.0, 64.0, 66.0, 97.0, 181.0, float("inf")])
+    marks = iter([4.0, 6.0, 31.0, 33.0, 64.0, 66.0, 97.0, 181.0, float("inf")])
     mark = next(marks)
     elapsed = 0.0
     while elapsed < until:
@@ -747,11 +685,9 @@ def settle(bench: Bench, prefix: str) -> None:
 def state(bench: Bench) -> str:
     proxy: Any = bench.proxy
     assert bench.clock is not None
-    kept = getattr(proxy, "_forget", None)
     return (
-        f"transactions {proxy.transactions:6}, branches {len(proxy._clients):6}, "
+        f"transactions {proxy.transactions:6}, branches {proxy.branches:6}, "
         f"merge keys {len(proxy._merged):6}, timers {len(bench.clock.getDelayedCalls()):6}"
-        + (f", _forget {len(kept):6}" if isinstance(kept, list) else "")
     )
 
 
@@ -759,7 +695,7 @@ def memory(args: argparse.Namespace) -> None:
     n = args.transactions
     make = KINDS[args.kind]
     what = {"invite": "pending INVITE", "bye": "completed BYE"}[args.kind]
-    bench = build(args.proxy, HeapClock())
+    bench = build("stateful", HeapClock())
     assert bench.clock is not None
     check(bench)
     # Warm up: every lazy part made, every cache filled once.
@@ -780,7 +716,7 @@ def memory(args: argparse.Namespace) -> None:
     start = perf_counter()
     gc.collect()
     pause = perf_counter() - start
-    print(f"{n} {what} transactions ({args.proxy}): {state(bench)}")
+    print(f"{n} {what} transactions: {state(bench)}")
     drain(bench, 200.0)
     gc.collect()
     rss2, objects2 = rss_kib(), len(gc.get_objects())
@@ -832,7 +768,7 @@ def memory(args: argparse.Namespace) -> None:
     final = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     proxy: Any = bench.proxy
-    assert proxy.transactions == 0 and not proxy._clients and not proxy._merged
+    assert proxy.transactions == 0 and proxy.branches == 0 and not proxy._merged
     assert bench.clock is not None and not bench.clock.getDelayedCalls()
     print(f"after the timers: +{(left - before) / 1024:.1f} KiB kept of {(live - before) / 1024:.0f} KiB")
     for diff in after.compare_to(base, "lineno")[:5]:
@@ -869,7 +805,6 @@ def main() -> None:
     two.add_argument(
         "--kind", choices=sorted(KINDS), default="invite", help="pending INVITEs or completed BYEs"
     )
-    two.add_argument("--proxy", choices=["stateful", "stateful+ack"], default="stateful")
     two.add_argument("--top", type=int, default=20, help="allocation lines to list")
     args = parser.parse_args()
     {"cpu": cpu, "memory": memory}[args.command](args)
