@@ -313,9 +313,7 @@ class StatelessProxy:
         if isinstance(decision, Forward):
             hook = self.route_hook
             if hook is not None and hook.asks(view, decision):
-                asked = hook.route(view, decision, rules)
-                # (None: a retransmission while its call is pending.)
-                return None if asked is None else asked.addCallback(self._routed, view, leg)
+                return self._ask_hook(hook, view, decision, leg, rules)
             return self._forward(view, decision, leg)
         if isinstance(decision, Answer):
             if decision.code == 403:
@@ -340,6 +338,17 @@ class StatelessProxy:
             reason=decision.reason,
         )
         return None
+
+    def _ask_hook(
+        self, hook: RouteHookClient, view: RequestView, forward: Forward, leg: Leg, rules: Rules
+    ) -> Deferred[Any] | None:
+        """
+        Ask the routing hook about a request the proxy would forward, and
+        do what its answer makes of C{forward} (L{_routed}).
+        """
+        asked = hook.route(view, forward, rules)
+        # (None: a retransmission while its call is pending.)
+        return None if asked is None else asked.addCallback(self._routed, view, leg)
 
     def _routed(self, decision: Forward | Answer | Drop, view: RequestView, leg: Leg) -> Deferred[Any] | None:
         """

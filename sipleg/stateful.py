@@ -43,20 +43,23 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from sipleg.address import Address
-from sipleg.decision import Forward, RequestView, from_tag, next_hop, request_view
+from sipleg.decision import Answer, Drop, Forward, RequestView, Rules, from_tag, next_hop, request_view
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
 from sipleg.message import Request, Response, make_response
 from sipleg.proxy import StatelessProxy, edit
 from sipleg.uri import Via, header_tag, parse_uri, parse_via, via_branch
+
+if TYPE_CHECKING:
+    from sipleg.hookclient import RouteHookClient
 
 __all__ = ["StatefulProxy", "TransactionTimers", "merge_challenges"]
 
@@ -145,6 +148,8 @@ class _Server:
     finished: bool = False
     #: The pending branches, by key.
     clients: dict[str, _Client] = field(default_factory=dict)
+    #: Waiting for the routing hook's answer (no branch yet).
+    routing: bool = False
 
     @property
     def via(self) -> Via:
@@ -266,25 +271,89 @@ class StatefulProxy(StatelessProxy):
         ACK, of a 2xx, and a CANCEL matching no transaction of ours go on
         statelessly, §16.10: they have no transaction).
         """
-        method = view.method
-        if method in ("ACK", "CANCEL"):
+        if view.method in ("ACK", "CANCEL"):
             return super()._forward(view, forward, in_leg)
+        context: ResponseContext[Response] = ResponseContext(_groups(forward, view.request))
+        server = self._open(view, forward, in_leg, context)
+        if server is not None:
+            self._route(server, forward)
+        return None
+
+    def _ask_hook(
+        self, hook: RouteHookClient, view: RequestView, forward: Forward, leg: Leg, rules: Rules
+    ) -> Deferred[Any] | None:
+        """
+        The server transaction opens before the routing hook is asked: an
+        INVITE gets its C{100 Trying} at once, retransmissions are
+        absorbed, and a CANCEL meanwhile is answered 200 and ends the
+        INVITE 487 (the hook's answer then does nothing); the branches
+        start when the hook answers.
+        """
+        if view.method in ("ACK", "CANCEL"):
+            return super()._ask_hook(hook, view, forward, leg, rules)
+        server = self._open(view, forward, leg, ResponseContext([]))
+        if server is None:
+            return None
+        server.routing = True
+        asked = hook.route(view, forward, rules)
+        if asked is None:
+            # (A call for the same request still pending, its transaction
+            # gone: an answer of ours ends this one.)
+            self._hook_answered(Answer(503, "Service Unavailable"), server)
+            return None
+        return asked.addCallback(self._hook_answered, server)
+
+    def _hook_answered(self, decision: Forward | Answer | Drop, server: _Server) -> None:
+        """
+        Do what the routing hook's answer made of the request, unless the
+        caller cancelled meanwhile.
+        """
+        server.routing = False
+        if server.finished:
+            return
+        if isinstance(decision, Forward):
+            server.context = ResponseContext(_groups(decision, server.view.request))
+            self._route(server, decision)
+            return
+        if isinstance(decision, Answer):
+            self.stats.answered[decision.code] += 1
+            response = make_response(server.view.request, decision.code, decision.reason)
+            for name, value in decision.headers:
+                response.add_header(name, value)
+            self._upstream(server, response, ours=True)
+        else:
+            self.stats.dropped[decision.reason] += 1
+        self._finish(server)
+
+    def _open(
+        self, view: RequestView, forward: Forward, in_leg: Leg, context: ResponseContext[Response]
+    ) -> _Server | None:
+        """
+        Open the server transaction of a new request (an INVITE gets
+        C{100 Trying}), or answer a merged request 482.
+        """
         request = view.request
+        method = view.method
         merge_key = _merge_key(request) if method == "INVITE" else None
         if merge_key is not None and merge_key in self._merged:
             self._refuse(request, in_leg, view.source, 482, "Loop Detected (merged request)")
             return None
-        groups = [list(group) for group in forward.forks] or [[forward.edits.uri or request.uri]]
-        context: ResponseContext[Response] = ResponseContext(groups)
         server = _Server(_server_key(view.via, request), view, in_leg, forward, context, merge_key)
         self._servers[server.key] = server
         if merge_key is not None:
             self._merged[merge_key] = server
         if method == "INVITE":
             self._upstream(server, make_response(request, 100, "Trying"), ours=True)
-        edit(request, forward.edits)
-        self._start(server, context.first())
-        return None
+        return server
+
+    def _route(self, server: _Server, forward: Forward) -> None:
+        """
+        Start the first group of branches of a server transaction, as
+        C{forward} decided.
+        """
+        server.forward = forward
+        edit(server.view.request, forward.edits)
+        self._start(server, server.context.first())
 
     def _start(self, server: _Server, uris: list[str]) -> None:
         """
@@ -600,11 +669,10 @@ class StatefulProxy(StatelessProxy):
             return
         server.finished = True
         last = server.last
-        assert last is not None
         invite = server.view.method == "INVITE"
         udp = server.leg.proto == "udp"
-        acked = invite and last.code >= 300
-        if acked or (udp and not invite):
+        acked = invite and last is not None and last.code >= 300
+        if last is not None and last.code >= 200 and (acked or (udp and not invite)):
             answered = _Answered(
                 server.key, last, server.via, server.source, server.leg, server.merge_key, acked
             )
@@ -683,6 +751,12 @@ class StatefulProxy(StatelessProxy):
         self.stats.answered[200] += 1
         self._send_response(make_response(request, 200), view.via, leg, source)
         if isinstance(server, _Answered) or server.final:
+            return
+        if server.routing:
+            # (No branch yet: the routing hook is still asked.)
+            self.stats.answered[487] += 1
+            self._upstream(server, make_response(server.view.request, 487, "Request Terminated"), ours=True)
+            self._finish(server)
             return
         self._execute(server, server.context.cancel())
         for client in list(server.clients.values()):
@@ -768,6 +842,15 @@ def _ignore(error: DeliveryError) -> None:
     A retransmission, ACK or CANCEL that could not be sent: the timers
     that wait for its answer say what happens next.
     """
+
+
+def _groups(forward: Forward, request: Request) -> list[list[str]]:
+    """
+    The targets of a decision, in groups tried one after another: the
+    forks of a located address of record or of the routing hook, else
+    the (new) Request-URI alone.
+    """
+    return [list(group) for group in forward.forks] or [[forward.edits.uri or request.uri]]
 
 
 def _server_key(via: Via, request: Request) -> tuple[str, str, str]:

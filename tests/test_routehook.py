@@ -466,6 +466,40 @@ class StatefulHookTests(HookProxyTests):
         yield self.uac_got.wait()
         self.assertEqual([m.code for m in self.uac_got.messages()], [100])  # type: ignore[union-attr]
 
+    @inlineCallbacks
+    def test_cancel_while_asking(self) -> Any:
+        """
+        An INVITE gets its 100 Trying before the hook answers; a CANCEL
+        meanwhile is answered 200 and the INVITE 487, and the hook's
+        answer, when it comes, sends nothing anywhere.
+        """
+        self.web.respond = None
+        via = f"SIP/2.0/UDP {self.uac.local.hostport};branch=z9hG4bK-cancelled"
+        invite = options("sip:bob@example.test", Via=via, CSeq="1 INVITE")
+        invite.method = "INVITE"
+        yield self.uac.socketpool.send(bytes(invite), self.udp.local)
+        yield self.uac_got.wait()
+        self.assertEqual([m.code for m in self.uac_got.messages()], [100])  # type: ignore[union-attr]
+        self.assertEqual(self.hook.pending, 1)
+        cancel = options("sip:bob@example.test", Via=via, CSeq="1 CANCEL")
+        cancel.method = "CANCEL"
+        yield self.uac.socketpool.send(bytes(cancel), self.udp.local)
+        yield self.uac_got.wait(3)
+        answers = [(m.code, m.cseq[1]) for m in self.uac_got.messages()]  # type: ignore[union-attr]
+        self.assertEqual(sorted(answers[1:]), [(200, "CANCEL"), (487, "INVITE")])
+        # The caller's ACK of the 487 stops its retransmissions (Timer G).
+        (terminated,) = [m for m in self.uac_got.messages() if m.cseq[1] == "INVITE" and m.code == 487]  # type: ignore[union-attr]
+        ack = options("sip:bob@example.test", Via=via, CSeq="1 ACK", To=terminated.get_header("to") or "")
+        ack.method = "ACK"
+        yield self.uac.socketpool.send(bytes(ack), self.udp.local)
+        self.web.release(*route(f"sip:bob@{self.uas.local.hostport}"))
+        for _ in range(40):
+            if not self.hook.pending:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual((self.hook.pending, self.uas_got.packets, len(self.uac_got.packets)), (0, [], 3))
+
 
 def hook_log(test: Any) -> list[str]:
     """
