@@ -21,9 +21,11 @@ class WorkerArgumentsTests(unittest.TestCase):
     def test_workers_dropped_reuse_port_added(self) -> None:
         self.assertEqual(
             worker_arguments(["--workers", "3", "--listen", "udp:127.0.0.1:5"]),
-            ["--listen", "udp:127.0.0.1:5", "--reuse-port"],
+            ["--listen", "udp:127.0.0.1:5", "--workers=1", "--reuse-port"],
         )
-        self.assertEqual(worker_arguments(["--workers=2", "--trace"]), ["--trace", "--reuse-port"])
+        self.assertEqual(
+            worker_arguments(["--workers=2", "--trace"]), ["--trace", "--workers=1", "--reuse-port"]
+        )
 
 
 def children(pid: int) -> list[int]:
