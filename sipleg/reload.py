@@ -140,6 +140,10 @@ class RunningProxy:
     The parts of a running proxy a reload changes.
 
     @ivar config: the configuration running.
+    @ivar proxy: the proxy, whose policies a reload replaces.
+    @ivar registrar: its registrar, whose domains a reload replaces.
+    @ivar users: the authentication's user file, if any.
+    @ivar tls: the TLS listeners' configuration now, if any.
     """
 
     def __init__(
@@ -157,11 +161,11 @@ class RunningProxy:
         @param tls: their configuration.
         """
         self.config = config
-        self._proxy = proxy
-        self._registrar = registrar
-        self._users = users
+        self.proxy = proxy
+        self.registrar = registrar
+        self.users = users
         self._tls_pools = list(tls_pools)
-        self._tls = tls
+        self.tls = tls
 
     def prepare(self, new: ProxyConfig) -> Reload:
         """
@@ -175,14 +179,14 @@ class RunningProxy:
         tls = None
         if self._tls_pools:
             tls = make_tls(config)
-            if self._tls is not None and tls.certificate != self._tls.certificate:
+            if self.tls is not None and tls.certificate != self.tls.certificate:
                 changed.append("tls_cert")
         users = None
-        if config.auth is not None and self._users is not None:
+        if config.auth is not None and self.users is not None:
             from sipleg.users import load_users
 
             users = load_users(config.auth.users_file)
-            if users[1] != self._users.users:
+            if users[1] != self.users.users:
                 changed.append("auth")
         return Reload(
             config,
@@ -203,17 +207,17 @@ class RunningProxy:
         @return: C{reload}.
         """
         config = reload.config
-        proxy = self._proxy
+        proxy = self.proxy
         proxy.access = reload.access
         proxy.routes = reload.routes
-        if self._registrar is not None:
-            self._registrar.table.domains = frozenset(domain_key(domain) for domain in config.domains)
-        if reload.users is not None and config.auth is not None and self._users is not None:
-            self._users.replace(config.auth.users_file, reload.users)
+        if self.registrar is not None:
+            self.registrar.table.domains = frozenset(domain_key(domain) for domain in config.domains)
+        if reload.users is not None and config.auth is not None and self.users is not None:
+            self.users.replace(config.auth.users_file, reload.users)
             assert proxy.auth is not None
             proxy.auth.reconfigure(config.auth.config, domain_test(config.domains), reload.access.trusts)
         if reload.tls is not None:
-            self._tls = reload.tls
+            self.tls = reload.tls
             for pool in self._tls_pools:
                 pool.tls = reload.tls  # type: ignore[attr-defined]
         self.config = config
