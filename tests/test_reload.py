@@ -146,6 +146,17 @@ class ConfigFileTests(unittest.TestCase):
         message = str(self.assertRaises(ConfigError, self.parse, "--config", "/nonexistent/sip.toml"))
         self.assertEqual(message, "--config /nonexistent/sip.toml: No such file or directory")
 
+    def test_readme_example(self) -> None:
+        """
+        The README's example file is a valid configuration.
+        """
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+        config = self.parse("--config", self.config_file(example)).config()
+        self.assertEqual(config.domains, ["example.test"])
+        self.assertEqual(config.routes["*"], parse_uri("sip:10.0.0.1"))
+        self.assertEqual(len(config.listen), 3)
+
     def test_load_config(self) -> None:
         """
         L{load_config} reads the file again: what a reload applies.
