@@ -32,7 +32,7 @@ from sipleg.tap import Options, load_config
 from sipleg.uri import parse_uri
 from tests.certs import CertificateAuthority
 from tests.interop.peers import free_port
-from tests.support import child_env, twistd_argv
+from tests.support import child_env, run_twistd, twistd_argv
 
 #: Seconds a blocking socket operation of the process tests may take.
 IO_TIMEOUT = 5.0
@@ -572,16 +572,7 @@ class ProxyProcessTests(unittest.TestCase):
         A bad file at start: exit status 1 and one line naming it.
         """
         write(self.config, "max-forwards = true\n")
-        done = subprocess.run(
-            twistd_argv("sipproxy", "--config", str(self.config)),
-            cwd=self.dir,
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT,
-            check=False,
-        )
+        done = run_twistd(self.dir, "sipproxy", "--config", str(self.config), timeout=CHILD_TIMEOUT)
         self.assertEqual(done.returncode, 1)
         self.assertEqual(
             done.stderr.strip(), f"sipproxy: --config {self.config}: 'max-forwards' must be an integer"
