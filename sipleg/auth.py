@@ -148,11 +148,27 @@ class Authenticator:
         #: Called with C{(source, user tried, failures, window)} when a
         #: source fails too often (the proxy sets it: it keeps the bans).
         self.on_ban = on_ban
-        self._failures = FloodControl(
-            FloodLimits(limit=config.max_failures, window=config.failure_window, ban=config.failure_window)
-        )
+        self._failures = _failure_control(config)
         # nonce -> the highest nonce count seen, oldest first.
         self._counts: OrderedDict[str, int] = OrderedDict()
+
+    def reconfigure(
+        self, config: AuthConfig, is_ours: Callable[[URI], bool], trusts: Callable[[Address], bool]
+    ) -> None:
+        """
+        Take the rules, domains and trusted networks of a reload.  The
+        nonces given out stay good (the key is the same) and their counts
+        are kept (no replay); failure counts restart if their limits
+        changed.
+        """
+        if (config.max_failures, config.failure_window) != (
+            self.config.max_failures,
+            self.config.failure_window,
+        ):
+            self._failures = _failure_control(config)
+        self.config = config
+        self._is_ours = is_ours
+        self._trusts = trusts
 
     def __call__(self, view: RequestView, registers: bool) -> Answer | Authenticated | None:
         """
@@ -272,6 +288,15 @@ class Authenticator:
         if verdict is Verdict.BANNED and self.on_ban is not None:
             config = self.config
             self.on_ban(source, user, config.max_failures + 1, config.failure_window)
+
+
+def _failure_control(config: AuthConfig) -> FloodControl:
+    """
+    The counter of failed proofs per source C{config} asks for.
+    """
+    return FloodControl(
+        FloodLimits(limit=config.max_failures, window=config.failure_window, ban=config.failure_window)
+    )
 
 
 def _uri_of(value: str | None) -> URI | None:

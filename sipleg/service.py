@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,16 +25,18 @@ from sipleg.flood import EdgePolicy
 from sipleg.leg import DEFAULT_MAX_FORWARDS, Leg
 from sipleg.proxy import StatelessProxy
 from sipleg.registrar import DEFAULT_MAX_BINDINGS, Registrar, RegistrationFileError, domain_key
-from sipleg.routing import LOOPBACK_NETWORKS, NetworkAccessPolicy, StaticRoutes
+from sipleg.routing import LOOPBACK_NETWORKS, IRoutePolicy, NetworkAccessPolicy, StaticRoutes
 from sipleg.transport.base import StreamLimits
 from sipleg.uri import URI
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator, AuthSettings
+    from sipleg.hookclient import RouteHookClient
     from sipleg.routehook import HookConfig
     from sipleg.stateful import TransactionTimers
     from sipleg.store import ILocationStore
     from sipleg.transport.tls import TLSConfig
+    from sipleg.users import UserFile
 
 __all__ = ["ConfigError", "ListenSpec", "ProxyConfig", "parse_listen", "make_service"]
 
@@ -157,35 +159,23 @@ def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
+def make_service(
+    config: ProxyConfig, reactor: Any = None, reload_with: Callable[[], ProxyConfig] | None = None
+) -> MultiService:
     """
     Bind every leg and assemble the proxy.
 
+    @param reload_with: reads the configuration again; given, SIGHUP
+        reloads the proxy with it (L{sipleg.reload}).
     @raise ConfigError: with a one-line reason.
     """
-    tls: TLSConfig | None = None
-    if any(spec.proto == "tls" for spec in config.listen):
-        if not (config.tls_cert and config.tls_key):
-            raise ConfigError("a tls listener needs --tls-cert and --tls-key")
-        # TLS (pyOpenSSL, service_identity) is imported only by a
-        # configuration with a TLS listener.
-        from sipleg.transport.tls import TLSConfig
-
-        try:
-            tls = TLSConfig(config.tls_cert, config.tls_key, config.tls_ca)
-            tls.server_options()
-        except (OSError, ValueError, SIPError) as e:
-            raise ConfigError(f"TLS: {e}") from None
-        except Exception as e:  # pyOpenSSL raises its own error types
-            raise ConfigError(f"TLS: {e}") from None
-    try:
-        access = NetworkAccessPolicy(config.allow or LOOPBACK_NETWORKS, config.domains)
-    except ValueError as e:
-        raise ConfigError(f"--allow: {e}") from None
-
+    tls = make_tls(config) if any(spec.proto == "tls" for spec in config.listen) else None
+    access = make_access(config)
+    require_domains(config)
     registrar = make_registrar(config, reactor)
     top = MultiService()
-    auth = make_authenticator(config, access, reactor, top)
+    authentication = make_authenticator(config, access, reactor, top)
+    auth = authentication[0] if authentication is not None else None
     legs = []
     sockets = [bind_socket(spec, config.reuse_port) for spec in config.listen]
     # The supervisor of --workers numbers its workers (sipleg.workers).
@@ -207,21 +197,14 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
     dispatcher = Dispatcher(legs, reactor=reactor)
     arguments: dict[str, Any] = dict(
         access=access,
-        routes=StaticRoutes(config.routes, config.outbound_proxy, config.domains),
+        routes=make_routes(config),
         registrar=registrar,
         edge=config.edge,
         clock=reactor,
         auth=auth,
     )
     if config.route_hook is not None:
-        # treq and twisted.web are imported only with --route-url.
-        from sipleg.hookclient import RouteHookClient
-
-        if reactor is None:
-            from twisted.internet import reactor
-        hook = RouteHookClient(config.route_hook, reactor)
-        _Running(lambda: None, hook.close).setServiceParent(top)
-        arguments["route_hook"] = hook
+        arguments["route_hook"] = make_route_hook(config.route_hook, reactor)
     if config.transactions is not None:
         # The stateful proxy is imported only with --stateful.
         from sipleg.stateful import StatefulProxy
@@ -242,7 +225,104 @@ def make_service(config: ProxyConfig, reactor: Any = None) -> MultiService:
         sock = bind_status(parse_status(config.status))
         site = status_site(lambda: proxy_status(proxy, legs), reactor)
         StatusServer(sock, site, reactor).setServiceParent(top)
+    if config.route_hook is not None or reload_with is not None:
+        # (The hook of the moment: a reload may replace it.)
+        _Running(lambda: None, lambda: close_route_hook(proxy.route_hook)).setServiceParent(top)
+    if reload_with is not None:
+        from sipleg.reload import ReloadOnSignal, RunningProxy
+
+        running = RunningProxy(
+            config,
+            proxy,
+            registrar,
+            authentication[1] if authentication is not None else None,
+            [leg.socketpool for leg in legs if leg.proto == "tls"],
+            tls,
+            reactor,
+        )
+        ReloadOnSignal(running, reload_with, reactor).setServiceParent(top)
     return top
+
+
+def make_route_hook(config: HookConfig, reactor: Any) -> RouteHookClient:
+    """
+    The client of the routing hook's web service (C{--route-url}).
+    """
+    # treq and twisted.web are imported only with --route-url.
+    from sipleg.hookclient import RouteHookClient
+
+    if reactor is None:
+        from twisted.internet import reactor
+    return RouteHookClient(config, reactor)
+
+
+def close_route_hook(hook: RouteHookClient | None) -> Deferred[None] | None:
+    """
+    Close the idle connections of a routing hook's client, if any.
+    """
+    return None if hook is None else hook.close()
+
+
+def make_tls(config: ProxyConfig) -> TLSConfig:
+    """
+    The certificate, key and CAs of the TLS listeners, read and checked
+    (the key must be the certificate's).
+
+    @raise ConfigError: missing, unreadable or malformed files, or a key
+        that does not match: one line naming the files.
+    """
+    if not (config.tls_cert and config.tls_key):
+        raise ConfigError("a tls listener needs --tls-cert and --tls-key")
+    # TLS (pyOpenSSL, service_identity) is imported only by a
+    # configuration with a TLS listener.
+    from sipleg.transport.tls import TLSConfig
+
+    try:
+        tls = TLSConfig(config.tls_cert, config.tls_key, config.tls_ca)
+        tls.server_options().getContext()
+    except (OSError, ValueError, SIPError) as e:
+        raise ConfigError(f"TLS: {e}") from None
+    except Exception as e:  # pyOpenSSL raises its own error types
+        raise ConfigError(f"TLS: {e}") from None
+    return tls
+
+
+def make_access(config: ProxyConfig) -> NetworkAccessPolicy:
+    """
+    Who may use the proxy: C{--allow} (default loopback) anywhere, anybody
+    our C{--domain}s.
+
+    @raise ConfigError: a malformed network.
+    """
+    try:
+        return NetworkAccessPolicy(config.allow or LOOPBACK_NETWORKS, config.domains)
+    except ValueError as e:
+        raise ConfigError(f"--allow: {e}") from None
+
+
+def make_routes(config: ProxyConfig) -> IRoutePolicy:
+    """
+    Where requests without a Route set go: C{--route}, C{--outbound-proxy}.
+    """
+    return StaticRoutes(config.routes, config.outbound_proxy, config.domains)
+
+
+def require_domains(config: ProxyConfig) -> None:
+    """
+    @raise ConfigError: a registrar or authentication without a domain.
+    """
+    if config.registrar and not config.domains:
+        raise ConfigError("--registrar needs at least one --domain to serve")
+    if config.auth is not None and not config.domains:
+        raise ConfigError("--auth-file needs at least one --domain (whose users authenticate)")
+
+
+def domain_test(domains: Iterable[str]) -> Callable[[URI], bool]:
+    """
+    Whether a URI is a SIP URI of one of C{domains}.
+    """
+    keys = frozenset(domain_key(domain) for domain in domains)
+    return lambda uri: uri.is_sip and domain_key(uri.host) in keys
 
 
 class _Running(Service):
@@ -267,19 +347,17 @@ class _Running(Service):
 
 def make_authenticator(
     config: ProxyConfig, access: NetworkAccessPolicy, reactor: Any, parent: MultiService
-) -> Authenticator | None:
+) -> tuple[Authenticator, UserFile] | None:
     """
-    The authentication C{config} asks for, its user file read (and then
-    watched by a service under C{parent}).
+    The authentication C{config} asks for, and its user file, read (and
+    then watched by a service under C{parent}).
 
-    @raise ConfigError: no domain, an unreadable or malformed user file,
-        an unusable secret file.
+    @raise ConfigError: an unreadable or malformed user file, an unusable
+        secret file.
     """
     settings = config.auth
     if settings is None:
         return None
-    if not config.domains:
-        raise ConfigError("--auth-file needs at least one --domain (whose users authenticate)")
     # Imported only by a configuration that authenticates.
     from sipleg.auth import Authenticator
     from sipleg.users import UserFile
@@ -298,30 +376,28 @@ def make_authenticator(
         if len(secret) < 16:
             raise ConfigError(f"--auth-secret-file {settings.secret_file}: needs at least 16 bytes")
     _Running(users.start, users.stop).setServiceParent(parent)
-    domains = frozenset(domain_key(domain) for domain in config.domains)
-    return Authenticator(
+    authenticator = Authenticator(
         settings.config,
         lambda: users.users,
         secret,
-        lambda uri: uri.is_sip and domain_key(uri.host) in domains,
+        domain_test(config.domains),
         access.trusts,
         reactor,
     )
+    return authenticator, users
 
 
 def make_registrar(config: ProxyConfig, reactor: Any) -> Registrar | None:
     """
     The registrar C{config} asks for, with its bindings loaded.
 
-    @raise ConfigError: no domain to serve, bad expiry bounds, or an
+    @raise ConfigError: bad expiry bounds, or an
         unreadable or corrupt registrations file.
     """
     if not config.registrar:
         if config.registrations:
             raise ConfigError("--registrations needs --registrar")
         return None
-    if not config.domains:
-        raise ConfigError("--registrar needs at least one --domain to serve")
     if not 0 < config.min_expires <= config.max_expires:
         raise ConfigError("need 0 < --min-expires <= --max-expires")
     if reactor is None:

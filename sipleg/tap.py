@@ -7,8 +7,12 @@ proxy.
 
 from __future__ import annotations
 
+import getopt
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
 from twisted.application.service import IService
@@ -16,6 +20,7 @@ from twisted.python import usage
 
 import sipleg
 from sipleg.address import split_hostport
+from sipleg.configfile import OptionKind, file_arguments, read_config
 from sipleg.errors import SIPParseError
 from sipleg.flood import SCANNERS, EdgePolicy, FloodLimits
 from sipleg.routing import NetworkAccessPolicy
@@ -23,7 +28,7 @@ from sipleg.service import ConfigError, ProxyConfig, bind_socket, make_service, 
 from sipleg.transport.base import StreamLimits
 from sipleg.uri import URI, check_host, parse_uri
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "load_config", "makeService"]
 
 #: The transports a next hop may ask for (C{;transport=}).
 _TRANSPORTS = ("udp", "tcp", "tls")
@@ -87,26 +92,31 @@ def _named_numbers(cls: _OptionsType) -> _OptionsType:
     """
     parameters: list[Any] = cls.optParameters
     cls.optParameters = [
-        [*entry[:4], _number(entry[0], entry[4])] if len(entry) == 5 and entry[4] in (int, float) else entry
+        [*entry[:4], _Number(entry[0], entry[4])] if len(entry) == 5 and entry[4] in (int, float) else entry
         for entry in parameters
     ]
     return cls
 
 
-def _number(name: str, kind: Callable[[str], Any]) -> Callable[[str], Any]:
+@dataclass(frozen=True)
+class _Number:
     """
     The coercer of C{--name}: C{kind(text)}, or a L{usage.UsageError}
     naming the option.
+
+    @ivar name: the option.
+    @ivar kind: C{int} or C{float} (what a C{--config} file's value is).
     """
-    what = "an integer" if kind is int else "a number"
 
-    def coerce(text: str) -> Any:
+    name: str
+    kind: type
+
+    def __call__(self, text: str) -> Any:
         try:
-            return kind(text)
+            return self.kind(text)
         except ValueError:
-            raise usage.UsageError(f"--{name} {text!r}: not {what}") from None
-
-    return coerce
+            what = "an integer" if self.kind is int else "a number"
+            raise usage.UsageError(f"--{self.name} {text!r}: not {what}") from None
 
 
 @_named_numbers
@@ -134,6 +144,12 @@ class Options(usage.Options):
         ],
     ]
     optParameters = [
+        [
+            "config",
+            None,
+            None,
+            "TOML file of options (long names as keys), re-read on SIGHUP; the command line overrides it.",
+        ],
         ["tls-cert", None, None, "PEM certificate for tls listeners."],
         ["tls-key", None, None, "PEM private key for tls listeners."],
         ["tls-ca", None, None, "PEM CA bundle to verify TLS peers with."],
@@ -281,8 +297,8 @@ class Options(usage.Options):
         """
         self.argv = list(sys.argv[1:] if options is None else options)
         try:
-            super().parseOptions(options)
-        except usage.UsageError as e:
+            self.parse(self.argv)
+        except ConfigError as e:
             sys.stderr.write(f"sipproxy: {e}\n")
             raise SystemExit(1) from None
 
@@ -294,6 +310,35 @@ class Options(usage.Options):
 
         print(f"sipleg {sipleg.__version__} (Twisted {twisted.__version__})")
         sys.exit(0)
+
+    def parse(self, argv: Sequence[str]) -> None:
+        """
+        Parse C{argv} after the options of its C{--config} file, if any:
+        an option on the command line replaces the file's value of it
+        (for a repeatable option, the whole list).
+
+        @raise ConfigError: a bad option or file, in one line; a bad value
+            from the file is named with the file.
+        """
+        try:
+            given, _ = getopt.getopt(list(argv), self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise ConfigError(str(e)) from None
+        names = [option.lstrip("-") for option, _ in given]
+        paths = [value for option, value in given if option == "--config"]
+        arguments = list(argv)
+        from_file: set[str] = set()
+        if paths:
+            table = read_config(paths[-1])
+            arguments = file_arguments(table, paths[-1], option_kinds(), names) + arguments
+            from_file = set(table) - set(names)
+        try:
+            super().parseOptions(arguments)
+        except usage.UsageError as e:
+            named = re.match(r"--([\w-]+)", str(e))
+            if named is not None and named[1] in from_file:
+                raise ConfigError(f"--config {paths[-1]}: {e}") from None
+            raise ConfigError(str(e)) from None
 
     def postOptions(self) -> None:
         self["edge"] = self._edge()
@@ -447,6 +492,42 @@ class Options(usage.Options):
         return config
 
 
+@cache
+def option_kinds() -> dict[str, OptionKind]:
+    """
+    What each option takes, as a C{--config} file's key: flags, strings,
+    numbers (from the option's coercion), lists and tables (the repeatable
+    options, by the value they start with).
+    """
+    kinds = {str(flag[0]): OptionKind.FLAG for flag in Options.optFlags}
+    parameters: list[Any] = Options.optParameters
+    for parameter in parameters:
+        coerce = parameter[4] if len(parameter) > 4 else None
+        number = coerce.kind if isinstance(coerce, _Number) else coerce
+        kinds[parameter[0]] = (
+            OptionKind.INTEGER if number is int else OptionKind.NUMBER if number is float else OptionKind.TEXT
+        )
+    for name, start in Options().items():
+        if isinstance(start, dict):
+            kinds[name] = OptionKind.TABLE
+        elif isinstance(start, list):
+            kinds[name] = OptionKind.LIST
+    del kinds["config"]
+    return kinds
+
+
+def load_config(argv: Sequence[str]) -> ProxyConfig:
+    """
+    The configuration a command line and its C{--config} file describe
+    now (what a reload applies).
+
+    @raise ConfigError: a bad option or file, in one line.
+    """
+    options = Options()
+    options.parse(argv)
+    return options.config()
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the proxy service; on a configuration error print one line and
@@ -455,7 +536,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     try:
         config = options.config()
         if options["workers"] == 1:
-            return make_service(config, reactor=reactor)
+            # SIGHUP reads the same command line (and its file) again.
+            argv = list(options.argv)
+            return make_service(config, reactor=reactor, reload_with=lambda: load_config(argv))
         # Check here, once, what every worker will need, so a bad
         # configuration fails now instead of in N restarting children.
         if config.registrar and not (config.registrations or "").startswith("redis:"):

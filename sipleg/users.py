@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from sipleg.digest import ALGORITHMS
 from sipleg.errors import ConfigError
 
-__all__ = ["UserFile", "UserFileError", "Users", "format_user", "parse_users"]
+__all__ = ["UserFile", "UserFileError", "Users", "format_user", "load_users", "parse_users"]
 
 log = Logger()
 
@@ -102,6 +102,23 @@ def _read(path: str) -> tuple[tuple[int, int], str]:
         return (stat.st_mtime_ns, stat.st_size), f.read()
 
 
+#: A user file as read: its identity (modification time, size) and users.
+Loaded = tuple[tuple[int, int], Users]
+
+
+def load_users(path: str) -> Loaded:
+    """
+    Read and parse a user file (blocking: at start-up, or in a thread).
+
+    @raise UserFileError: the file is missing, unreadable or malformed.
+    """
+    try:
+        identity, text = _read(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserFileError(f"{path}: cannot read the user file: {e}") from None
+    return identity, parse_users(text, path)
+
+
 def _identity(path: str) -> tuple[int, int] | None:
     try:
         stat = os.stat(path)
@@ -133,11 +150,7 @@ class UserFile:
         @raise UserFileError: the file is missing or malformed.
         """
         self.path = path
-        try:
-            self._identity, text = _read(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserFileError(f"{path}: cannot read the user file: {e}") from None
-        self.users: Users = parse_users(text, path)
+        self._identity, self.users = load_users(path)
         if to_thread is None:
             from twisted.internet.threads import deferToThread
 
@@ -158,6 +171,14 @@ class UserFile:
         if self._loop.running:
             self._loop.stop()
 
+    def replace(self, path: str, loaded: Loaded) -> None:
+        """
+        Take the users of a file read by L{load_users} (a reload, which may
+        name another file), and watch that file from now on.
+        """
+        self.path = path
+        self._identity, self.users = loaded
+
     def check(self) -> Any:
         """
         Re-read the file, off the reactor thread, if it changed.
@@ -165,20 +186,21 @@ class UserFile:
         if self._checking:
             return None
         self._checking = True
-        d = self._to_thread(self._changed_text)
-        d.addCallback(self._reloaded)
+        d = self._to_thread(self._changed_text, self.path)
+        d.addCallback(self._reloaded, self.path)
         d.addErrback(lambda failure: log.failure("reading {path} failed", failure, path=self.path))
         d.addBoth(self._done)
         return d
 
-    def _changed_text(self) -> tuple[tuple[int, int], str] | None:
-        identity = _identity(self.path)
+    def _changed_text(self, path: str) -> tuple[tuple[int, int], str] | None:
+        identity = _identity(path)
         if identity is None or identity == self._identity:
             return None
-        return _read(self.path)
+        return _read(path)
 
-    def _reloaded(self, changed: tuple[tuple[int, int], str] | None) -> None:
-        if changed is None:
+    def _reloaded(self, changed: tuple[tuple[int, int], str] | None, path: str) -> None:
+        if changed is None or path != self.path:
+            # Unchanged, or a reload named another file meanwhile.
             return
         identity, text = changed
         self._identity = identity

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -39,7 +39,8 @@ _SUPERVISOR_OPTIONS = ("--workers", "--status")
 def worker_arguments(argv: Sequence[str]) -> list[str]:
     """
     The command line of one worker: the parent's options without
-    C{--workers} and C{--status} (the supervisor's), plus C{--reuse-port}.
+    C{--workers} and C{--status} (the supervisor's), plus C{--workers=1}
+    (overriding a C{--config} file's) and C{--reuse-port}.
     """
     out: list[str] = []
     skip = False
@@ -50,7 +51,7 @@ def worker_arguments(argv: Sequence[str]) -> list[str]:
             skip = True
         elif not arg.startswith(tuple(f"{option}=" for option in _SUPERVISOR_OPTIONS)):
             out.append(arg)
-    return [*out, "--reuse-port"]
+    return [*out, "--workers=1", "--reuse-port"]
 
 
 class _Worker(ProcessProtocol):
@@ -108,11 +109,24 @@ class WorkerSupervisor(Service):
         self.status_dir = status_dir
         self.workers: dict[int, tuple[_Worker, Any]] = {}
         self._pending: dict[int, IDelayedCall] = {}
+        self._restore_sighup: Callable[[], None] = lambda: None
 
     def startService(self) -> None:
         Service.startService(self)
+        from sipleg.reload import on_sighup
+
+        self._restore_sighup = on_sighup(self.reload, self._reactor)
         for slot in range(self.count):
             self._spawn(slot)
+
+    def reload(self) -> None:
+        """
+        Pass a SIGHUP on to every worker: each reloads its configuration
+        (L{sipleg.reload}).
+        """
+        log.info("reloading {count} workers", count=len(self.workers))
+        for _, process in list(self.workers.values()):
+            self._signal(process, signal.SIGHUP)
 
     def _spawn(self, slot: int) -> None:
         self._pending.pop(slot, None)
@@ -161,6 +175,7 @@ class WorkerSupervisor(Service):
 
     def stopService(self) -> Deferred[Any]:
         Service.stopService(self)
+        self._restore_sighup()
         for call in self._pending.values():
             call.cancel()
         self._pending.clear()

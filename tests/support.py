@@ -228,6 +228,23 @@ def twistd_argv(*args: str) -> list[str]:
     ]
 
 
+def run_twistd(cwd: Path, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{twistd -n args} in C{cwd} to its end (at most C{timeout}
+    seconds), its output captured as text.
+    """
+    return subprocess.run(
+        twistd_argv(*args),
+        cwd=cwd,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 #: The fail2ban filter shipped in docs/.
 FAIL2BAN_FILTER = Path(__file__).resolve().parent.parent / "docs" / "fail2ban" / "sipleg.conf"
 

@@ -31,7 +31,7 @@ from tests.interop.peers import (
     run_sipp_uac,
     start_sipp_uas,
 )
-from tests.support import SOURCE_ROOT, HookServer, child_env, twistd_argv
+from tests.support import SOURCE_ROOT, HookServer, child_env, run_twistd, twistd_argv
 
 #: Seconds a C{twistd} child may run before it is killed.
 CHILD_TIMEOUT = 20.0
@@ -79,16 +79,7 @@ class TwistdTestCase(unittest.TestCase):
         """
         Run C{twistd -n args} to its end (bounded by L{CHILD_TIMEOUT}).
         """
-        return subprocess.run(
-            twistd_argv(*args),
-            cwd=self.rundir,
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=CHILD_TIMEOUT,
-            check=False,
-        )
+        return run_twistd(self.rundir, *args, timeout=CHILD_TIMEOUT)
 
     def start_twistd(self, *args: str) -> subprocess.Popen[bytes]:
         """

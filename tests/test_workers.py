@@ -21,13 +21,15 @@ class WorkerArgumentsTests(unittest.TestCase):
     def test_workers_dropped_reuse_port_added(self) -> None:
         self.assertEqual(
             worker_arguments(["--workers", "3", "--listen", "udp:127.0.0.1:5"]),
-            ["--listen", "udp:127.0.0.1:5", "--reuse-port"],
+            ["--listen", "udp:127.0.0.1:5", "--workers=1", "--reuse-port"],
         )
-        self.assertEqual(worker_arguments(["--workers=2", "--trace"]), ["--trace", "--reuse-port"])
+        self.assertEqual(
+            worker_arguments(["--workers=2", "--trace"]), ["--trace", "--workers=1", "--reuse-port"]
+        )
         # The supervisor serves --status; each worker gets its own.
         self.assertEqual(
             worker_arguments(["--status", "tcp:8060", "--trace", "--status=tcp:1", "--workers", "2"]),
-            ["--trace", "--reuse-port"],
+            ["--trace", "--workers=1", "--reuse-port"],
         )
 
 

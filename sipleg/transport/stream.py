@@ -439,7 +439,8 @@ class StreamSocketPool:
 
     @ivar local: see L{ISocketPool.local}.
     @ivar peer: see L{ISocketPool.peer}.
-    @ivar tls: the L{TLSConfig} of a TLS pool, L{None} for TCP.
+    @ivar tls: the L{TLSConfig} of a TLS pool, L{None} for TCP; replacing
+        it (a reload) changes what new connections, accepted or made, use.
     """
 
     def __init__(
@@ -520,6 +521,10 @@ class StreamSocketPool:
     def __repr__(self) -> str:
         return f"<StreamSocketPool {self.local.proto}:{self.local}>"
 
+    def _current_tls(self) -> TLSConfig:
+        assert self.tls is not None
+        return self.tls
+
     # ISocketPool
 
     def listen(self) -> Deferred[Address]:
@@ -531,11 +536,12 @@ class StreamSocketPool:
         """
         factory: Any = _ListenerFactory(self)
         if self.tls is not None:
-            # CertificateOptions provides IOpenSSLContextFactory (zope, which
-            # mypy cannot see).
-            from sipleg.transport.tls import ListenerTLSFactory
+            # A reload may replace self.tls: new connections use the new one.
+            from sipleg.transport.tls import CurrentServerOptions, ListenerTLSFactory
 
-            options: Any = self.tls.server_options()
+            # ValueError now for a configuration without a certificate.
+            self.tls.server_options()
+            options = CurrentServerOptions(self._current_tls)
             factory = ListenerTLSFactory(options, False, factory, clock=self._reactor)
         listening: Deferred[Any]
         if self._sock is not None:

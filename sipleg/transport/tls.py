@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from service_identity import VerificationError
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.ssl import (
     Certificate,
     CertificateOptions,
@@ -29,8 +30,16 @@ from twisted.internet.ssl import (
     trustRootFromCertificates,
 )
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
-__all__ = ["VERIFY_CLIENT_MODES", "ListenerTLSFactory", "PEMSource", "TLSConfig", "describe_tls_failure"]
+__all__ = [
+    "VERIFY_CLIENT_MODES",
+    "CurrentServerOptions",
+    "ListenerTLSFactory",
+    "PEMSource",
+    "TLSConfig",
+    "describe_tls_failure",
+]
 
 #: The accepted values of C{verify_client}.
 VERIFY_CLIENT_MODES = ("none", "optional", "required")
@@ -145,6 +154,13 @@ class TLSConfig:
         self._server_options: CertificateOptions | None = None
         self._client_options: dict[str, Any] = {}
 
+    @property
+    def certificate(self) -> x509.Certificate | None:
+        """
+        Our certificate (L{None} for a client-only configuration).
+        """
+        return self._certificate
+
     def _trust_root(self) -> Any:
         """
         The C{IOpenSSLTrustRoot} peers are verified against.
@@ -233,6 +249,24 @@ def describe_tls_failure(reason: BaseException, hostname: str | None = None) -> 
         return f"TLS handshake failed: {details or 'OpenSSL error'}"
     text = str(reason) or type(reason).__name__
     return f"TLS handshake failed: {text}"
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class CurrentServerOptions:
+    """
+    The server side of a listener whose L{TLSConfig} may be replaced (a
+    reload): each new connection gets the context of the configuration
+    current when it is accepted; connections already made keep theirs.
+    """
+
+    def __init__(self, current: Callable[[], TLSConfig]) -> None:
+        """
+        @param current: the listener's configuration now.
+        """
+        self._current = current
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self._current().server_options().getContext(), None)
 
 
 class ListenerTLSFactory(TLSMemoryBIOFactory):
