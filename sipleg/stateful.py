@@ -204,6 +204,11 @@ class StatefulProxy(StatelessProxy):
         self._clients: dict[str, _Client] = {}
         self._merged: dict[tuple[str, str, str], _Server | _Answered] = {}
         self._numbers = itertools.count(1)
+        for leg in self.dispatcher.legs:
+            pool = leg.socketpool
+            if hasattr(pool, "on_unreachable") and pool.on_unreachable is None:
+                # The kernel's ICMP errors for our datagrams (Linux).
+                pool.on_unreachable = self._unreachable_datagram
 
     @property
     def transactions(self) -> int:
@@ -473,6 +478,19 @@ class StatefulProxy(StatelessProxy):
         """
         log.info("branch to {uri} unreachable: {why}", uri=client.uri, why=str(error))
         self._branch_final(client, 503, self._made(client, 503, "Service Unavailable"))
+
+    def _unreachable_datagram(self, dst: Address, code: int, payload: bytes) -> None:
+        """
+        The kernel says a datagram we sent to C{dst} was refused (ICMP port
+        or host unreachable): when it was a pending branch's request, the
+        branch fails over to its next target, or ends 503, at once instead
+        of after Timer B / F.
+        """
+        client = self._clients.get(_top_branch(payload) or "")
+        if client is None or client.done or client.address is None or client.address.sockaddr != dst.sockaddr:
+            return
+        if not self._fail_over(client):
+            self._branch_final(client, 503, self._made(client, 503, "Service Unavailable"))
 
     def _retransmit(self, client: _Client) -> None:
         """
@@ -842,6 +860,21 @@ def _ignore(error: DeliveryError) -> None:
     A retransmission, ACK or CANCEL that could not be sent: the timers
     that wait for its answer say what happens next.
     """
+
+
+def _top_branch(payload: bytes) -> str | None:
+    """
+    The branch of the first Via of a message's bytes (what an ICMP error
+    gives back of a datagram: its first few hundred bytes), if there.
+    """
+    for line in payload.split(b"\r\n", 8)[1:8]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() in (b"via", b"v"):
+            try:
+                return via_branch(value.decode("utf-8", "replace"))
+            except SIPParseError:
+                return None
+    return None
 
 
 def _groups(forward: Forward, request: Request) -> list[list[str]]:

@@ -23,6 +23,7 @@ from sipleg.proxy import StatelessProxy
 from sipleg.routing import NetworkAccessPolicy, StaticRoutes, response_target
 from sipleg.uri import parse_uri, parse_via
 from tests.collector import PacketCollector, options
+from tests.interop.peers import free_port
 from tests.support import listening_leg, proxy_log_lines
 
 
@@ -37,14 +38,6 @@ def answer_to_via(uas: Leg, request: Request, code: int) -> Any:
     assert target is not None
     yield uas.deliver(response, target)
     return response
-
-
-def closed_port(kind: int = socket.SOCK_STREAM) -> int:
-    probe = socket.socket(socket.AF_INET, kind)
-    probe.bind(("127.0.0.1", 0))
-    port: int = probe.getsockname()[1]
-    probe.close()
-    return port
 
 
 class ProxyTestCase(unittest.TestCase):
@@ -271,7 +264,7 @@ class RefusalTests(ProxyTestCase):
         return self.refused(options("tel:+15551234"), 416)
 
     def test_unreachable_next_hop(self) -> Any:
-        target = f"sip:bob@127.0.0.1:{closed_port()};transport=tcp"
+        target = f"sip:bob@127.0.0.1:{free_port('tcp')};transport=tcp"
         return self.refused(options(target), 503)
 
     @inlineCallbacks
@@ -285,7 +278,7 @@ class RefusalTests(ProxyTestCase):
         if sys.platform != "linux":
             raise unittest.SkipTest("IP_RECVERR is Linux's")
         lines = proxy_log_lines(self, "sipleg.transport.udp")
-        port = closed_port(socket.SOCK_DGRAM)
+        port = free_port("udp")
         yield self.send(options(f"sip:bob@127.0.0.1:{port}"))
         for _ in range(100):
             if lines:
@@ -431,7 +424,7 @@ class DispatcherTests(unittest.TestCase):
         yield out.listen()
         self.addCleanup(out.stop)
         dispatcher = Dispatcher([out])
-        dead = Address("127.0.0.1", closed_port(), "tcp")
+        dead = Address("127.0.0.1", free_port("tcp"), "tcp")
         used = yield dispatcher.deliver(options("sip:x@127.0.0.1"), dst=[dead, uas.local])
         self.assertEqual(used, (out, uas.local))
         yield got.wait()

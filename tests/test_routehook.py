@@ -48,16 +48,10 @@ from sipleg.routing import NetworkAccessPolicy, StaticRoutes
 from sipleg.stateful import StatefulProxy, TransactionTimers
 from sipleg.uri import parse_uri
 from tests.collector import PacketCollector, options
+from tests.interop.peers import free_port
 from tests.support import HookServer, listening_leg
 
 CALLER = Address("127.0.0.1", 5099)
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def route(*targets: str, parallel: bool = False) -> tuple[int, bytes]:
@@ -277,7 +271,7 @@ class HookProxyTests(HookTestCase):
         request, with its URI.  The service saw the request's summary.
         """
         second = f"sip:bob@{self.uas.local.hostport}"
-        self.web.respond = lambda summary: route(f"sip:x@127.0.0.1:{closed_port()};transport=tcp", second)
+        self.web.respond = lambda summary: route(f"sip:x@127.0.0.1:{free_port('tcp')};transport=tcp", second)
         target = f"sip:carol@{self.other.local.hostport}"
         yield self.send(options(target, call_id="list@x"))
         yield self.uas_got.wait()
@@ -331,7 +325,7 @@ class HookProxyTests(HookTestCase):
 
     @inlineCallbacks
     def test_refused_connection_is_503(self) -> Any:
-        hook = RouteHookClient(HookConfig(f"http://127.0.0.1:{closed_port()}/"), reactor)
+        hook = RouteHookClient(HookConfig(f"http://127.0.0.1:{free_port('tcp')}/"), reactor)
         self.addCleanup(hook.close)
         self.proxy.route_hook = hook
         response = yield self.answered(options(f"sip:bob@{self.uas.local.hostport}"))

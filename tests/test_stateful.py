@@ -11,10 +11,12 @@ L{Clock} drives the timers.
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Any
 
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from sipleg import stateful
 from sipleg.address import Address
@@ -28,6 +30,9 @@ from sipleg.routing import StaticRoutes
 from sipleg.stateful import StatefulProxy, TransactionTimers
 from sipleg.transport.memory import MemorySocketPool
 from sipleg.uri import parse_uri
+from tests.collector import PacketCollector, options
+from tests.interop.peers import free_port
+from tests.support import listening_leg
 
 CALLER = Address("127.0.0.1", 5071)
 DESK = Address("127.0.0.1", 5072)
@@ -424,3 +429,31 @@ class StatefulTests(TestCase):
         uris = sorted(m.uri for m in self.to(outbound) if isinstance(m, Request))
         self.assertEqual(uris, ["sip:bob@127.0.0.1:5072", "sip:bob@127.0.0.1:5073"])
         self.assertEqual((self.to(DESK), self.to(SOFT)), ([], []))
+
+
+class UnreachableTests(TestCase):
+    """
+    The stateful proxy on real UDP sockets: a branch whose datagram the
+    kernel refuses (ICMP port unreachable, Linux's C{IP_RECVERR}) ends at
+    once.
+    """
+
+    @inlineCallbacks
+    def test_refused_branch_ends_at_once(self) -> Any:
+        """
+        An INVITE to a port where nothing listens: the caller gets 100
+        Trying, then 503 within a second, not after Timer B (32 s).
+        """
+        if sys.platform != "linux":
+            raise SkipTest("IP_RECVERR is Linux's")
+        got = PacketCollector()
+        proxy_leg, caller = yield gatherResults([listening_leg(self, "udp"), listening_leg(self, "udp", got)])
+        proxy = StatefulProxy(Dispatcher([proxy_leg]), edge=EdgePolicy(flood=None, scanners=()))
+        self.addCleanup(proxy.stop)
+        invite = options(f"sip:bob@127.0.0.1:{free_port('udp')}", CSeq="1 INVITE")
+        invite.method = "INVITE"
+        yield caller.deliver(invite, proxy_leg.local)
+        yield got.wait(2, timeout=1.0)
+        codes = [m.code for m in got.messages() if isinstance(m, Response)]
+        self.assertEqual(codes, [100, 503])
+        self.assertEqual(proxy.branches, 0)
