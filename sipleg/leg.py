@@ -197,6 +197,10 @@ class Leg(Service):
         self.gate: Callable[[Address, bytes], bool] | None = None
         self._max_forwards = max_forwards
         self.trace = trace
+        #: Messages (datagrams or framed stream messages) the socket pool
+        #: handed up, and messages handed to it to send.
+        self.received = 0
+        self.sent = 0
         #: Put before the line the leg logs when it starts listening (the
         #: proxy's worker number under C{--workers}).
         self.log_prefix = ""
@@ -777,6 +781,7 @@ class Leg(Service):
             L{Deferred} while the send waits.
         @raise DeliveryError: the send failed at once.
         """
+        self.sent += 1
         if self.trace:
             self._trace("sends", "to", self.dst or dst, data)
         return self._pool.send_now(data, dst, conn, failed)
@@ -794,6 +799,7 @@ class Leg(Service):
         The socket pool's receiver: parse, remember the connection of a
         request, run L{receive}, hand up.  Never raises.
         """
+        self.received += 1
         if self.trace:
             self._trace("received", "from", source, data)
         gate = self.gate

@@ -13,6 +13,8 @@ The families (names kept from the hand-written exposition before them):
     sipleg_answered_total{code}           counter
     sipleg_dropped_total{reason}          counter
     sipleg_banned_sources                 gauge
+    sipleg_leg_received_total{leg}        counter
+    sipleg_leg_sent_total{leg}            counter
     sipleg_leg_connections{leg}           gauge
     sipleg_leg_receive_queue_bytes{leg}   gauge (Linux)
     sipleg_leg_kernel_drops_total{leg}    counter (Linux)
@@ -46,6 +48,8 @@ _COUNTERS = (
 
 #: The per-leg figures: leg counter key, family type, name, help.
 _LEG_FIGURES = (
+    ("received", CounterMetricFamily, "sipleg_leg_received_total", "Messages received on the leg."),
+    ("sent", CounterMetricFamily, "sipleg_leg_sent_total", "Messages sent from the leg."),
     ("connections", GaugeMetricFamily, "sipleg_leg_connections", "Stream connections open on the leg."),
     (
         "receive_queue_bytes",

@@ -75,13 +75,16 @@ def proxy_status(proxy: StatelessProxy, legs: Sequence[Leg]) -> dict[str, Any]:
     """
     The status of a proxy process, as plain JSON-able data: the counters
     of L{ProxyStats.snapshot}, C{legs} (each leg's L{Leg.dump}), the
-    number of C{banned_sources}, and C{leg_counters}: per leg, the open
-    connections and its socket's kernel counters.
+    number of C{banned_sources}, and C{leg_counters}: per leg, the
+    messages received and sent, the open connections and its socket's
+    kernel counters.
     """
     counters = {}
     for leg in legs:
         pool = leg.socketpool
         counters[leg_name(leg)] = {
+            "received": leg.received,
+            "sent": leg.sent,
             "connections": len(pool.connections()),
             **socket_counters(getattr(pool, "listening_socket", None)),
         }

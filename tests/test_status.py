@@ -174,6 +174,14 @@ class ProxyStatusTests(unittest.TestCase):
         self.assertEqual(len(status["legs"]), 2)
         self.assertIsInstance(status["uptime"], float)
         self.assertEqual(status["leg_counters"][udp]["connections"], 0)
+        # 3 REGISTERs, 2 OPTIONS and 8 from the banned source came in; 9
+        # answers and the forwarded OPTIONS went out.
+        self.assertEqual(
+            (status["leg_counters"][udp]["received"], status["leg_counters"][udp]["sent"]), (13, 10)
+        )
+        self.assertEqual(
+            (status["leg_counters"][tcp]["received"], status["leg_counters"][tcp]["sent"]), (0, 0)
+        )
         self.assertIn("kernel_drops", status["leg_counters"][udp])
 
         _, body = yield fetch(base + "/metrics")
@@ -187,6 +195,8 @@ class ProxyStatusTests(unittest.TestCase):
         self.assertEqual(sample(values, "sipleg_banned_sources"), 1)
         self.assertEqual(sample(values, "sipleg_bindings"), 3)
         self.assertEqual(sample(values, "sipleg_leg_connections", leg=tcp), 1)
+        self.assertEqual(sample(values, "sipleg_leg_received_total", leg=udp), 13)
+        self.assertEqual(sample(values, "sipleg_leg_sent_total", leg=udp), 10)
         self.assertEqual(sample(values, "sipleg_leg_connections", leg=udp), 0)
         self.assertEqual(sample(values, "sipleg_leg_kernel_drops_total", leg=udp), 0)
         self.assertGreaterEqual(sample(values, "sipleg_leg_receive_queue_bytes", leg=udp), 0)
