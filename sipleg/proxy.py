@@ -574,15 +574,7 @@ class StatelessProxy:
         the request came by, or nothing we can send to (a stream answer
         then goes back on the request's connection).
         """
-        targets = response_targets(via) if via.transport.lower() == leg.proto else None
-        if targets is None:
-            targets = (source,)
-        elif leg.proto != "udp":
-            # A stream answer goes back on the request's connection: its
-            # source first, then what the Via names should it be gone
-            # (§18.2.2), without DNS when the Via has an address.
-            targets = (source, *targets) if isinstance(targets, tuple) else (source,)
-        return self._send(response, targets, [leg], _wire(response))
+        return self._send(response, answer_targets(via, leg, source), [leg], _wire(response))
 
     def _send(
         self,
@@ -607,6 +599,24 @@ class StatelessProxy:
         if isinstance(sent, Deferred):
             return sent.addErrback(lambda reason: failed(reason.value))
         return None
+
+
+def answer_targets(via: Via, leg: Leg, source: Address) -> tuple[Address, ...] | URI:
+    """
+    Where an answer to a request goes (see L{StatelessProxy._send_response}):
+    the addresses its top Via names, or a name to resolve; its source when
+    the Via names another transport than the leg's or nothing we can send
+    to; over a stream, the request's own connection (its source) first.
+    """
+    targets = response_targets(via) if via.transport.lower() == leg.proto else None
+    if targets is None:
+        return (source,)
+    if leg.proto != "udp":
+        # A stream answer goes back on the request's connection: its
+        # source first, then what the Via names should it be gone
+        # (§18.2.2), without DNS when the Via has an address.
+        return (source, *targets) if isinstance(targets, tuple) else (source,)
+    return targets
 
 
 def edit(request: Request, edits: Edits) -> Request:

@@ -30,13 +30,16 @@ shell that keeps the transactions, their timers and the sockets:
  - at C{max_transactions} live transactions a new request gets 503.
 
 What outlives the final response is what RFC 3261 §17 keeps, and no
-more: a server transaction becomes an L{_Answered} (the final and where
-it goes) for Timer H / I / J, or ends at once after a 2xx or, for a
-non-INVITE, over a stream; a branch is forgotten at its final, except
-for Timer D (a non-2xx INVITE final over UDP, 32 s), Timer K (a
-non-INVITE over UDP, T4) and a cancelled INVITE (64*T1, for its 487).
-Ended transactions hold no reference cycle, so they are freed without
-the cyclic garbage collector.
+more: a server transaction becomes an L{_Answered} (the final's bytes
+and where they went) for Timer H / I / J, or ends at once after a 2xx
+or, for a non-INVITE, over a stream; a branch is forgotten at its final,
+except for Timer D (a non-2xx INVITE final over UDP, 32 s), Timer K (a
+non-INVITE over UDP, T4: only its branch string is kept) and a cancelled
+INVITE (64*T1, for its 487).  Timers H / J and K, the ones every call
+waits for, are L{TimerQueue}s (one reactor timer each, not one per
+transaction).  Ended transactions hold no reference cycle, so they are
+freed without the cyclic garbage collector, and one waiting for Timer J
+holds three objects the collector tracks.
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ from sipleg.decision import Answer, Drop, Forward, RequestView, Rules, from_tag,
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
-from sipleg.message import Request, Response, make_response
-from sipleg.proxy import StatelessProxy, edit
-from sipleg.uri import Via, header_tag, parse_uri, parse_via, via_branch
+from sipleg.message import Request, Response, make_response, parse_message
+from sipleg.proxy import StatelessProxy, answer_targets, edit
+from sipleg.timerqueue import TimerQueue
+from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, via_branch
 
 if TYPE_CHECKING:
     from sipleg.hookclient import RouteHookClient
@@ -139,8 +143,10 @@ class _Server:
     forward: Forward
     context: ResponseContext[Response]
     merge_key: tuple[str, str, str] | None
-    #: The last response sent upstream (what a retransmission gets).
+    #: The last response sent upstream (what a retransmission gets), and
+    #: its bytes.
     last: Response | None = None
+    wire: bytes = b""
     #: A final response went upstream.
     final: bool = False
     #: The response context is done: the transaction is L{_Answered}
@@ -169,13 +175,17 @@ class _Answered:
     """
 
     key: tuple[str, str, str]
-    last: Response
-    via: Via
-    source: Address
+    #: The final's bytes, and where they went (L{answer_targets}; the
+    #: request's connection over a stream).
+    data: bytes
+    targets: tuple[Address, ...] | URI
+    conn: object | None
     leg: Leg
     merge_key: tuple[str, str, str] | None
     #: The caller's ACK ends it (a non-2xx final of an INVITE).
     acked: bool
+    ended: bool = False
+    #: Timer I, once the caller's ACK came over UDP.
     timer: IDelayedCall | None = None
     #: Timer G: the next retransmission of the final.
     resend: IDelayedCall | None = None
@@ -196,14 +206,24 @@ class StatefulProxy(StatelessProxy):
         """
         super().__init__(*args, **kwargs)
         if self._clock is None:
-            from twisted.internet import reactor as clock
+            from twisted.internet import reactor
 
-            self._clock = clock
+            self._clock = reactor
         self.timers = timers
         self._servers: dict[tuple[str, str, str], _Server | _Answered] = {}
         self._clients: dict[str, _Client] = {}
+        #: The branches of ended non-INVITE client transactions in Timer K:
+        #: their retransmitted finals are absorbed (a branch is all that
+        #: needs keeping).
+        self._absorbing: set[str] = set()
         self._merged: dict[tuple[str, str, str], _Server | _Answered] = {}
         self._numbers = itertools.count(1)
+        clock = self._clock
+        assert clock is not None
+        # Timers H and J (64*T1) of answered transactions, Timer K (T4) of
+        # ended non-INVITE branches: one reactor timer each.
+        self._answered_timers: TimerQueue[_Answered] = TimerQueue(clock, 64 * timers.t1, self._end)
+        self._branch_timers: TimerQueue[str] = TimerQueue(clock, timers.t4, self._absorbing.discard)
         for leg in self.dispatcher.legs:
             pool = leg.socketpool
             if hasattr(pool, "on_unreachable") and pool.on_unreachable is None:
@@ -223,7 +243,7 @@ class StatefulProxy(StatelessProxy):
         How many client transactions are kept (pending, or ended and
         waiting for Timer D / K).
         """
-        return len(self._clients)
+        return len(self._clients) + len(self._absorbing)
 
     # -- requests ------------------------------------------------------------
 
@@ -238,7 +258,7 @@ class StatefulProxy(StatelessProxy):
             if isinstance(server, _Answered) and server.acked:
                 # The caller's ACK for our non-2xx final: absorbed
                 # (§17.2.1); Timer I absorbs its retransmissions.
-                self._end_after(server, self.timers.t4 if leg.proto == "udp" else 0.0)
+                self._acked(server, leg.proto == "udp")
                 return None
             # The ACK of a 2xx goes end to end.
             return super().forward_request(request, leg, source)
@@ -251,7 +271,9 @@ class StatefulProxy(StatelessProxy):
         server = self._servers.get(key)
         if server is not None:
             # A retransmission: the last response again, if any.
-            if server.last is not None:
+            if isinstance(server, _Answered):
+                self._resend(server)
+            elif server.last is not None:
                 self._send_response(server.last, server.via, server.leg, server.source)
             return None
         if len(self._servers) >= self.timers.max_transactions:
@@ -545,6 +567,9 @@ class StatefulProxy(StatelessProxy):
             branch = None
         client = self._clients.get(branch or "")
         if client is None:
+            if branch in self._absorbing:
+                # A retransmitted final of an ended non-INVITE branch (Timer K).
+                return None
             # Not a branch of ours (any more): a 2xx of a forked INVITE
             # after its branch ended goes on statelessly (§16.7).
             return super().forward_response(response, leg)
@@ -553,18 +578,18 @@ class StatefulProxy(StatelessProxy):
             return None
         code = response.code
         if client.done:
+            # (An ended INVITE branch, kept for Timer D or its CANCEL: an
+            # ended non-INVITE branch is in _absorbing.)
             if code < 200:
                 if client.cancel_late:
                     client.cancel_late = False
                     self._send_cancel(client)
-            elif method == "INVITE":
-                if code >= 300:
-                    # A retransmitted or late non-2xx final: ACKed (Timer D).
-                    self._send_ack(client, response)
-                else:
-                    # Another 2xx (of a branch cancelled too late): it goes on.
-                    super().forward_response(response, leg)
-            # (A retransmitted non-INVITE final is absorbed: Timer K.)
+            elif code >= 300:
+                # A retransmitted or late non-2xx final: ACKed (Timer D).
+                self._send_ack(client, response)
+            else:
+                # Another 2xx (of a branch cancelled too late): it goes on.
+                super().forward_response(response, leg)
             return None
         server = client.server
         assert server is not None
@@ -615,7 +640,11 @@ class StatefulProxy(StatelessProxy):
             wait = 32.0 if code >= 300 else 0.0
         else:
             wait = timers.t4
-        if wait > 0:
+        if wait == timers.t4 and not invite:
+            self._absorbing.add(client.branch)
+            self._branch_timers.add(client.branch)
+            self._forget(client)
+        elif wait > 0:
             assert self._clock is not None
             client.timeout = self._clock.callLater(wait, self._forget, client)
         else:
@@ -671,8 +700,12 @@ class StatefulProxy(StatelessProxy):
             if code in _CHALLENGES and not server.final:
                 merge_challenges(response, server.context.finals())
             server.final = True
-        self._send_response(response, view.via, server.leg, view.source)
+        leg = server.leg
+        data = bytes(response)
+        conn = leg.connection_of(response)
+        self._send(response, answer_targets(view.via, leg, view.source), [leg], lambda out: (data, conn))
         server.last = response
+        server.wire = data
 
     def _finish(self, server: _Server) -> None:
         """
@@ -691,13 +724,15 @@ class StatefulProxy(StatelessProxy):
         udp = server.leg.proto == "udp"
         acked = invite and last is not None and last.code >= 300
         if last is not None and last.code >= 200 and (acked or (udp and not invite)):
+            leg = server.leg
+            targets = answer_targets(server.via, leg, server.source)
             answered = _Answered(
-                server.key, last, server.via, server.source, server.leg, server.merge_key, acked
+                server.key, server.wire, targets, leg.connection_of(last), leg, server.merge_key, acked
             )
             self._servers[server.key] = answered
             if server.merge_key is not None:
                 self._merged[server.merge_key] = answered
-            self._end_after(answered, 64 * self.timers.t1)
+            self._answered_timers.add(answered)
             if acked and udp:
                 # Timer G: the final again until the caller's ACK.
                 self._arm(answered, self.timers.t1)
@@ -713,26 +748,51 @@ class StatefulProxy(StatelessProxy):
         doubling up to T2, until its ACK or Timer H.
         """
         assert self._clock is not None
-        answered.resend = self._clock.callLater(interval, self._resend, answered, interval)
+        answered.resend = self._clock.callLater(interval, self._timer_g, answered, interval)
 
-    def _resend(self, answered: _Answered, interval: float) -> None:
+    def _timer_g(self, answered: _Answered, interval: float) -> None:
         answered.resend = None
-        self._send_response(answered.last, answered.via, answered.leg, answered.source)
+        self._resend(answered)
         self._arm(answered, min(interval * 2, self.timers.t2))
 
-    def _end_after(self, answered: _Answered, wait: float) -> None:
+    def _resend(self, answered: _Answered) -> None:
         """
-        Free an answered transaction after C{wait} seconds (Timer H / I /
-        J), or at once.
+        Send an answered transaction's final again (to a retransmitted
+        request, or by Timer G): its bytes, where they went before.
         """
+        data, conn = answered.data, answered.conn
+        # (Parsed again for the log line of a failure and the SRV seed of
+        # a name to resolve: retransmissions are the rare case.)
+        response = parse_message(data)
+        assert isinstance(response, Response)
+        self._send(response, answered.targets, [answered.leg], lambda out: (data, conn))
+
+    def _acked(self, answered: _Answered, udp: bool) -> None:
+        """
+        The caller's ACK for our non-2xx final: Timer G stops; the
+        transaction ends after Timer I (T4 over UDP, absorbing the ACK's
+        retransmissions), at once over a stream.
+        """
+        if answered.resend is not None and answered.resend.active():
+            answered.resend.cancel()
+        answered.resend = None
+        if not udp:
+            self._end(answered)
+        elif answered.timer is None:
+            assert self._clock is not None
+            answered.timer = self._clock.callLater(self.timers.t4, self._end, answered)
+
+    def _end(self, answered: _Answered) -> None:
+        """
+        Free an answered transaction (Timer H / I / J).
+        """
+        if answered.ended:
+            return
+        answered.ended = True
         for timer in (answered.timer, answered.resend):
             if timer is not None and timer.active():
                 timer.cancel()
         answered.timer = answered.resend = None
-        if wait > 0:
-            assert self._clock is not None
-            answered.timer = self._clock.callLater(wait, self._end_after, answered, 0.0)
-            return
         if self._servers.get(answered.key) is answered:
             del self._servers[answered.key]
         if answered.merge_key is not None and self._merged.get(answered.merge_key) is answered:
@@ -752,6 +812,8 @@ class StatefulProxy(StatelessProxy):
                     self._stop_timers(client)
         for client in list(self._clients.values()):
             self._stop_timers(client)
+        self._answered_timers.stop()
+        self._branch_timers.stop()
 
     # -- CANCEL ------------------------------------------------------------------
 
