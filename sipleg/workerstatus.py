@@ -124,8 +124,9 @@ class WorkerStatus:
     def status(self) -> Deferred[dict[str, Any]]:
         """
         @return: fires with the sum of the workers' status and the list
-            of C{workers}: each one's slot, pid, whether it is C{up}, and
-            its C{status} (when up) or C{error} (when not).
+            of C{workers}: each one's number (1-based, as the log names
+            it: C{worker 2/4}), pid, whether it is C{up}, and its
+            C{status} (when up) or C{error} (when not).
         """
         supervisor = self._supervisor
         fetches = [self._worker(slot) for slot in range(supervisor.count)]
@@ -141,17 +142,19 @@ class WorkerStatus:
         running = self._supervisor.workers.get(slot)
         pid = None if running is None else running[1].pid
         if running is None:
-            return succeed({"worker": slot, "pid": None, "up": False, "error": "not running (restarting)"})
+            return succeed(
+                {"worker": slot + 1, "pid": None, "up": False, "error": "not running (restarting)"}
+            )
         fetched = self._agent.request(b"GET", b"http://%d/status.json" % slot)
         fetched.addCallback(self._body)
         fetched.addTimeout(self._timeout, self._reactor)
 
         def up(status: dict[str, Any]) -> dict[str, Any]:
-            return {"worker": slot, "pid": pid, "up": True, "status": status}
+            return {"worker": slot + 1, "pid": pid, "up": True, "status": status}
 
         def down(reason: Failure) -> dict[str, Any]:
             return {
-                "worker": slot,
+                "worker": slot + 1,
                 "pid": pid,
                 "up": False,
                 "error": reason.getErrorMessage() or repr(reason.value),

@@ -137,8 +137,8 @@ class SupervisorStatusTests(unittest.TestCase):
         values = metric_values(body)
         self.assertEqual(values[("sipleg_requests_total", (("method", "OPTIONS"),))], REQUESTS)
         self.assertEqual(values[("sipleg_answered_total", (("code", "200"),))], REQUESTS)
-        self.assertEqual(values[("sipleg_worker_up", (("worker", "0"),))], 1)
         self.assertEqual(values[("sipleg_worker_up", (("worker", "1"),))], 1)
+        self.assertEqual(values[("sipleg_worker_up", (("worker", "2"),))], 1)
         leg = f"udp:127.0.0.1:{sip_port}"
         self.assertEqual(values[("sipleg_leg_connections", (("leg", leg),))], 0)
 
@@ -150,7 +150,7 @@ class SupervisorStatusTests(unittest.TestCase):
         self.assertEqual(status["requests"]["OPTIONS"], each[1])
         response, body = yield fetch(base + "/metrics")
         self.assertEqual(response.code, 200)
-        self.assertEqual(metric_values(body)[("sipleg_worker_up", (("worker", "0"),))], 0)
+        self.assertEqual(metric_values(body)[("sipleg_worker_up", (("worker", "1"),))], 0)
         # ... until its replacement serves on the socket it left behind.
         status = yield poll_status(base, all_up, wait=20)
         self.assertNotEqual(status["workers"][0]["pid"], killed)
