@@ -128,9 +128,9 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "A stateless SIP forwarding proxy (RFC 3261 section 16). By default it "
-        "listens on udp and tcp 127.0.0.1:5060 and only forwards requests "
-        "coming from loopback."
+        "A SIP forwarding proxy and registrar (RFC 3261 sections 16 and 10), "
+        "stateless unless --stateful. By default it listens on udp and tcp "
+        "127.0.0.1:5060 and only forwards requests coming from loopback."
     )
     optFlags = [
         ["trace", None, "Log every packet in and out."],
