@@ -19,6 +19,8 @@ The families (names kept from the hand-written exposition before them):
     sipleg_leg_receive_queue_bytes{leg}   gauge (Linux)
     sipleg_leg_kernel_drops_total{leg}    counter (Linux)
     sipleg_bindings                       gauge (--registrar)
+    sipleg_transactions                   gauge (--stateful)
+    sipleg_branches                       gauge (--stateful)
     sipleg_store_write_seconds            summary (--registrar)
     sipleg_worker_up{worker}              gauge (--workers)
 """
@@ -103,6 +105,22 @@ def status_families(status: dict[str, Any]) -> list[Metric]:
                 "Time the location store took to keep a change.",
                 count_value=registrar["store_writes"],
                 sum_value=registrar["store_write_seconds"],
+            )
+        )
+    stateful = status.get("stateful")
+    if stateful is not None:
+        families.append(
+            GaugeMetricFamily(
+                "sipleg_transactions",
+                "Live server transactions (--stateful).",
+                value=stateful["transactions"],
+            )
+        )
+        families.append(
+            GaugeMetricFamily(
+                "sipleg_branches",
+                "Client transactions kept: pending, or ended and absorbing retransmissions (--stateful).",
+                value=stateful["branches"],
             )
         )
     workers = status.get("workers")

@@ -218,6 +218,7 @@ class StatefulProxy(StatelessProxy):
         self._absorbing: set[str] = set()
         self._merged: dict[tuple[str, str, str], _Server | _Answered] = {}
         self._numbers = itertools.count(1)
+        self.stats.transactions = self.status
         clock = self._clock
         assert clock is not None
         # Timers H and J (64*T1) of answered transactions, Timer K (T4) of
@@ -244,6 +245,13 @@ class StatefulProxy(StatelessProxy):
         waiting for Timer D / K).
         """
         return len(self._clients) + len(self._absorbing)
+
+    def status(self) -> dict[str, int]:
+        """
+        The figures of C{--status}: live server transactions and kept
+        branches.
+        """
+        return {"transactions": len(self._servers), "branches": self.branches}
 
     # -- requests ------------------------------------------------------------
 

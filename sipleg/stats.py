@@ -41,6 +41,9 @@ class ProxyStats:
         #: The registrar's figures (L{sipleg.registrar.Registrar.status}),
         #: when there is one.
         self.registrar: Callable[[], dict[str, float]] | None = None
+        #: The stateful proxy's live transactions and kept branches
+        #: (L{sipleg.stateful.StatefulProxy.status}), with C{--stateful}.
+        self.transactions: Callable[[], dict[str, int]] | None = None
 
     @staticmethod
     def method(name: str) -> str:
@@ -63,4 +66,5 @@ class ProxyStats:
             "answered": {str(code): n for code, n in self.answered.items()},
             "dropped": dict(self.dropped),
             **({"registrar": self.registrar()} if self.registrar is not None else {}),
+            **({"stateful": self.transactions()} if self.transactions is not None else {}),
         }

@@ -79,6 +79,9 @@ def sum_status(statuses: Sequence[dict[str, Any]], uptime: float) -> dict[str, A
             kept["store_write_seconds"] = round(
                 kept["store_write_seconds"] + registrar["store_write_seconds"], 6
             )
+        if "stateful" in status:
+            # (Each worker keeps its own transactions.)
+            _add(total.setdefault("stateful", {}), status["stateful"])
     return total
 
 

@@ -119,6 +119,40 @@ class ProxyStatusTests(unittest.TestCase):
     """
 
     @inlineCallbacks
+    def test_stateful_transactions(self) -> Any:
+        """
+        With C{--stateful}, the live transactions and kept branches: an
+        OPTIONS to a phone that never answers is one of each.
+        """
+        from sipleg.stateful import TransactionTimers
+
+        config = ProxyConfig(
+            listen=[parse_listen("udp:127.0.0.1:0")],
+            status="tcp:127.0.0.1:0",
+            transactions=TransactionTimers(),
+        )
+        service = make_service(config)
+        service.startService()
+        self.addCleanup(service.stopService)
+        server = [s for s in service if isinstance(s, StatusServer)][0]
+        base = f"http://127.0.0.1:{server.port.getHost().port}"
+        status = yield poll_status(base, lambda status: True)
+        self.assertEqual(status["stateful"], {"transactions": 0, "branches": 0})
+        (udp,) = status["leg_counters"]
+        phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(phone.close)
+        phone.bind(("127.0.0.1", 0))
+        port = phone.getsockname()[1]
+        phone.sendto(
+            options(f"sip:silent@127.0.0.1:{port}", 1, port), ("127.0.0.1", int(udp.rsplit(":", 1)[1]))
+        )
+        status = yield poll_status(base, lambda status: status["stateful"]["transactions"] == 1)
+        self.assertEqual(status["stateful"], {"transactions": 1, "branches": 1})
+        _, body = yield fetch(base + "/metrics")
+        values = metric_values(body)
+        self.assertEqual((sample(values, "sipleg_transactions"), sample(values, "sipleg_branches")), (1, 1))
+
+    @inlineCallbacks
     def test_traffic_bans_bindings_legs(self) -> Any:
         config = ProxyConfig(
             listen=[parse_listen("udp:127.0.0.1:0"), parse_listen("tcp:127.0.0.1:0")],

@@ -37,14 +37,16 @@ def worker(n: int, requests: int, bindings: int, drops: int) -> dict[str, Any]:
         "banned_sources": 1,
         "leg_counters": {"udp:127.0.0.1:5060": {"connections": 0, "kernel_drops": drops}},
         "registrar": {"bindings": bindings, "store_writes": 2, "store_write_seconds": 0.5},
+        "stateful": {"transactions": n, "branches": 2 * n},
     }
 
 
 class SumStatusTests(unittest.TestCase):
     def test_sum(self) -> None:
         """
-        Counters, bans and leg figures add up; bindings (shared through
-        Redis, seen whole by every worker) are the largest reported.
+        Counters, bans, leg figures and transactions add up; bindings
+        (shared through Redis, seen whole by every worker) are the largest
+        reported.
         """
         total = sum_status([worker(1, 3, 10, 1), worker(2, 4, 11, 0)], uptime=9.0)
         self.assertEqual(
@@ -60,6 +62,7 @@ class SumStatusTests(unittest.TestCase):
                 "banned_sources": 2,
                 "leg_counters": {"udp:127.0.0.1:5060": {"connections": 0, "kernel_drops": 1}},
                 "registrar": {"bindings": 11, "store_writes": 4, "store_write_seconds": 1.0},
+                "stateful": {"transactions": 3, "branches": 6},
             },
         )
 
