@@ -127,3 +127,24 @@ class WebSocketProxyTests(unittest.TestCase):
         self.assertTrue(wss.is_local_uri(route_uri(wss.record_route)))
         self.assertTrue(wss.can_deliver_to("sip:x@127.0.0.1:9;transport=ws"))
         self.assertFalse(ws.can_deliver_to("sip:x@127.0.0.1:9;transport=tcp"))
+
+
+class ListenTests(unittest.TestCase):
+    """
+    C{--listen ws:} and C{wss:}.
+    """
+
+    def test_port_required(self) -> None:
+        from sipleg.service import ConfigError, parse_listen
+
+        self.assertEqual(parse_listen("wss:127.0.0.1:8443").address.proto, "wss")
+        with self.assertRaises(ConfigError) as raised:
+            parse_listen("ws:127.0.0.1")
+        self.assertIn("a ws listener needs a port (ws:ADDR:PORT)", str(raised.exception))
+
+    def test_wss_needs_certificate(self) -> None:
+        from sipleg.service import ConfigError, ProxyConfig, make_service, parse_listen
+
+        with self.assertRaises(ConfigError) as raised:
+            make_service(ProxyConfig(listen=[parse_listen("wss:127.0.0.1:0")]))
+        self.assertEqual(str(raised.exception), "a tls or wss listener needs --tls-cert and --tls-key")
