@@ -296,6 +296,10 @@ class Leg(Service):
                 clock=self._clock,
                 limits=stream_limits,
             )
+        #: The WebSocket pool's C{name} (L{sipleg.transport.websocket}):
+        #: connections are reached by the C{.invalid} host their client
+        #: announces.
+        self._name_connection: Callable[[object, str], bool] | None = getattr(self._pool, "name", None)
         self._identity()
 
     # -- identity --------------------------------------------------------
@@ -857,17 +861,23 @@ class Leg(Service):
 
     def _alias(self, request: Request, source: Address, conn: object) -> None:
         """
-        RFC 5923: a top Via with C{;alias} asks us to send requests for
-        its sent-by over the connection the request came on.
+        What the top Via asks of the connection a request came on: RFC
+        5923, with C{;alias}, to carry requests for its sent-by; RFC 7118
+        §5, a WebSocket client's made-up C{xxx.invalid} sent-by, to be
+        reached by that name (L{sipleg.transport.websocket}).
         """
         top = request.get_header("via") or ""
-        if "alias" not in top.lower():
+        lowered = top.lower()
+        alias = getattr(self._pool, "alias", None) if "alias" in lowered else None
+        name = self._name_connection if ".invalid" in lowered else None
+        if alias is None and name is None:
             return
         try:
             via = parse_via(top)
         except SIPParseError:
             return
-        alias = getattr(self._pool, "alias", None)
+        if name is not None:
+            name(conn, via.host)
         if via.alias and alias is not None:
             port = via.port if via.port is not None else default_port(self.proto)
             try:

@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pytest
 from twisted.trial import unittest
 
 from sipleg.leg import Leg
@@ -29,10 +28,6 @@ _SCENARIOS = Path(__file__).resolve().parent / "interop" / "scenarios"
 MESSAGE_UAS = _SCENARIOS / "message_uas.xml"
 MESSAGE_UAC = _SCENARIOS / "message_uac.xml"
 AOR = "sip:alice@example.test"
-
-#: Requests towards JsSIP need flows (issue 15 item 1, branch flows):
-#: until they merge these tests fail (503), and must (strict).
-NEEDS_FLOWS = pytest.mark.xfail(reason="needs flows (issue 15 item 1)", strict=True)
 
 
 class JsSIPInteropTests(unittest.TestCase):
@@ -101,13 +96,10 @@ class JsSIPInteropTests(unittest.TestCase):
         server: SippOutcome = await uas.result()
         self.assertTrue(server.ok, server.describe())
 
-    # needs flows (issue 15 item 1): JsSIP's Contact host is .invalid, it
-    # is reached only over the connection its REGISTER came on.
-    @NEEDS_FLOWS
     async def test_message_from_udp_peer(self) -> None:
         """
         A MESSAGE from SIPp on UDP to JsSIP's address of record reaches
-        JsSIP over its registration's connection.
+        JsSIP over its connection (its Contact host is C{.invalid}).
         """
         peer = self.jssip("ws")
         await peer.wait("registered")
@@ -118,14 +110,12 @@ class JsSIPInteropTests(unittest.TestCase):
         message = await peer.wait("message")
         self.assertEqual(message["body"].strip(), "hello from sipp")
 
-    # needs flows (issue 15 item 1): the INVITE, and the ACK and BYE to
-    # JsSIP's .invalid Contact, go over the registration's connection.
-    @NEEDS_FLOWS
     async def test_invite_to_jssip(self) -> None:
         """
         An INVITE from SIPp on UDP to JsSIP's address of record goes over
         the WS connection; JsSIP answers 200 (inactive media), and the ACK
-        and BYE reach it through the proxy's Record-Route.
+        and BYE (to its C{.invalid} Contact) reach it through the proxy's
+        Record-Route.
         """
         peer = self.jssip("ws")
         await peer.wait("registered")

@@ -23,6 +23,7 @@ from sipleg.framing import StreamFramer
 from sipleg.transport.base import ISocketPool, StreamLimits
 from sipleg.transport.websocket import (
     MAX_MESSAGE_SIZE,
+    MAX_NAMES,
     WebSocketConnection,
     WebSocketSocketPool,
     WebSocketState,
@@ -217,6 +218,36 @@ class WebSocketPoolTests(TestCase):
         self.assertFalse(alive.closed.called)
         self.assertEqual(len(pool.connections()), 1)
         self.assertEqual(alive.pings, 2)
+
+    async def test_names(self) -> None:
+        """
+        A connection is reached by the C{.invalid} names it announced: the
+        first to announce a name keeps it while open, at most L{MAX_NAMES}
+        each.
+        """
+        pool, got = await self.make_pool()
+        first, second = await self.open_client(pool), await self.open_client(pool)
+        first.send(sip())
+        second.send(sip())
+        await got.wait(2)
+        conn, other = (received[2] for received in got.received)
+        self.assertTrue(pool.name(conn, "Abc.invalid"))
+        self.assertTrue(pool.name(conn, "abc.invalid"))
+        self.assertFalse(pool.name(other, "abc.invalid"))
+        self.assertFalse(pool.name(other, "example.com"))
+        self.assertEqual(pool.named_peer("ABC.invalid"), conn.peer)
+        self.assertIsNone(pool.named_peer("other.invalid"))
+        assert isinstance(conn, WebSocketConnection)
+        client = first if first.protocol.transport.getHost().port == conn.peer.port else second
+        client.protocol.sendClose(1000)
+        await client.closed
+        while pool.named_peer("abc.invalid") is not None:
+            await _tick()
+        # Free again: the other connection takes it, and at most MAX_NAMES.
+        self.assertTrue(pool.name(other, "abc.invalid"))
+        for n in range(1, MAX_NAMES):
+            self.assertTrue(pool.name(other, f"n{n}.invalid"))
+        self.assertFalse(pool.name(other, "one-more.invalid"))
 
     async def test_stop_closes_cleanly(self) -> None:
         """

@@ -12,11 +12,11 @@ from twisted.internet import defer
 from twisted.trial import unittest
 
 from sipleg.dispatcher import Dispatcher
-from sipleg.message import Response, parse_message
+from sipleg.message import Request, Response, parse_message
 from sipleg.proxy import StatelessProxy
 from sipleg.status import proxy_status
 from sipleg.uri import parse_via, route_uri
-from tests.collector import PacketCollector
+from tests.collector import PacketCollector, options
 from tests.support import listening_leg, websocket_client
 
 
@@ -108,6 +108,32 @@ class WebSocketProxyTests(unittest.TestCase):
         assert isinstance(answer, Response)
         self.assertEqual(answer.code, 483)
         self.assertEqual(self.uas_got.packets, [])
+
+    async def test_request_to_invalid_host(self) -> None:
+        """
+        A request for a WebSocket client's C{.invalid} Contact goes over
+        the connection whose requests announced that host in their Via;
+        for a host no connection announced it is answered 503 at once
+        (no DNS).
+        """
+        client = await websocket_client(self, self.ws.local)
+        await client.opened
+        client.send(ws_options(f"sip:bob@{self.uas.local.hostport}"))
+        await self.uas_got.wait()
+        uac_got = PacketCollector()
+        uac = await listening_leg(self, "udp", uac_got)
+        await uac.deliver(options("sip:alice@df7jal23ls0d.invalid;transport=ws", "in-1"), self.udp.local)
+        await client.wait(1)
+        request = parse_message(client.messages[0], datagram=False)
+        assert isinstance(request, Request)
+        self.assertEqual(request.uri, "sip:alice@df7jal23ls0d.invalid;transport=ws")
+        self.assertEqual(request.get_header("call-id"), "in-1")
+        await uac.deliver(options("sip:alice@nobody.invalid;transport=ws", "in-2"), self.udp.local)
+        await uac_got.wait()
+        answer = uac_got.messages()[0]
+        assert isinstance(answer, Response)
+        self.assertEqual(answer.code, 503)
+        self.assertEqual(len(client.messages), 1)
 
     def test_contact_and_record_route(self) -> Any:
         """

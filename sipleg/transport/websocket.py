@@ -18,6 +18,10 @@ idle expiry, all on the injected clock.  What differs:
  - a WebSocket server cannot connect to its clients (browsers accept no
    connections): a send to a peer without an open connection fails with
    L{DeliveryError} (C{ENOTCONN});
+ - a client's made-up C{xxx.invalid} host (its Via and Contact, RFC 7118
+   §5) names its connection (L{WebSocketSocketPool.name}, learnt by the
+   leg from the Via of its requests): the dispatcher sends requests for
+   that host over it (L{WebSocketSocketPool.named_peer});
  - a handshake without the C{sip} subprotocol is refused (HTTP 400);
  - a message larger than L{MAX_MESSAGE_SIZE} closes the connection (close
    code 1009, autobahn's limit);
@@ -52,7 +56,14 @@ if TYPE_CHECKING:
 
     from sipleg.transport.tls import TLSConfig
 
-__all__ = ["MAX_MESSAGE_SIZE", "SUBPROTOCOL", "WebSocketConnection", "WebSocketSocketPool", "WebSocketState"]
+__all__ = [
+    "MAX_MESSAGE_SIZE",
+    "MAX_NAMES",
+    "SUBPROTOCOL",
+    "WebSocketConnection",
+    "WebSocketSocketPool",
+    "WebSocketState",
+]
 
 _log = Logger()
 
@@ -62,6 +73,10 @@ SUBPROTOCOL = "sip"
 #: The largest WebSocket message accepted, in bytes: what a TCP stream
 #: accepts in one SIP message (L{StreamFramer}'s header and body caps).
 MAX_MESSAGE_SIZE = StreamFramer().max_header + StreamFramer().max_body
+
+#: The most C{.invalid} names one connection may hold (a browser uses
+#: one; the cap bounds what a client can make the pool keep).
+MAX_NAMES = 4
 
 #: RFC 6455 §7.4.1 close codes.
 _NORMAL_CLOSURE = 1000
@@ -136,6 +151,9 @@ class WebSocketConnection(StreamConnection):
         self._ws_pool = pool
         self.state = WebSocketState.HANDSHAKE
         self.pinged = False
+        #: The C{.invalid} host names the connection is reached by
+        #: (L{WebSocketSocketPool.name}).
+        self.names: list[str] = []
         self._ws = _SIPWebSocket(self)
         self._ws.factory = pool.factory
 
@@ -343,12 +361,53 @@ class WebSocketSocketPool(StreamSocketPool):
         )
         factory.server = "sipleg"
         self.factory = factory
+        # Open connections by the .invalid host names they announced.
+        self._by_name: dict[str, WebSocketConnection] = {}
 
     def __repr__(self) -> str:
         return f"<WebSocketSocketPool {self.local.proto}:{self.local}>"
 
     def _accepted(self, source: Address) -> WebSocketConnection:
         return WebSocketConnection(self, source)
+
+    def name(self, conn: object, host: str) -> bool:
+        """
+        Let the open connection C{conn} be reached by the C{.invalid} host
+        name its client writes in its Via and Contact (RFC 7118 §5: a
+        browser has no address of its own to give).  First come: a name
+        held by an open connection is not given to another; a connection
+        holds at most L{MAX_NAMES}.
+
+        @return: whether C{conn} holds the name now.
+        """
+        host = host.lower()
+        if not (isinstance(conn, WebSocketConnection) and conn._pool is self and conn.is_open):
+            return False
+        if not host.endswith(".invalid"):
+            return False
+        holder = self._by_name.get(host)
+        if holder is not None:
+            return holder is conn
+        if len(conn.names) >= MAX_NAMES:
+            return False
+        self._by_name[host] = conn
+        conn.names.append(host)
+        return True
+
+    def named_peer(self, host: str) -> Address | None:
+        """
+        The peer address of the open connection holding the name C{host}
+        (see L{name}), to send to: L{None} when none does.
+        """
+        holder = self._by_name.get(host.lower())
+        return None if holder is None else holder.peer
+
+    def _detach(self, connection: StreamConnection) -> None:
+        super()._detach(connection)
+        if isinstance(connection, WebSocketConnection):
+            for host in connection.names:
+                if self._by_name.get(host) is connection:
+                    del self._by_name[host]
 
     def _connect(self, data: bytes, target: Address) -> Deferred[None] | None:
         """
