@@ -15,18 +15,41 @@ import functools
 import socket
 from dataclasses import dataclass, field
 
-__all__ = ["Address", "address", "bracket", "default_port", "ip_family", "split_hostport", "PROTOCOLS"]
+__all__ = [
+    "Address",
+    "address",
+    "bracket",
+    "default_port",
+    "ip_family",
+    "split_hostport",
+    "PROTOCOLS",
+    "WEBSOCKET",
+    "uri_transport",
+]
 
 #: The transports sipleg speaks.
-PROTOCOLS = ("udp", "tcp", "tls")
+PROTOCOLS = ("udp", "tcp", "tls", "ws", "wss")
+
+#: The WebSocket transports (RFC 7118): a WebSocket server reaches its
+#: clients only over the connections they opened.
+WEBSOCKET = ("ws", "wss")
 
 
 def default_port(proto: str) -> int:
     """
-    The default SIP port of a transport (RFC 3261 §19.1.2): 5061 for TLS,
-    5060 otherwise.
+    The default SIP port of a transport (RFC 3261 §19.1.2): 5061 for TLS
+    (and secure WebSocket), 5060 otherwise.  (RFC 7118 names no SIP
+    port for WebSocket: a WebSocket listener is always given its port.)
     """
-    return 5061 if proto == "tls" else 5060
+    return 5061 if proto in ("tls", "wss") else 5060
+
+
+def uri_transport(proto: str) -> str:
+    """
+    The C{transport} URI parameter of a transport: RFC 7118 §5.2 writes
+    C{ws} for WebSocket, secure or not (the Via says C{WS} or C{WSS}).
+    """
+    return "ws" if proto == "wss" else proto
 
 
 def ip_family(text: str) -> int | None:
@@ -64,7 +87,7 @@ class Address:
     @ivar host: the host as given, lower-cased; an IP literal (canonical
         form, IPv6 without brackets) or a DNS name.
     @ivar port: the port number.
-    @ivar proto: C{"udp"}, C{"tcp"} or C{"tls"}.
+    @ivar proto: C{"udp"}, C{"tcp"}, C{"tls"}, C{"ws"} or C{"wss"}.
     @ivar family: C{socket.AF_INET} or C{socket.AF_INET6} when the host is
         an IP literal, else L{None} until resolved.
     @ivar addr: the IP address to use on the socket: C{host} itself for an

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sipleg.address import Address, bracket
+from sipleg.address import Address, bracket, uri_transport
 from sipleg.branch import loop_hash, transaction_hash
 from sipleg.errors import SIPParseError
 from sipleg.message import Request, Response, answer_tag
@@ -87,7 +87,7 @@ class LegIdentity:
     C{leg.identity}; identities compare (and hash) by identity, so the
     proxy finds a leg by its identity in a dict.
 
-    @ivar proto: C{"udp"}, C{"tcp"} or C{"tls"}.
+    @ivar proto: C{"udp"}, C{"tcp"}, C{"tls"}, C{"ws"} or C{"wss"}.
     @ivar family: the address family of its socket.
     @ivar addr: its IP address.
     @ivar host: its host name (the IP when it has none), lower-cased.
@@ -133,7 +133,7 @@ def leg_identity(
     """
     host = (host or addr).lower()
     written = bracket(name or host)
-    transport = "" if proto == "udp" else f";transport={proto}"
+    transport = "" if proto == "udp" else f";transport={uri_transport(proto)}"
     record_route_uri = parse_uri(f"sip:{written}:{port}{transport};lr")
     return LegIdentity(
         proto,
@@ -180,7 +180,7 @@ class LegSet:
         for leg in self.legs:
             if port == leg.port and (host == leg.addr or host == leg.host):
                 proto = "tls" if uri.scheme == "sips" else (uri.transport or "udp")
-                if leg.proto == proto:
+                if uri_transport(leg.proto) == proto:
                     return leg
                 if found is None:
                     found = leg

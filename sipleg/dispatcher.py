@@ -248,6 +248,10 @@ class Dispatcher:
         @return: the pairs, or a L{Deferred} firing with them.
         @raise DeliveryError: no leg fits the URI.
         """
+        if uri.host.endswith(".invalid"):
+            # RFC 7118 §5: a WebSocket client's made-up host, reached over
+            # the connection that announced it (never through DNS).
+            return _named_peers(uri.host, legs)
         if transports is None:
             transports = tuple(dict.fromkeys(leg.proto for leg in legs))
         resolver = self.resolver
@@ -379,6 +383,25 @@ def pair_legs(addresses: Iterable[Address], legs: Sequence[Leg]) -> list[tuple[L
             elif leg.proto == address.proto and leg.family == family:
                 pairs.append((leg, address))
                 break
+    return pairs
+
+
+def _named_peers(host: str, legs: Sequence[Leg]) -> list[tuple[Leg, Address]]:
+    """
+    The legs whose pool has a connection named C{host} (a WebSocket
+    client's C{.invalid} host, L{sipleg.transport.websocket}), each with
+    that connection's peer.
+
+    @raise DeliveryError: C{EHOSTUNREACH} when none has.
+    """
+    pairs = []
+    for leg in legs:
+        named_peer = getattr(leg.socketpool, "named_peer", None)
+        peer = None if named_peer is None else named_peer(host)
+        if peer is not None:
+            pairs.append((leg, peer))
+    if not pairs:
+        raise DeliveryError(EHOSTUNREACH, f"no open connection is named {host}")
     return pairs
 
 

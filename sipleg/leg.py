@@ -29,7 +29,16 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from sipleg.address import Address, bracket, default_port, ip_family, split_hostport
+from sipleg.address import (
+    PROTOCOLS,
+    WEBSOCKET,
+    Address,
+    bracket,
+    default_port,
+    ip_family,
+    split_hostport,
+    uri_transport,
+)
 from sipleg.branch import MAGIC_COOKIE, leg_prefix, loop_hash, tid_hash, transaction_hash
 from sipleg.decision import (
     LegSet,
@@ -106,9 +115,10 @@ Spec = Address | str | URI | None
 
 class Leg(Service):
     """
-    One listening SIP transport (UDP, TCP or TLS socket) and its identity.
+    One listening SIP transport (UDP, TCP, TLS, or WebSocket socket) and
+    its identity.
 
-    @ivar proto: C{"udp"}, C{"tcp"} or C{"tls"}.
+    @ivar proto: C{"udp"}, C{"tcp"}, C{"tls"}, C{"ws"} or C{"wss"}.
     @ivar host: the name used in Via, Contact and Record-Route (defaults to
         the IP address).
     @ivar branch: the branch prefix of this leg (RFC 3261 magic cookie plus a
@@ -152,8 +162,9 @@ class Leg(Service):
             C{127.0.0.1} (or the address of C{sock} / C{socketpool}).
         @param port: the local port; default 5060 (5061 for TLS); C{0}
             binds an ephemeral port.
-        @param proto: C{"udp"}, C{"tcp"} or C{"tls"}; default C{"tls"} when
-            C{tls} is given, else derived from C{sock}, else C{"udp"}.
+        @param proto: C{"udp"}, C{"tcp"}, C{"tls"}, C{"ws"} or C{"wss"}
+            (RFC 7118; these need a port); default C{"tls"} when C{tls} is
+            given, else derived from C{sock}, else C{"udp"}.
         @param host: the host name for Via/Contact/Record-Route and for TLS
             names; defaults to the address.
         @param family: C{AF_INET} or C{AF_INET6}; derived from C{addr}.
@@ -231,10 +242,10 @@ class Leg(Service):
                 raise ValueError(f"port {port} contradicts the port in {addr!r}")
             if port is None:
                 port = embedded if embedded is not None else default_port(proto)
-        if proto not in ("udp", "tcp", "tls"):
+        if proto not in PROTOCOLS:
             raise ValueError(f"unknown transport {proto!r}")
-        if proto == "tls" and tls is None and socketpool is None:
-            raise ValueError("a TLS leg needs tls=TLSConfig(...)")
+        if proto in ("tls", "wss") and tls is None and socketpool is None:
+            raise ValueError(f"a {proto.upper()} leg needs tls=TLSConfig(...)")
         found_family = ip_family(ip)
         if found_family is None:
             raise ValueError(f"addr must be an IP address, not {ip!r}")
@@ -270,10 +281,16 @@ class Leg(Service):
             )
         else:
             # The stream pool (and TLS with it) is imported only by a
-            # configuration that has a stream leg.
+            # configuration that has a stream leg, autobahn only by one
+            # with a WebSocket leg.
             from sipleg.transport.stream import StreamSocketPool
 
-            self._pool = StreamSocketPool(
+            pool_type: type[StreamSocketPool] = StreamSocketPool
+            if proto in WEBSOCKET:
+                from sipleg.transport.websocket import WebSocketSocketPool
+
+                pool_type = WebSocketSocketPool
+            self._pool = pool_type(
                 self._local,
                 self._pool_received,
                 peer=self.dst,
@@ -283,6 +300,10 @@ class Leg(Service):
                 clock=self._clock,
                 limits=stream_limits,
             )
+        #: The WebSocket pool's C{name} (L{sipleg.transport.websocket}):
+        #: connections are reached by the C{.invalid} host their client
+        #: announces.
+        self._name_connection: Callable[[object, str], bool] | None = getattr(self._pool, "name", None)
         self._identity()
 
     # -- identity --------------------------------------------------------
@@ -304,8 +325,8 @@ class Leg(Service):
             self.contact = self._contact_arg
         else:
             self.contact = f"{scheme}:{hostport}"
-            if self.proto == "tcp":
-                self.contact += ";transport=tcp"
+            if self.proto in ("tcp", *WEBSOCKET):
+                self.contact += f";transport={uri_transport(self.proto)}"
         Leg.identities_made += 1
         identity = leg_identity(
             self.proto,
@@ -449,6 +470,9 @@ class Leg(Service):
                     proto = "tls"
                 elif uri.transport is not None:
                     proto = uri.transport
+                if proto is not None and proto in WEBSOCKET and self.proto in WEBSOCKET:
+                    # RFC 7118 §5.2: "ws" names both WebSocket transports.
+                    proto = self.proto
                 host = uri.maddr or uri.host
             else:
                 try:
@@ -843,17 +867,23 @@ class Leg(Service):
 
     def _alias(self, request: Request, source: Address, conn: object) -> None:
         """
-        RFC 5923: a top Via with C{;alias} asks us to send requests for
-        its sent-by over the connection the request came on.
+        What the top Via asks of the connection a request came on: RFC
+        5923, with C{;alias}, to carry requests for its sent-by; RFC 7118
+        §5, a WebSocket client's made-up C{xxx.invalid} sent-by, to be
+        reached by that name (L{sipleg.transport.websocket}).
         """
         top = request.get_header("via") or ""
-        if "alias" not in top.lower():
+        lowered = top.lower()
+        alias = getattr(self._pool, "alias", None) if "alias" in lowered else None
+        name = self._name_connection if ".invalid" in lowered else None
+        if alias is None and name is None:
             return
         try:
             via = parse_via(top)
         except SIPParseError:
             return
-        alias = getattr(self._pool, "alias", None)
+        if name is not None:
+            name(conn, via.host)
         if via.alias and alias is not None:
             port = via.port if via.port is not None else default_port(self.proto)
             try:
@@ -898,6 +928,8 @@ def _sock_address(sock: socket.socket, proto: str | None, tls: Any) -> Address:
     ip, port = sock.getsockname()[:2]
     if sock.type == socket.SOCK_DGRAM:
         found = "udp"
+    elif proto in WEBSOCKET:
+        found = proto
     else:
         found = "tls" if (proto == "tls" or tls is not None) else "tcp"
     return Address(ip, port, found)

@@ -40,7 +40,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.names import client, dns, error
 from twisted.python.failure import Failure
 
-from sipleg.address import PROTOCOLS, Address, address, default_port, ip_family
+from sipleg.address import PROTOCOLS, WEBSOCKET, Address, address, default_port, ip_family
 from sipleg.errors import DeliveryError
 
 if TYPE_CHECKING:
@@ -221,6 +221,11 @@ class Resolver:
         target = (maddr or host).strip("[]").lower().rstrip(".")
         if not target:
             raise DeliveryError(EHOSTUNREACH, "no host to send to")
+        if target.endswith(".invalid") or (transport or "").lower() in WEBSOCKET:
+            # RFC 6761 §6.4: never asked; RFC 7118 §5: a WebSocket client
+            # (its Contact is often "xxx.invalid") is reached over the
+            # connection it opened, never through DNS.
+            raise DeliveryError(EHOSTUNREACH, f"{target} is reached over its own connection only")
         if not allowed or (secure and "tls" not in allowed):
             raise DeliveryError(ENOPROTOOPT, "no allowed transport for this URI")
         forced = None
@@ -489,7 +494,10 @@ def _forced_transport(transport: str, secure: bool, allowed: tuple[str, ...]) ->
     if secure:
         # RFC 3261 §26.2.2: a SIPS URI means TLS; "transport=tcp" (its usual
         # form) and "tls" both select TLS over TCP, UDP is out.
-        proto = "tls" if proto in ("tcp", "tls") else None
+        proto = "tls" if proto in ("tcp", "tls") else ("wss" if proto in WEBSOCKET else None)
+    elif proto in WEBSOCKET:
+        # RFC 7118 §5.2: "ws" names either WebSocket transport.
+        proto = "ws" if "ws" in allowed else "wss"
     elif proto not in PROTOCOLS:
         proto = None
     if proto is None or proto not in allowed:
@@ -521,7 +529,7 @@ def _srv_transports(secure: bool, allowed: tuple[str, ...]) -> list[str]:
 
     @raise DeliveryError: C{ENOPROTOOPT} when none is allowed.
     """
-    candidates = ("tls",) if secure else PROTOCOLS
+    candidates = ("tls",) if secure else tuple(_SRV_PREFIX)
     protos = [proto for proto in candidates if proto in allowed]
     if not protos:
         raise DeliveryError(ENOPROTOOPT, "no allowed transport for this URI")

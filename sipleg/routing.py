@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 
 from zope.interface import Interface, implementer
 
-from sipleg.address import Address, address, default_port
+from sipleg.address import PROTOCOLS, WEBSOCKET, Address, address, default_port, ip_family
 from sipleg.message import Request
 from sipleg.uri import URI, Via
 
@@ -176,12 +176,17 @@ def response_target(via: Via) -> Address | None:
     it has a value, else the sent-by port, else the transport's default.
 
     @return: the address (its host may be a name still to resolve), or
-        L{None} for a transport we do not speak.
+        L{None} for a transport we do not speak, and for a WebSocket Via
+        without an address: RFC 7118 §5 clients write a C{.invalid}
+        sent-by, so their responses go over their connection, never
+        through DNS.
     """
     proto = via.transport.lower()
-    if proto not in ("udp", "tcp", "tls"):
+    if proto not in PROTOCOLS:
         return None
     host = via.received or via.maddr or via.host
+    if proto in WEBSOCKET and ip_family(host) is None:
+        return None
     rport = via.rport
     if rport:
         port: int | None = int(rport)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 
-from sipleg.address import Address, default_port, ip_family, split_hostport
+from sipleg.address import PROTOCOLS, WEBSOCKET, Address, default_port, ip_family, split_hostport
 from sipleg.dispatcher import Dispatcher
 from sipleg.errors import ConfigError, SIPError
 from sipleg.flood import EdgePolicy
@@ -38,7 +38,10 @@ if TYPE_CHECKING:
     from sipleg.transport.tls import TLSConfig
     from sipleg.users import UserFile
 
-__all__ = ["ConfigError", "ListenSpec", "ProxyConfig", "parse_listen", "make_service"]
+__all__ = ["ConfigError", "ListenSpec", "ProxyConfig", "TLS_LISTENERS", "parse_listen", "make_service"]
+
+#: The listeners that take the TLS options.
+TLS_LISTENERS = ("tls", "wss")
 
 
 @dataclass(frozen=True)
@@ -53,16 +56,23 @@ class ListenSpec:
 
 def parse_listen(text: str) -> ListenSpec:
     """
-    Parse C{udp:127.0.0.1:5060}, C{tcp:[::1]:5060}, C{tls:127.0.0.1} ...
+    Parse C{udp:127.0.0.1:5060}, C{tcp:[::1]:5060}, C{tls:127.0.0.1},
+    C{wss:0.0.0.0:8443} ...
 
-    @raise ConfigError: not of that form, not an IP address, or a bad port.
+    @raise ConfigError: not of that form, not an IP address, a bad port,
+        or a WebSocket listener without a port (RFC 7118 gives SIP over
+        WebSocket no port of its own: 80 and 443 are the web server's).
     """
     proto, sep, rest = text.partition(":")
     proto = proto.lower()
-    if not sep or proto not in ("udp", "tcp", "tls"):
-        raise ConfigError(f"--listen {text!r}: expected PROTO:ADDR[:PORT] with PROTO udp, tcp or tls")
+    if not sep or proto not in PROTOCOLS:
+        raise ConfigError(
+            f"--listen {text!r}: expected PROTO:ADDR[:PORT] with PROTO udp, tcp, tls, ws or wss"
+        )
     try:
         host, port = split_hostport(rest)
+        if port is None and proto in WEBSOCKET:
+            raise ValueError(f"a {proto} listener needs a port ({proto}:ADDR:PORT)")
         address = Address(host, default_port(proto) if port is None else port, proto)
     except ValueError as e:
         raise ConfigError(f"--listen {text!r}: {e}") from None
@@ -169,7 +179,8 @@ def make_service(
         reloads the proxy with it (L{sipleg.reload}).
     @raise ConfigError: with a one-line reason.
     """
-    tls = make_tls(config) if any(spec.proto == "tls" for spec in config.listen) else None
+    tls = make_tls(config) if any(spec.proto in TLS_LISTENERS for spec in config.listen) else None
+    require_websocket(config)
     access = make_access(config)
     require_domains(config)
     registrar = make_registrar(config, reactor)
@@ -184,7 +195,7 @@ def make_service(
         leg = Leg(
             sock=sock,
             proto=spec.proto,
-            tls=tls if spec.proto == "tls" else None,
+            tls=tls if spec.proto in TLS_LISTENERS else None,
             reactor=reactor,
             max_forwards=config.max_forwards,
             trace=config.trace,
@@ -236,12 +247,24 @@ def make_service(
             proxy,
             registrar,
             authentication[1] if authentication is not None else None,
-            [leg.socketpool for leg in legs if leg.proto == "tls"],
+            [leg.socketpool for leg in legs if leg.proto in TLS_LISTENERS],
             tls,
             reactor,
         )
         ReloadOnSignal(running, reload_with, reactor).setServiceParent(top)
     return top
+
+
+def require_websocket(config: ProxyConfig) -> None:
+    """
+    @raise ConfigError: a C{ws} or C{wss} listener without autobahn
+        installed (the C{websocket} extra).
+    """
+    if any(spec.proto in WEBSOCKET for spec in config.listen):
+        try:
+            import autobahn  # noqa: F401 - only whether it is there
+        except ImportError:
+            raise ConfigError("ws and wss listeners need autobahn: pip install 'sipleg[websocket]'") from None
 
 
 def make_route_hook(config: HookConfig, reactor: Any) -> RouteHookClient:
@@ -272,7 +295,7 @@ def make_tls(config: ProxyConfig) -> TLSConfig:
         that does not match: one line naming the files.
     """
     if not (config.tls_cert and config.tls_key):
-        raise ConfigError("a tls listener needs --tls-cert and --tls-key")
+        raise ConfigError("a tls or wss listener needs --tls-cert and --tls-key")
     # TLS (pyOpenSSL, service_identity) is imported only by a
     # configuration with a TLS listener.
     from sipleg.transport.tls import TLSConfig

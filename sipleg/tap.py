@@ -24,7 +24,7 @@ from sipleg.configfile import OptionKind, file_arguments, read_config
 from sipleg.errors import SIPParseError
 from sipleg.flood import SCANNERS, EdgePolicy, FloodLimits
 from sipleg.routing import NetworkAccessPolicy
-from sipleg.service import ConfigError, ProxyConfig, bind_socket, make_service, parse_listen
+from sipleg.service import TLS_LISTENERS, ConfigError, ProxyConfig, bind_socket, make_service, parse_listen
 from sipleg.transport.base import StreamLimits
 from sipleg.uri import URI, check_host, parse_uri
 
@@ -150,8 +150,8 @@ class Options(usage.Options):
             None,
             "TOML file of options (long names as keys), re-read on SIGHUP; the command line overrides it.",
         ],
-        ["tls-cert", None, None, "PEM certificate for tls listeners."],
-        ["tls-key", None, None, "PEM private key for tls listeners."],
+        ["tls-cert", None, None, "PEM certificate for tls and wss listeners."],
+        ["tls-key", None, None, "PEM private key for tls and wss listeners."],
         ["tls-ca", None, None, "PEM CA bundle to verify TLS peers with."],
         ["outbound-proxy", None, None, "Send requests for foreign domains to this SIP URI."],
         ["max-forwards", None, 70, "Cap on Max-Forwards of forwarded requests.", int],
@@ -167,8 +167,20 @@ class Options(usage.Options):
             "N/SECONDS: an untrusted source sending more than N packets in SECONDS is banned.",
         ],
         ["ban-time", None, 300.0, "Seconds a flooding source stays banned (its packets dropped).", float],
-        ["max-connections", None, 1000, "Most TCP/TLS connections open at once, per listener.", int],
-        ["max-per-source", None, 128, "Most TCP/TLS connections accepted from one IP address.", int],
+        [
+            "max-connections",
+            None,
+            1000,
+            "Most TCP/TLS/WebSocket connections open at once, per listener.",
+            int,
+        ],
+        [
+            "max-per-source",
+            None,
+            128,
+            "Most TCP/TLS/WebSocket connections accepted from one IP address.",
+            int,
+        ],
         [
             "first-message-timeout",
             None,
@@ -237,8 +249,9 @@ class Options(usage.Options):
     def opt_listen(self, value: str) -> None:
         """
         PROTO:ADDR[:PORT] to listen on (udp, tcp or tls; IPv6 as
-        udp:[::1]:5060; PORT 5060, 5061 for tls). Repeatable. Default
-        udp:127.0.0.1:5060 and tcp:127.0.0.1:5060.
+        udp:[::1]:5060; PORT 5060, 5061 for tls; ws and wss, SIP over
+        WebSocket, need a PORT). Repeatable. Default udp:127.0.0.1:5060
+        and tcp:127.0.0.1:5060.
         """
         try:
             self["listen"].append(parse_listen(value))
@@ -371,11 +384,13 @@ class Options(usage.Options):
         C{--tls-cert}, C{--tls-key} and C{--tls-ca} serve a tls listener
         only: without one they would be ignored, so they are refused.
         """
-        if any(spec.proto == "tls" for spec in self["listen"]):
+        if any(spec.proto in TLS_LISTENERS for spec in self["listen"]):
             return
         given = [f"--{name}" for name in ("tls-cert", "tls-key", "tls-ca") if self[name] is not None]
         if given:
-            raise usage.UsageError(f"{' / '.join(given)} without a tls listener (--listen tls:ADDR[:PORT])")
+            raise usage.UsageError(
+                f"{' / '.join(given)} without a tls listener (--listen tls:ADDR[:PORT], or wss:ADDR:PORT)"
+            )
 
     def _edge(self) -> EdgePolicy:
         """

@@ -467,3 +467,102 @@ class HookServer:
                 transport.abortConnection()
         yield defer.gatherResults(self._lost)
         yield self._port.stopListening()
+
+
+class WebSocketClient:
+    """
+    An RFC 7118 client made of autobahn's Twisted client (imported when
+    one is made): records the messages it receives and can be waited on.
+
+    @ivar messages: the messages received, in order.
+    @ivar opened: fires with the agreed subprotocol once the handshake is
+        done.
+    @ivar closed: fires with C{(was_clean, code)} once the connection is
+        gone.
+    @ivar protocol: the autobahn protocol (C{sendMessage}, C{sendClose}).
+    """
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.opened: Deferred[str | None] = Deferred()
+        self.closed: Deferred[tuple[bool, int | None]] = Deferred()
+        self.protocol: Any = None
+        self.pings = 0
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+
+    def received(self, payload: bytes) -> None:
+        self.messages.append(payload)
+        ready = [w for w in self._waiters if w[0] <= len(self.messages)]
+        self._waiters = [w for w in self._waiters if w[0] > len(self.messages)]
+        for _, waiter in ready:
+            waiter.callback(None)
+
+    def wait(self, count: int) -> Deferred[None]:
+        """
+        @return: a L{Deferred} firing once C{count} messages were received.
+        """
+        if len(self.messages) >= count:
+            return defer.succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((count, waiter))
+        return waiter
+
+    def send(self, data: bytes) -> None:
+        self.protocol.sendMessage(data, isBinary=False)
+
+
+def websocket_client(
+    test: Any,
+    address: Address,
+    protocols: tuple[str, ...] = ("sip",),
+    ca: bytes | None = None,
+    pong: bool = True,
+) -> Deferred[WebSocketClient]:
+    """
+    Connect a L{WebSocketClient} to C{ws://address} (C{wss://} with
+    C{ca}, the PEM CA certificate that signed the server's), aborted at
+    C{test}'s cleanup.
+
+    @param protocols: the subprotocols offered.
+    @param pong: whether pings are answered.
+    @return: a L{Deferred} firing with the client once TCP (and TLS) is
+        connected; wait on its C{opened} for the handshake.
+    """
+    from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+    from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+
+    client = WebSocketClient()
+
+    class Protocol(WebSocketClientProtocol):  # type: ignore[misc]
+        def onOpen(self) -> None:
+            client.opened.callback(self.websocket_protocol_in_use)
+
+        def onMessage(self, payload: bytes, isBinary: bool) -> None:
+            client.received(payload)
+
+        def onPing(self, payload: bytes) -> None:
+            client.pings += 1
+            if pong:
+                self.sendPong(payload)
+
+        def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+            if not client.opened.called:
+                client.opened.errback(ConnectError(f"handshake failed: {reason}"))
+            if not client.closed.called:
+                client.closed.callback((wasClean, code))
+
+    scheme = "ws" if ca is None else "wss"
+    factory = WebSocketClientFactory(f"{scheme}://{address.hostport}", protocols=list(protocols))
+    factory.protocol = Protocol
+    endpoint: Any = TCP4ClientEndpoint(reactor, address.addr, address.port)
+    if ca is not None:
+        from sipleg.transport.tls import TLSConfig
+
+        endpoint = wrapClientTLS(TLSConfig(None, None, ca=ca).client_options(address.addr), endpoint)
+
+    def connected(protocol: Any) -> WebSocketClient:
+        client.protocol = protocol
+        test.addCleanup(lambda: protocol.transport.abortConnection() if protocol.transport else None)
+        return client
+
+    return endpoint.connect(factory).addCallback(connected)

@@ -98,3 +98,22 @@ class ReadmeCommandTests(unittest.TestCase):
         ignored = (ROOT / ".gitignore").read_text().splitlines()
         self.assertIn("twistd.pid", ignored)
         self.assertIn("twistd.log", ignored)
+
+    def test_webrtc_example(self) -> None:
+        """
+        The README's WebRTC command line is a valid configuration: a
+        C{wss} listener with the TLS options, registrar and domain.
+        """
+        import shlex
+
+        from sipleg.tap import Options
+
+        block = _readme_block("### WebRTC", ".venv/bin/pip install '.[websocket]'")
+        line = next(line for line in block.splitlines() if line.startswith("twistd"))
+        args = shlex.split(line)
+        options = Options()
+        options.parseOptions(args[args.index("sipproxy") + 1 :])
+        self.assertEqual([spec.proto for spec in options["listen"]], ["wss", "udp"])
+        self.assertEqual(options["listen"][0].address.port, 8443)
+        self.assertTrue(options["registrar"])
+        self.assertEqual(options["domain"], ["example.com"])

@@ -43,8 +43,8 @@ class SansIOTests(unittest.TestCase):
         A proxy without C{--status}, C{--workers}, a TLS listener,
         C{--auth-file}, C{--registrations} or C{--stateful} imports neither
         twisted.web nor the worker supervisor nor sipleg's TLS,
-        authentication, store or stateful modules (nor sqlite3, nor
-        txredisapi).
+        authentication, store, stateful or WebSocket modules (nor sqlite3,
+        txredisapi or autobahn).
         """
         code = (
             "from sipleg.service import ProxyConfig, make_service, parse_listen\n"
@@ -65,6 +65,8 @@ class SansIOTests(unittest.TestCase):
             "txredisapi",
             "sqlite3",
             "sipleg.stateful",
+            "sipleg.transport.websocket",
+            "autobahn",
         )
         self.assertEqual(imported(code, wanted), [])
 

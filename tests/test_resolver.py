@@ -515,7 +515,7 @@ class ResolverSetupTests(TestCase):
 
     def test_unknown_transport(self) -> None:
         self.assertRaises(ValueError, Resolver, transports=("udp", "sctp"))
-        self.assertRaises(ValueError, Resolver().resolve, "192.0.2.1", transports=("ws",))
+        self.assertRaises(ValueError, Resolver().resolve, "192.0.2.1", transports=("sctp",))
 
     async def test_default_resolver_lazy(self) -> None:
         """

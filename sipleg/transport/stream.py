@@ -441,7 +441,11 @@ class StreamSocketPool:
     @ivar peer: see L{ISocketPool.peer}.
     @ivar tls: the L{TLSConfig} of a TLS pool, L{None} for TCP; replacing
         it (a reload) changes what new connections, accepted or made, use.
+    @cvar transports: the C{proto} of a pool's addresses without and with
+        TLS.
     """
+
+    transports = ("tcp", "tls")
 
     def __init__(
         self,
@@ -478,7 +482,7 @@ class StreamSocketPool:
             from twisted.internet import reactor as global_reactor
 
             reactor = global_reactor
-        expected = "tcp" if tls is None else "tls"
+        expected = self.transports[tls is not None]
         if local.proto != expected:
             raise ValueError(f"{expected} pool given a {local.proto} address")
         if sock is None and local.addr is None:
@@ -598,6 +602,15 @@ class StreamSocketPool:
         existing = self._by_peer.get(target.sockaddr)
         if existing is not None and self._may_reuse(existing, target):
             return existing.write_now(data)
+        return self._connect(data, target)
+
+    def _connect(self, data: bytes, target: Address) -> Deferred[None] | None:
+        """
+        Open a connection to C{target} and send C{data} once it is ready.
+
+        @return: as L{send_now}.
+        @raise DeliveryError: as L{send_now}.
+        """
         if self._stopping:
             raise DeliveryError(errno.ESHUTDOWN, "socket pool stopped")
         endpoint = self._client_endpoint(target)
@@ -707,13 +720,19 @@ class StreamSocketPool:
             oldest = next(iter(self._unproven))
             _log.info("Connection cap reached: closing {conn}, which sent no message", conn=oldest)
             oldest.close(DeliveryError(errno.EMFILE, "connection limit reached"), abort=True)
-        connection = StreamConnection(self, source, True)
+        connection = self._accepted(source)
         self._register(connection)
         self._per_source[source.addr] = self._per_source.get(source.addr, 0) + 1
         self._unproven[connection] = self._clock.seconds() + self._first_message_timeout
         if self._unproven_timer is None:
             self._schedule_unproven_check()
         return connection
+
+    def _accepted(self, source: Address) -> StreamConnection:
+        """
+        The protocol of a connection accepted from C{source}.
+        """
+        return StreamConnection(self, source, True)
 
     def _schedule_unproven_check(self) -> None:
         """
@@ -901,9 +920,15 @@ class StreamSocketPool:
                 break
             stale.append(connection)
         for connection in stale:
-            _log.debug("Closing idle connection {conn}", conn=connection)
-            connection.close(DeliveryError(errno.ETIMEDOUT, "idle connection closed"))
+            self._idle(connection)
         self._schedule_idle_check()
+
+    def _idle(self, connection: StreamConnection) -> None:
+        """
+        C{connection} has been idle for the expiry time: close it.
+        """
+        _log.debug("Closing idle connection {conn}", conn=connection)
+        connection.close(DeliveryError(errno.ETIMEDOUT, "idle connection closed"))
 
     def _cancel_idle_timer(self) -> None:
         timer, self._idle_timer = self._idle_timer, None

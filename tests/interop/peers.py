@@ -324,12 +324,13 @@ def _spawn(
     hard_timeout: float,
     cwd: str | None = None,
     on_line: Callable[[str], None] | None = None,
+    env: dict[str, str] | None = None,
 ) -> _PeerProcess:
     proc = _PeerProcess(reactor, hard_timeout, on_line)
     executable = shutil.which(argv[0])
     if executable is None:
         raise PeerError(f"{argv[0]} not found")
-    reactor.spawnProcess(proc, executable, argv, env=dict(os.environ), path=cwd)
+    reactor.spawnProcess(proc, executable, argv, env={**os.environ, **(env or {})}, path=cwd)
     return proc
 
 
