@@ -63,7 +63,7 @@ class ProxyInteropTestCase(unittest.TestCase):
         @param options: more L{ProxyConfig} fields.
         """
         for attempt in range(PORT_ATTEMPTS):
-            port = free_port("udp") if shared_port else 0
+            port = free_port("udp+tcp") if shared_port else 0
             config = ProxyConfig(
                 listen=[
                     parse_listen(f"udp:127.0.0.1:{port}"),

@@ -489,7 +489,7 @@ class ProxyProcessTestCase(TwistdTestCase):
         @return: fires with the child and P once it listens.
         """
         for attempt in range(PORT_ATTEMPTS):
-            port = free_port("udp")
+            port = free_port("udp+tcp")
             proc = self.start_twistd(
                 "sipproxy",
                 *args,

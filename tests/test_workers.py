@@ -80,7 +80,7 @@ class WorkerRunTests(ProxyProcessTestCase):
 
     @defer.inlineCallbacks
     def test_two_workers(self) -> Any:
-        port = free_port("udp")
+        port = free_port("udp+tcp")
         proc = self.start_twistd(
             "sipproxy",
             "--workers",

@@ -131,15 +131,30 @@ def free_port(proto: str = "udp", host: str = "127.0.0.1") -> int:
     Net::SIP peers need an explicit port anyway: Net::SIP treats port 0 as
     "try 5060 first".
 
-    @param proto: C{"udp"} or C{"tcp"}.
+    @param proto: C{"udp"} or C{"tcp"}, or C{"udp+tcp"} for a port free
+        for both (a proxy listening on both with one port).
     @param host: the IP literal to bind.
     @return: the port number.
     """
     family = ip_family(host) or socket.AF_INET
+    if proto == "udp+tcp":
+        for _ in range(100):
+            with (
+                socket.socket(family, socket.SOCK_DGRAM) as udp,
+                socket.socket(family, socket.SOCK_STREAM) as tcp,
+            ):
+                udp.bind((host, 0))
+                port: int = udp.getsockname()[1]
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+        raise OSError(f"no port free for both UDP and TCP on {host}")
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     with socket.socket(family, kind) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+        port = sock.getsockname()[1]
     return port
 
 
