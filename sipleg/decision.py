@@ -37,6 +37,7 @@ from typing import NamedTuple
 from sipleg.address import Address, bracket
 from sipleg.branch import loop_hash, transaction_hash
 from sipleg.errors import SIPParseError
+from sipleg.flows import Flow
 from sipleg.message import Request, Response, answer_tag
 from sipleg.routing import IAccessPolicy, IRoutePolicy, response_fallback, response_target
 from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
@@ -50,6 +51,7 @@ __all__ = [
     "Forward",
     "LegIdentity",
     "LegSet",
+    "Located",
     "Register",
     "RequestView",
     "ResponseView",
@@ -377,6 +379,10 @@ class Forward(NamedTuple):
         order: the stateless proxy fails over from one to the next.
     @ivar user: the user the request's sender proved to be
         (L{Authenticated}), if any.
+    @ivar flows: C{(contact, flow)} for the contacts of C{forks} that are
+        reached over the hop they registered by (L{sipleg.flows}): a
+        request to such a contact goes over its flow, not to the next hop
+        of its URI.
     """
 
     targets: tuple[URI, ...]
@@ -384,6 +390,30 @@ class Forward(NamedTuple):
     prefer: LegIdentity
     forks: tuple[tuple[str, ...], ...] = ()
     user: str | None = None
+    flows: tuple[tuple[str, Flow], ...] = ()
+
+    def flow_of(self, contact: str) -> Flow | None:
+        """
+        The flow a request to C{contact} (one of L{forks}) goes over, if
+        any.
+        """
+        for registered, flow in self.flows:
+            if registered == contact:
+                return flow
+        return None
+
+
+class Located(NamedTuple):
+    """
+    The location service's answer for an address of record with current
+    bindings.
+
+    @ivar groups: the contact URIs, one group per q value, best first.
+    @ivar flows: C{(contact, flow)} for the contacts reached over a flow.
+    """
+
+    groups: list[list[str]]
+    flows: tuple[tuple[str, Flow], ...] = ()
 
 
 class Answer(NamedTuple):
@@ -464,7 +494,7 @@ class Rules:
         answer; L{None} without a registrar.
     @ivar locate: the location service (RFC 3261 §16.5): for a
         Request-URI, L{None} (not an address of record of ours), a status
-        code (404, 480) or the contact URIs, best first.
+        code (404, 480) or the L{Located} contacts, best first.
     @ivar scanners: lower-case User-Agent fragments of SIP scanners: their
         requests from untrusted sources are dropped without an answer.
     @ivar auth: the authentication step (L{sipleg.auth.Authenticator}):
@@ -481,7 +511,7 @@ class Rules:
     access: IAccessPolicy
     routes: IRoutePolicy
     registers: Callable[[URI], bool] | None = None
-    locate: Callable[[URI], int | list[list[str]] | None] | None = None
+    locate: Callable[[URI], int | Located | None] | None = None
     scanners: tuple[str, ...] = ()
     auth: Callable[[RequestView, bool], Answer | Authenticated | None] | None = None
     credentials: Callable[[Request], tuple[int, ...]] | None = None
@@ -640,6 +670,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     if registers:
         return Register()
     forks: tuple[tuple[str, ...], ...] = ()
+    flows: tuple[tuple[str, Flow], ...] = ()
     if rules.locate is not None and not routes:
         found = rules.locate(uri)
         if isinstance(found, int):
@@ -647,9 +678,10 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
                 # Strangers do not learn which users ever registered.
                 found = 404
             return _refuse(method, found, _LOCATE_REASONS[found])
-        if found:
-            forks = tuple(tuple(group) for group in found)
-            new_uri = found[0][0]
+        if found is not None and found.groups:
+            forks = tuple(tuple(group) for group in found.groups)
+            flows = found.flows
+            new_uri = found.groups[0][0]
             try:
                 uri = parse_uri(new_uri)
             except SIPParseError as e:
@@ -673,7 +705,9 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     edits = forward_edits(view, rules, new_uri, routes, max_forwards)
     if not isinstance(edits, Edits):
         return edits
-    return Forward((target,), edits, named or view.leg, forks, proved.user if proved is not None else None)
+    return Forward(
+        (target,), edits, named or view.leg, forks, proved.user if proved is not None else None, flows
+    )
 
 
 def forward_edits(

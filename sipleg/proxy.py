@@ -23,6 +23,7 @@ Nothing waits on a L{Deferred} unless I/O does (DNS, a stream connect).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from sipleg.decision import (
     Forward,
     LegIdentity,
     LegSet,
+    Located,
     Register,
     RequestView,
     Rules,
@@ -51,6 +53,7 @@ from sipleg.decision import (
 from sipleg.dispatcher import Dispatcher, pair_legs
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.flood import EdgePolicy, FloodControl, FloodLimits, Verdict
+from sipleg.flows import FLOW_REASONS, Flow, flow_gone
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_answer
 from sipleg.refusals import RefusalLog
@@ -321,7 +324,7 @@ class StatelessProxy:
             return self._answer(view, decision, leg)
         if isinstance(decision, Register):
             assert self.registrar is not None
-            answer = self.registrar.register(request)
+            answer = self.registrar.register(request, source=source)
             if isinstance(answer, Deferred):
                 # Answered once the store has kept the change.
                 return answer.addCallback(self._registered, view, leg)
@@ -399,10 +402,17 @@ class StatelessProxy:
         # moves on to the next address by itself; this hears when none is
         # left.
         failed = partial(self._target_failed, view, forward, in_leg, request, index)
+        flow = forward.flow_of(request.uri) if forward.flows else None
         try:
-            sent = self.dispatcher.send_to(
-                forward.targets[index], legs, request, build, failed, self._transports
-            )
+            hop = None if flow is None else flow_hop(flow, legs)
+            if isinstance(hop, int):
+                return self._flow_failed(view, forward, in_leg, request, index, hop)
+            if hop is None:
+                sent = self.dispatcher.send_to(
+                    forward.targets[index], legs, request, build, failed, self._transports
+                )
+            else:
+                sent = self.dispatcher.send_in_order((hop[:2],), on_connection(build, hop[2]), failed=failed)
         except DeliveryError as e:
             return self._target_failed(view, forward, in_leg, request, index, e)
         if isinstance(sent, Deferred):
@@ -415,6 +425,21 @@ class StatelessProxy:
             return sent
         self._forwarded(sent, request)
         return None
+
+    def _flow_failed(
+        self, view: RequestView, forward: Forward, in_leg: Leg, request: Request, index: int, code: int
+    ) -> Deferred[Any] | None:
+        """
+        The flow of a target is gone (L{sipleg.flows.flow_gone}): the next
+        target, or the flow's answer (480, 430) when it was the last.
+        """
+        if index + 1 < len(forward.targets):
+            return self._send_request(view, forward, in_leg, request, index + 1)
+        log.info("{method} to {uri}: its flow is gone", method=request.method, uri=request.uri)
+        if request.method == "ACK":
+            self.stats.dropped[f"ACK {FLOW_REASONS[code]}"] += 1
+            return None
+        return self._answer(view, Answer(code, FLOW_REASONS[code]), in_leg)
 
     def _target_failed(
         self,
@@ -645,6 +670,37 @@ def _wire(response: Response) -> Any:
     return build
 
 
+def flow_hop(flow: Flow, legs: Sequence[Leg]) -> tuple[Leg, Address, object | None] | int | None:
+    """
+    Where a request over C{flow} goes now: the leg, address and open
+    connection to send on (a UDP flow: the first leg of its transport and
+    family, no connection); L{None} when the connection is gone and the
+    Contact is dialled instead (TCP); else the status code to answer
+    (L{sipleg.flows.flow_gone}).
+    """
+    address = flow.address
+    for leg in legs:
+        if leg.proto == flow.transport and leg.family == address.family:
+            if flow.transport == "udp":
+                return leg, address, None
+            conn = leg.socketpool.flow_connection(address)
+            if conn is not None:
+                return leg, address, conn
+    return flow_gone(flow)
+
+
+def on_connection(build: Any, conn: object) -> Any:
+    """
+    A build function (L{Dispatcher.send_in_order}) whose bytes go on
+    C{conn}.
+    """
+
+    def built(leg: Leg) -> tuple[bytes, object | None]:
+        return build(leg)[0], conn
+
+    return built
+
+
 def _registrar_rules(registrar: Registrar, legs: LegSet) -> tuple[Any, Any]:
     """
     The registrar's two questions, as the decisions ask them.
@@ -656,10 +712,10 @@ def _registrar_rules(registrar: Registrar, legs: LegSet) -> tuple[Any, Any]:
     def registers(uri: URI) -> bool:
         return registrar.registers(uri, own)
 
-    def locate(uri: URI) -> int | list[list[str]] | None:
+    def locate(uri: URI) -> int | Located | None:
         found = registrar.lookup(uri, own)
         if found is None:
             return None
-        return found.code if found.code is not None else found.groups
+        return found.code if found.code is not None else Located(found.groups, found.flows)
 
     return registers, locate

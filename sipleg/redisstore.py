@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipleg.errors import ConfigError
+from sipleg.flows import parse_flow
 from sipleg.registrar import Binding, Change, Registrar, StoreConflict, StoreUnavailable
 from sipleg.store import ILocationStore, Stored
 
@@ -88,8 +89,18 @@ def parse_redis_url(url: str) -> tuple[str, int, int]:
 
 
 def _encode(bindings: tuple[Binding, ...]) -> str:
+    """
+    The C{b} field of an AOR's hash: one row per binding, C{[contact, q,
+    expires_at, call_id, cseq, order]}, with the text of its flow
+    (L{sipleg.flows}) after them when it has one.
+    """
     return json.dumps(
-        [[b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order] for b in bindings], separators=(",", ":")
+        [
+            [b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order]
+            + ([] if b.flow is None else [str(b.flow)])
+            for b in bindings
+        ],
+        separators=(",", ":"),
     )
 
 
@@ -100,8 +111,20 @@ def _decode(aor: str, text: str | bytes | None) -> list[Binding]:
     """
     try:
         rows = json.loads(text or "[]")
-        return [Binding(aor, str(c), float(q), float(t), str(i), int(s), int(o)) for c, q, t, i, s, o in rows]
-    except (ValueError, TypeError):
+        return [
+            Binding(
+                aor,
+                str(c),
+                float(q),
+                float(t),
+                str(i),
+                int(s),
+                int(o),
+                parse_flow(flow[0]) if flow else None,
+            )
+            for c, q, t, i, s, o, *flow in rows
+        ]
+    except (ValueError, TypeError, AttributeError):
         log.warn("ignoring malformed bindings of {aor} in Redis", aor=aor)
         return []
 

@@ -118,6 +118,8 @@ class ProxyConfig:
     min_expires: int = 60
     max_expires: int = 3600
     max_bindings: int = DEFAULT_MAX_BINDINGS
+    #: Seconds between keep-alives to NAT'ed UDP phones (0: none).
+    keepalive: float = 30
     edge: EdgePolicy = field(default_factory=EdgePolicy)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
     auth: AuthSettings | None = None
@@ -125,6 +127,17 @@ class ProxyConfig:
     transactions: TransactionTimers | None = None
     #: With C{--route-url}: the routing hook (L{None}: none).
     route_hook: HookConfig | None = None
+
+
+def worker_share(label: str | None) -> tuple[int, int]:
+    """
+    C{(k, n)} for worker C{"k+1/n"} of C{--workers} (C{(0, 1)} alone):
+    which part of the shared work (L{sipleg.keepalive}) is this one's.
+    """
+    if not label:
+        return (0, 1)
+    number, _, count = label.partition("/")
+    return (int(number) - 1, int(count))
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -217,6 +230,13 @@ def make_service(
     if registrar is not None:
         proxy.stats.registrar = registrar.status
         _Running(lambda: None, registrar.stop).setServiceParent(top)
+        if config.keepalive:
+            from sipleg.keepalive import KeepAlive
+
+            keepalive = KeepAlive(
+                registrar, lambda: dispatcher.legs, config.keepalive, registrar.clock, worker_share(worker)
+            )
+            _Running(keepalive.start, keepalive.stop).setServiceParent(top)
     if config.status is not None:
         # twisted.web and prometheus_client are imported only with --status.
         from sipleg.status import proxy_status, status_site
@@ -398,6 +418,8 @@ def make_registrar(config: ProxyConfig, reactor: Any) -> Registrar | None:
         if config.registrations:
             raise ConfigError("--registrations needs --registrar")
         return None
+    if config.keepalive < 0:
+        raise ConfigError("--keepalive must be 0 (none) or a number of seconds")
     if not 0 < config.min_expires <= config.max_expires:
         raise ConfigError("need 0 < --min-expires <= --max-expires")
     if reactor is None:

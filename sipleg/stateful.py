@@ -52,10 +52,11 @@ from twisted.logger import Logger
 from sipleg.address import Address
 from sipleg.decision import Answer, Drop, Forward, RequestView, Rules, from_tag, next_hop, request_view
 from sipleg.errors import DeliveryError, SIPParseError
+from sipleg.flows import FLOW_REASONS
 from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
 from sipleg.message import Request, Response, make_response
-from sipleg.proxy import StatelessProxy, edit
+from sipleg.proxy import StatelessProxy, edit, flow_hop, on_connection
 from sipleg.uri import Via, header_tag, parse_uri, parse_via, via_branch
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ class _Client:
     #: The RFC 3263 targets of the branch, and which one was taken.
     pairs: list[tuple[Leg, Address]] = field(default_factory=list)
     index: int = 0
+    #: The connection of the flow the branch goes over, if any.
+    conn: object | None = None
     #: Cancelled before it answered: a provisional that still comes gets
     #: the CANCEL (§9.1).
     cancel_late: bool = False
@@ -368,6 +371,16 @@ class StatefulProxy(StatelessProxy):
             server.clients[suffix] = client
             server.context.started(suffix)
             request.uri = uri
+            flow = forward.flow_of(uri) if forward.flows else None
+            hop = None if flow is None else flow_hop(flow, legs)
+            if isinstance(hop, int):
+                log.info("branch to {uri}: its flow is gone", uri=uri)
+                self._branch_final(client, hop, self._made(client, hop, FLOW_REASONS[hop]))
+                continue
+            if hop is not None:
+                client.conn = hop[2]
+                self._resolved([hop[:2]], client)
+                continue
             try:
                 # Each contact goes where the Request-URI would (static
                 # routes, the outbound proxy); the first was decided so.
@@ -400,6 +413,8 @@ class StatefulProxy(StatelessProxy):
         request = client.request
         request.uri = client.uri
         build = self._builder(request, client.branch, server.forward.edits.record_route, server.leg)
+        if client.conn is not None:
+            build = on_connection(build, client.conn)
 
         def record(out: Leg) -> tuple[bytes, object | None]:
             data, conn = build(out)

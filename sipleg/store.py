@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from sipleg.flows import Flow, parse_flow
 from sipleg.registrar import Binding, BindingTable, Change, Registrar, RegistrationFileError
 
 __all__ = ["ILocationStore", "SQLiteStore", "Stored"]
@@ -92,7 +93,8 @@ CREATE TABLE IF NOT EXISTS bindings (
     q REAL NOT NULL,
     expires_at REAL NOT NULL,
     call_id TEXT NOT NULL,
-    cseq INTEGER NOT NULL
+    cseq INTEGER NOT NULL,
+    flow TEXT
 );
 CREATE INDEX IF NOT EXISTS bindings_aor ON bindings (aor);
 CREATE INDEX IF NOT EXISTS bindings_expiry ON bindings (expires_at);
@@ -132,6 +134,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _add_flow_column(self._db)
             # Writable?  (A read-only file fails here, not at the first
             # REGISTER.)
             self._db.execute("BEGIN IMMEDIATE")
@@ -159,10 +162,10 @@ class SQLiteStore:
         Everything stored (start-up: before the reactor runs).
         """
         rows = self._db.execute(
-            "SELECT aor, contact, q, expires_at, call_id, cseq, ord FROM bindings"
+            "SELECT aor, contact, q, expires_at, call_id, cseq, ord, flow FROM bindings"
         ).fetchall()
         known = {aor for (aor,) in self._db.execute("SELECT aor FROM users")}
-        return Stored([Binding(*row) for row in rows], known)
+        return Stored([Binding(a, c, q, t, i, s, o, _flow(f)) for a, c, q, t, i, s, o, f in rows], known)
 
     def write(self, change: Change) -> Deferred[None]:
         done: Deferred[None] = Deferred()
@@ -239,9 +242,12 @@ class SQLiteStore:
         if commit:
             db.execute("BEGIN")
         db.executemany(
-            "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_at, call_id, cseq, ord)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(b.aor, b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order) for b in bindings],
+            "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_at, call_id, cseq, ord, flow)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (b.aor, b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order, _flow_text(b.flow))
+                for b in bindings
+            ],
         )
         db.executemany("INSERT OR IGNORE INTO users (aor) VALUES (?)", [(aor,) for aor in known])
         if commit:
@@ -252,6 +258,34 @@ class SQLiteStore:
             self._reactor.callFromThread(done.callback, None)
         else:
             self._reactor.callFromThread(done.errback, error)
+
+
+def _add_flow_column(db: sqlite3.Connection) -> None:
+    """
+    Migrate a database of a version without flows: add the C{flow}
+    column (L{None} for the bindings it holds).
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(bindings)")}
+    if "flow" not in columns:
+        db.execute("ALTER TABLE bindings ADD COLUMN flow TEXT")
+
+
+def _flow_text(flow: Flow | None) -> str | None:
+    return None if flow is None else str(flow)
+
+
+def _flow(text: str | None) -> Flow | None:
+    """
+    The flow of a stored binding (L{None} for one whose text is not a
+    flow: the binding is then reached at its Contact).
+    """
+    if text is None:
+        return None
+    try:
+        return parse_flow(text)
+    except ValueError:
+        log.warn("ignoring malformed flow {flow!r} in the registrations database", flow=text)
+        return None
 
 
 def _json_at(path: str) -> BindingTable | None:

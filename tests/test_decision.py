@@ -18,6 +18,7 @@ from sipleg.decision import (
     Forward,
     LegIdentity,
     LegSet,
+    Located,
     Register,
     Return,
     Rules,
@@ -27,6 +28,7 @@ from sipleg.decision import (
     request_view,
     response_view,
 )
+from sipleg.flows import Flow
 from sipleg.message import Request, Response, parse_message
 from sipleg.routing import NetworkAccessPolicy, StaticRoutes
 from sipleg.uri import URI, parse_uri
@@ -319,12 +321,14 @@ class RegistrarRulesTests(TestCase):
     are looked up (§16.5).
     """
 
-    def rules(self, found: int | list[list[str]] | None) -> Rules:
+    def rules(self, found: int | list[list[str]] | Located | None) -> Rules:
         def registers(uri: URI) -> bool:
             return uri.host == "example.com"
 
-        def locate(uri: URI) -> int | list[list[str]] | None:
-            return found if uri.host == "example.com" else None
+        def locate(uri: URI) -> int | Located | None:
+            if uri.host != "example.com":
+                return None
+            return Located(found) if isinstance(found, list) else found
 
         return Rules(LEGS, NetworkAccessPolicy(), StaticRoutes(), registers, locate)
 
@@ -350,6 +354,20 @@ class RegistrarRulesTests(TestCase):
         self.assertEqual(found.targets, (parse_uri("sip:bob@192.0.2.30:5090"),))
         # All of them, for a forking proxy.
         self.assertEqual(found.forks, (("sip:bob@192.0.2.30:5090", "sip:b@x"), ("sip:b@y",)))
+
+    def test_locate_flows(self) -> None:
+        """
+        The flows of located contacts go with the forks: the Request-URI
+        stays the Contact, the flow says the hop.
+        """
+        flow = Flow("tls", "192.0.2.9", 40112)
+        located = Located(
+            [["sip:bob@10.0.0.9:5061;transport=tls"]], (("sip:bob@10.0.0.9:5061;transport=tls", flow),)
+        )
+        found = forward(request("INVITE", "sip:bob@example.com"), rules=self.rules(located))
+        self.assertEqual(found.edits.uri, "sip:bob@10.0.0.9:5061;transport=tls")
+        self.assertEqual(found.flow_of("sip:bob@10.0.0.9:5061;transport=tls"), flow)
+        self.assertIsNone(found.flow_of("sip:bob@10.0.0.9"))
 
     def test_route_set_first(self) -> None:
         """

@@ -1,0 +1,154 @@
+"""
+Flows (RFC 5626 §3, §5.3): a registration remembers the hop its REGISTER
+came by, and requests for that binding go back the same way.
+
+A L{Flow} is a frozen value kept on a L{sipleg.registrar.Binding}:
+
+ - over a stream (TCP, TLS, and the WebSocket transports), the
+   connection the REGISTER arrived on, named by its peer address: while
+   it is open, requests for the binding go over it, whatever the Contact
+   says (a phone behind NAT or a firewall accepts no connection, and a
+   phone without a server certificate no TLS handshake).  When it is
+   gone, a binding over a connection-only transport (TLS, WS, WSS: the
+   phone cannot be dialled) answers 480, or 430 Flow Failed when it
+   registered with RFC 5626 outbound; over TCP the Contact is dialled as
+   usual;
+ - over UDP, only when the source address of the REGISTER differs from
+   its Contact's host and port (a phone behind NAT, as Kamailio's
+   C{fix_nated_register} sees it): requests go to the source address,
+   the NAT's public side, kept open by keep-alives
+   (L{sipleg.keepalive}).
+
+With C{--workers}, a stream flow belongs to the worker holding the
+connection: its C{owner} is that worker's relay address
+(L{sipleg.flowrelay}), where the other workers hand it what they send
+over the flow.
+
+Everything here is pure: what the registrar stores, and what a request
+for a binding does given whether its connection is open.  The proxy
+reads the connections (L{sipleg.transport.base.ISocketPool.flow_connection})
+and sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sipleg.address import Address, bracket, split_hostport
+from sipleg.uri import URI
+
+__all__ = [
+    "CONNECTION_ONLY",
+    "FLOW_REASONS",
+    "Flow",
+    "flow_gone",
+    "parse_flow",
+    "registration_flow",
+]
+
+#: The transports whose peers cannot be dialled: a flow over them that is
+#: gone cannot be replaced by a new connection to the Contact.
+CONNECTION_ONLY = frozenset({"tls", "ws", "wss"})
+
+#: The stream transports: every registration over them has a flow.
+STREAMS = frozenset({"tcp", "tls", "ws", "wss"})
+
+#: The answers to a request for a binding whose flow is gone.
+FLOW_REASONS = {430: "Flow Failed", 480: "Temporarily Unavailable"}
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """
+    The hop a binding was registered by.
+
+    @ivar transport: C{"udp"}, C{"tcp"}, C{"tls"}, C{"ws"} or C{"wss"}.
+    @ivar host: the peer's IP address (the REGISTER's source).
+    @ivar port: the peer's port.
+    @ivar owner: with C{--workers}, the relay address (C{ip:port}) of the
+        worker holding the connection; C{""} without workers.
+    @ivar outbound: whether the phone asked for RFC 5626 outbound
+        (C{reg-id} and C{+sip.instance} on its Contact): a gone flow is
+        then answered 430.
+    """
+
+    transport: str
+    host: str
+    port: int
+    owner: str = ""
+    outbound: bool = False
+
+    @property
+    def address(self) -> Address:
+        """
+        The peer, as an address of the flow's transport.
+        """
+        return Address(self.host, self.port, self.transport)
+
+    def __str__(self) -> str:
+        """
+        The text form the stores keep: C{"tcp 192.0.2.1:5062"}, then the
+        owner's address and C{ob} when set.
+        """
+        text = f"{self.transport} {bracket(self.host)}:{self.port}"
+        if self.owner:
+            text += f" {self.owner}"
+        return f"{text} ob" if self.outbound else text
+
+
+def parse_flow(text: str) -> Flow:
+    """
+    The L{Flow} of C{str(flow)}.
+
+    @raise ValueError: C{text} is not such a form.
+    """
+    words = text.split()
+    if len(words) < 2 or words[0] not in STREAMS | {"udp"}:
+        raise ValueError(f"not a flow: {text!r}")
+    host, port = split_hostport(words[1])
+    outbound = words[-1] == "ob"
+    rest = words[2:-1] if outbound else words[2:]
+    if port is None or len(rest) > 1:
+        raise ValueError(f"not a flow: {text!r}")
+    return Flow(words[0], Address(host, port).host, port, rest[0] if rest else "", outbound)
+
+
+def registration_flow(source: Address, contact: URI, owner: str = "", outbound: bool = False) -> Flow | None:
+    """
+    The flow a REGISTER from C{source} sets for its Contact C{contact}:
+    over a stream always; over UDP when the Contact's host is an IP
+    address and it or the port is not the source's (NAT: RFC 3581
+    C{received} / C{rport}, as Kamailio's C{fix_nated_register});
+    L{None} otherwise.
+
+    @param owner: the relay address of this worker (C{--workers}), for a
+        stream flow.
+    @param outbound: whether the Contact asked for RFC 5626 outbound
+        (C{reg-id} and C{+sip.instance} among its header parameters).
+    """
+    if source.addr is None:
+        return None
+    proto = source.proto
+    if proto in STREAMS:
+        return Flow(proto, source.addr, source.port, owner, outbound)
+    try:
+        named = Address(contact.host, contact.effective_port, proto)
+    except ValueError:
+        return None
+    if named.addr is None or named.sockaddr == source.sockaddr:
+        # A host name is the phone's own word for where it is (it may
+        # name an SRV set); an address that is the source needs no flow.
+        return None
+    return Flow(proto, source.addr, source.port, "", outbound)
+
+
+def flow_gone(flow: Flow) -> int | None:
+    """
+    What a request for a binding does when its flow's connection is
+    closed: L{None}, dial the Contact (TCP); else the status code to
+    answer: 430 for an outbound registration (RFC 5626 §5.3), 480 for the
+    others over a connection-only transport.
+    """
+    if flow.transport not in CONNECTION_ONLY:
+        return None
+    return 430 if flow.outbound else 480

@@ -1,0 +1,229 @@
+"""
+Tests for L{sipleg.flows}: the flow a REGISTER sets, its text form, what
+a request does when it is gone, and flows kept by the registrar and its
+stores (JSON file, SQLite with the migration of an older database,
+Redis encoding).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from sipleg.address import Address
+from sipleg.flows import Flow, flow_gone, parse_flow, registration_flow
+from sipleg.message import Request
+from sipleg.redisstore import _decode, _encode
+from sipleg.registrar import Binding, BindingTable, Registrar
+from sipleg.store import SQLiteStore
+from sipleg.uri import parse_uri
+
+NOW = 1_700_000_000.0
+AOR = "sip:bob@example.com"
+
+
+def register(contact: str, cseq: int = 1, expires: int = 600, params: str = "") -> Request:
+    return Request(
+        "REGISTER",
+        "sip:example.com",
+        [
+            ("Via", f"SIP/2.0/TCP 192.0.2.9:5060;branch=z9hG4bK-r{cseq}"),
+            ("From", f"<{AOR}>;tag=f"),
+            ("To", f"<{AOR}>"),
+            ("Call-ID", "flows"),
+            ("CSeq", f"{cseq} REGISTER"),
+            ("Contact", f"<{contact}>;expires={expires}{params}"),
+        ],
+    )
+
+
+class FlowTests(unittest.TestCase):
+    """
+    The pure rules: which REGISTER sets a flow, the text the stores keep,
+    what a request does when the flow is gone.
+    """
+
+    def test_text(self) -> None:
+        for flow, text in [
+            (Flow("tcp", "192.0.2.9", 40112), "tcp 192.0.2.9:40112"),
+            (
+                Flow("tls", "2001:db8::9", 5061, "127.0.0.1:4000", True),
+                "tls [2001:db8::9]:5061 127.0.0.1:4000 ob",
+            ),
+            (Flow("udp", "192.0.2.9", 5060, outbound=True), "udp 192.0.2.9:5060 ob"),
+            (Flow("ws", "192.0.2.9", 1), "ws 192.0.2.9:1"),
+        ]:
+            self.assertEqual(str(flow), text)
+            self.assertEqual(parse_flow(text), flow)
+        for bad in ("", "tcp", "sctp 192.0.2.9:1", "tcp 192.0.2.9", "tcp 192.0.2.9:1 a b", "tcp [::1:1"):
+            self.assertRaises(ValueError, parse_flow, bad)
+
+    def test_streams_always(self) -> None:
+        """
+        A REGISTER over a stream sets a flow to its source, whatever its
+        Contact says; C{reg-id} and C{+sip.instance} mark it outbound.
+        """
+        source = Address("192.0.2.9", 40112, "tls")
+        contact = parse_uri("sip:bob@192.0.2.9:5061;transport=tls")
+        self.assertEqual(registration_flow(source, contact, "o"), Flow("tls", "192.0.2.9", 40112, "o"))
+        self.assertTrue(registration_flow(source, contact, outbound=True).outbound)  # type: ignore[union-attr]
+
+    def test_udp_nat(self) -> None:
+        """
+        Over UDP a flow is set only when the Contact is an address other
+        than the source (NAT), not for a host name.
+        """
+        source = Address("127.0.0.1", 40000)
+        self.assertEqual(
+            registration_flow(source, parse_uri("sip:u@10.0.0.9:5060")), Flow("udp", "127.0.0.1", 40000)
+        )
+        self.assertEqual(
+            registration_flow(source, parse_uri("sip:u@127.0.0.1")), Flow("udp", "127.0.0.1", 40000)
+        )
+        self.assertIsNone(registration_flow(source, parse_uri("sip:u@127.0.0.1:40000")))
+        self.assertIsNone(registration_flow(source, parse_uri("sip:u@phone.example.com:5060")))
+
+    def test_gone(self) -> None:
+        """
+        A gone TCP flow dials the Contact; TLS and WebSocket ones answer
+        480, or 430 for an outbound registration (RFC 5626 §5.3).
+        """
+        self.assertIsNone(flow_gone(Flow("tcp", "192.0.2.9", 1)))
+        self.assertEqual(flow_gone(Flow("tls", "192.0.2.9", 1)), 480)
+        self.assertEqual(flow_gone(Flow("wss", "192.0.2.9", 1)), 480)
+        self.assertEqual(flow_gone(Flow("tls", "192.0.2.9", 1, outbound=True)), 430)
+
+
+class TableTests(unittest.TestCase):
+    """
+    L{BindingTable} keeps the flow of each binding, hands it out with the
+    lookup, counts flows by transport and saves them.
+    """
+
+    def test_lookup_and_refresh(self) -> None:
+        table = BindingTable(["example.com"])
+        contact = "sip:bob@192.0.2.9:5099;transport=tcp"
+        first = Address("192.0.2.9", 40001, "tcp")
+        self.assertEqual(table.process(register(contact), NOW, first, "127.0.0.1:7")[0].code, 200)
+        found = table.lookup(parse_uri(AOR), NOW)
+        assert found is not None
+        self.assertEqual(found.flows, ((contact, Flow("tcp", "192.0.2.9", 40001, "127.0.0.1:7")),))
+        self.assertEqual(table.flows, {"tcp": 1})
+        # A refresh over a new connection moves the flow.
+        table.process(register(contact, cseq=2), NOW, Address("192.0.2.9", 40002, "tcp"))
+        found = table.lookup(parse_uri(AOR), NOW)
+        assert found is not None
+        self.assertEqual(found.flows, ((contact, Flow("tcp", "192.0.2.9", 40002)),))
+        self.assertEqual(table.flows, {"tcp": 1})
+        # Without a source (a REGISTER not from the network): no flow.
+        table.process(register(contact, cseq=3), NOW)
+        self.assertEqual(table.lookup(parse_uri(AOR), NOW).flows, ())  # type: ignore[union-attr]
+        self.assertEqual(table.flows, {"tcp": 0})
+
+    def test_outbound(self) -> None:
+        """
+        A Contact with C{reg-id} and C{+sip.instance} (RFC 5626 §4.2)
+        registers an outbound flow.
+        """
+        table = BindingTable(["example.com"])
+        params = ';reg-id=1;+sip.instance="<urn:uuid:00000000-0000-1000-8000-000000000001>"'
+        source = Address("192.0.2.9", 40001, "tls")
+        table.process(register("sip:bob@x.invalid;transport=tls;ob", params=params), NOW, source)
+        self.assertEqual(table.bindings(NOW)[0].flow, Flow("tls", "192.0.2.9", 40001, outbound=True))
+
+    def test_expiry_counts(self) -> None:
+        table = BindingTable(["example.com"], min_expires=1)
+        table.process(register("sip:bob@10.0.0.9:5060", expires=10), NOW, Address("127.0.0.1", 40000))
+        self.assertEqual(table.flows, {"udp": 1})
+        table.expire(NOW + 11)
+        self.assertEqual(table.flows, {"udp": 0})
+
+    def test_json(self) -> None:
+        """
+        The registrations file keeps flows; a binding without one has no
+        C{flow} field (files of the previous version load as they are).
+        """
+        table = BindingTable(["example.com"])
+        table.process(register("sip:bob@10.0.0.9:5060"), NOW, Address("127.0.0.1", 40000))
+        data = table.to_json()
+        (entry,) = json.loads(data)["bindings"]
+        self.assertEqual(entry["flow"], "udp 127.0.0.1:40000")
+        loaded = BindingTable.from_json(data, NOW, ["example.com"])
+        self.assertEqual(loaded.bindings(NOW)[0].flow, Flow("udp", "127.0.0.1", 40000))
+        del entry["flow"]
+        plain = json.dumps({"version": 1, "next_order": 1, "known_users": [], "bindings": [entry]})
+        self.assertIsNone(BindingTable.from_json(plain.encode(), NOW).bindings(NOW)[0].flow)
+
+
+class StoreTests(unittest.TestCase):
+    """
+    The stores keep flows: SQLite (and a database of the previous
+    version is migrated) and Redis's encoding.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.path = os.path.join(self.mktemp(), "registrations.db")
+        os.makedirs(os.path.dirname(self.path))
+
+    def registrar(self) -> Registrar:
+        clock = Clock()
+        clock.advance(NOW)
+        registrar = Registrar(["example.com"], clock, SQLiteStore(self.path, self.reactor))
+        self.addCleanup(registrar.stop)
+        return registrar
+
+    async def test_sqlite_round_trip(self) -> None:
+        registrar = self.registrar()
+        await registrar.register(register("sip:bob@10.0.0.9:5060"), source=Address("127.0.0.1", 40000))  # type: ignore[misc]
+        await registrar.stop()
+        (binding,) = self.registrar().bindings()
+        self.assertEqual(binding.flow, Flow("udp", "127.0.0.1", 40000))
+
+    async def test_sqlite_migration(self) -> None:
+        """
+        A database written before flows existed gets the column; its
+        bindings load without a flow, and new ones keep theirs.
+        """
+        with sqlite3.connect(self.path) as db:
+            db.executescript(
+                "CREATE TABLE bindings (ord INTEGER PRIMARY KEY, aor TEXT NOT NULL, contact TEXT NOT NULL,"
+                " q REAL NOT NULL, expires_at REAL NOT NULL, call_id TEXT NOT NULL, cseq INTEGER NOT NULL);"
+                "CREATE TABLE users (aor TEXT PRIMARY KEY) WITHOUT ROWID;"
+            )
+            db.execute(
+                "INSERT INTO bindings VALUES (0, ?, 'sip:bob@192.0.2.1:5060', 1.0, ?, 'old', 1)",
+                (AOR, NOW + 600),
+            )
+        db.close()
+        registrar = self.registrar()
+        (old,) = registrar.bindings()
+        self.assertEqual((old.contact, old.flow), ("sip:bob@192.0.2.1:5060", None))
+        await registrar.register(register("sip:bob@10.0.0.9:5060"), source=Address("127.0.0.1", 40000))  # type: ignore[misc]
+        await registrar.stop()
+        flows = {binding.contact: binding.flow for binding in self.registrar().bindings()}
+        self.assertEqual(
+            flows,
+            {"sip:bob@192.0.2.1:5060": None, "sip:bob@10.0.0.9:5060": Flow("udp", "127.0.0.1", 40000)},
+        )
+
+    def test_redis_encoding(self) -> None:
+        """
+        A binding's row in Redis carries its flow's text after the other
+        fields (rows of the previous version, without it, still read); a
+        malformed flow makes the AOR's field unreadable, logged.
+        """
+        bindings = (
+            Binding(AOR, "sip:bob@10.0.0.9:5060", 1.0, NOW, "c", 1, 0, Flow("udp", "127.0.0.1", 40000)),
+            Binding(AOR, "sip:bob@192.0.2.1", 0.5, NOW, "c", 1, 1),
+        )
+        text = _encode(bindings)
+        self.assertEqual(json.loads(text)[0][-1], "udp 127.0.0.1:40000")
+        self.assertEqual(tuple(_decode(AOR, text)), bindings)
+        self.assertEqual(_decode(AOR, '[["sip:bob@192.0.2.1",1,1,"c",1,0,"tcp nowhere"]]'), [])
