@@ -74,6 +74,7 @@ class KeepAlive:
         self.sent = 0
         self._round: deque[Flow] = deque()
         self._per_tick = 0
+        self._ticks_left = 0
         self._timer: IDelayedCall | None = None
 
     def start(self) -> None:
@@ -106,10 +107,12 @@ class KeepAlive:
 
     def _tick(self) -> None:
         self._timer = self.clock.callLater(self.tick, self._tick)
-        if not self._round:
-            self._round.extend(self.flows())
-            ticks = max(1, round(self.interval / self.tick))
+        if not self._ticks_left:
+            # A round: every flow once over the interval's ticks.
+            ticks = self._ticks_left = max(1, round(self.interval / self.tick))
+            self._round = deque(self.flows())
             self._per_tick = math.ceil(len(self._round) / ticks)
+        self._ticks_left -= 1
         legs = self.legs()
         for _ in range(min(self._per_tick, len(self._round))):
             self._send(self._round.popleft(), legs)

@@ -16,10 +16,13 @@ from twisted.trial import unittest
 
 from sipleg.address import Address
 from sipleg.flows import Flow, flow_gone, parse_flow, registration_flow
+from sipleg.keepalive import KEEPALIVE, KeepAlive
+from sipleg.leg import Leg
 from sipleg.message import Request
 from sipleg.redisstore import _decode, _encode
 from sipleg.registrar import Binding, BindingTable, Registrar
 from sipleg.store import SQLiteStore
+from sipleg.transport.memory import MemorySocketPool
 from sipleg.uri import parse_uri
 
 NOW = 1_700_000_000.0
@@ -227,3 +230,56 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(json.loads(text)[0][-1], "udp 127.0.0.1:40000")
         self.assertEqual(tuple(_decode(AOR, text)), bindings)
         self.assertEqual(_decode(AOR, '[["sip:bob@192.0.2.1",1,1,"c",1,0,"tcp nowhere"]]'), [])
+
+
+class KeepAliveTests(unittest.TestCase):
+    """
+    L{KeepAlive} on a clock: every UDP flow once per interval, spread
+    over it, bounded per tick; workers share the flows.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.registrar = Registrar(["example.com"], self.clock)
+        for n in range(10):
+            request = register(f"sip:bob@10.0.0.{n}:5060")
+            request.set_header("to", f"<sip:u{n}@example.com>")
+            request.set_header("call-id", f"c{n}")
+            self.registrar.register(request, source=Address("127.0.0.1", 40000 + n))
+        # Over a stream: not kept alive here.
+        self.registrar.register(
+            register("sip:bob@192.0.2.1;transport=tcp"), source=Address("192.0.2.1", 1, "tcp")
+        )
+        self.pool = MemorySocketPool(Address("127.0.0.1", 5060))
+        self.leg = Leg(socketpool=self.pool)
+
+    def keepalive(self, share: tuple[int, int] = (0, 1)) -> KeepAlive:
+        keepalive = KeepAlive(self.registrar, lambda: [self.leg], 5, self.clock, share)
+        keepalive.start()
+        self.addCleanup(keepalive.stop)
+        return keepalive
+
+    def test_spread(self) -> None:
+        keepalive = self.keepalive()
+        self.clock.advance(1)
+        self.assertEqual(len(self.pool.sent), 2)
+        self.clock.pump([1] * 4)
+        self.assertEqual(sorted(dst.port for _, dst in self.pool.sent), list(range(40000, 40010)))
+        self.assertEqual({data for data, _ in self.pool.sent}, {KEEPALIVE})
+        # The next round.
+        self.clock.pump([1] * 5)
+        self.assertEqual(keepalive.sent, 20)
+        keepalive.stop()
+        self.clock.pump([1] * 5)
+        self.assertEqual(keepalive.sent, 20)
+
+    def test_workers_share(self) -> None:
+        first, second = self.keepalive((0, 2)), self.keepalive((1, 2))
+        self.clock.pump([1] * 5)
+        self.assertEqual(first.sent + second.sent, 10)
+        self.assertEqual(len({dst for _, dst in self.pool.sent}), 10)
+
+    def test_bad(self) -> None:
+        self.assertRaises(ValueError, KeepAlive, self.registrar, list, 0, self.clock)
+        self.assertRaises(ValueError, KeepAlive, self.registrar, list, 5, self.clock, (2, 2))

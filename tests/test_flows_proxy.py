@@ -1,0 +1,198 @@
+"""
+Flows through the whole proxy, on real sockets on 127.0.0.1 (issue 15
+items 1, 3 and 6): a phone registered over TCP or TLS is reached over its
+registration connection whatever its Contact says, and when that is gone
+over TLS the caller gets 480 while over TCP the Contact is dialled; a
+NAT'ed UDP phone is reached at its source address and kept alive; the
+status counts flows by transport.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.ssl import CertificateOptions
+from twisted.trial import unittest
+
+from sipleg.leg import Leg
+from sipleg.service import ProxyConfig, make_service
+from sipleg.statusport import StatusServer
+from sipleg.tap import parse_listen
+from tests.certs import CertificateAuthority
+from tests.interop.peers import free_port
+from tests.support import RawClient, eventually, fetch, metric_values, options
+
+AOR = "sip:bob@example.test"
+
+
+def register(proto: str, here: int, contact: str, expires: int = 600) -> bytes:
+    """
+    A REGISTER of C{bob} with Contact C{contact}, sent from port C{here}.
+    """
+    return (
+        f"REGISTER sip:example.test SIP/2.0\r\n"
+        f"Via: SIP/2.0/{proto.upper()} 127.0.0.1:{here};branch=z9hG4bK-reg{here};rport\r\n"
+        f"From: <{AOR}>;tag=r{here}\r\nTo: <{AOR}>\r\nCall-ID: reg-{here}\r\nCSeq: 1 REGISTER\r\n"
+        f"Max-Forwards: 70\r\nContact: <{contact}>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+class Datagrams(DatagramProtocol):
+    """
+    A UDP socket that records what it receives.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.received.append(datagram)
+
+    def has(self, prefix: bytes) -> bool:
+        return any(datagram.startswith(prefix) for datagram in self.received)
+
+
+class FlowProxyTests(unittest.TestCase):
+    """
+    A registrar proxy on UDP, TCP and TLS legs of 127.0.0.1.
+    """
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        folder = Path(self.mktemp())
+        folder.mkdir(parents=True)
+        leaf = CertificateAuthority().issue("proxy", ip_addresses=("127.0.0.1",))
+        (folder / "cert.pem").write_bytes(leaf.cert)
+        (folder / "key.pem").write_bytes(leaf.key)
+        config = ProxyConfig(
+            listen=[parse_listen(f"{proto}:127.0.0.1:0") for proto in ("udp", "tcp", "tls")],
+            tls_cert=str(folder / "cert.pem"),
+            tls_key=str(folder / "key.pem"),
+            registrar=True,
+            domains=["example.test"],
+            keepalive=1,
+            status="tcp:127.0.0.1:0",
+        )
+        service = make_service(config)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.legs = {child.proto: child for child in service if isinstance(child, Leg)}
+        status = next(child for child in service if isinstance(child, StatusServer))
+        self.metrics = f"http://127.0.0.1:{status.port.getHost().port}/metrics"
+        self.caller = Datagrams()
+        port = reactor.listenUDP(0, self.caller, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        self.calls = 0
+
+    def call(self) -> None:
+        """
+        The caller (UDP) sends an OPTIONS to bob's AOR.
+        """
+        self.calls += 1
+        here = self.caller.transport.getHost().port
+        self.caller.transport.write(
+            options(AOR, self.calls, here), ("127.0.0.1", self.legs["udp"].local.port)
+        )
+
+    async def phone(self, proto: str) -> tuple[RawClient, int]:
+        """
+        A phone connected to the proxy over C{proto} that registered bob
+        with a Contact where nothing listens.
+
+        @return: its connection, and the Contact's port.
+        """
+        client = RawClient()
+        endpoint: Any = TCP4ClientEndpoint(reactor, "127.0.0.1", self.legs[proto].local.port)
+        if proto == "tls":
+            # A phone without a server certificate, trusting the proxy's.
+            endpoint = wrapClientTLS(CertificateOptions(), endpoint)
+        await connectProtocol(endpoint, client)
+        self.addCleanup(client.transport.loseConnection)
+        contact_port = free_port("tcp")
+        here = client.transport.getHost().port
+        client.transport.write(register(proto, here, f"sip:bob@127.0.0.1:{contact_port};transport={proto}"))
+        await client.wait_for(b"SIP/2.0 200 OK")
+        return client, contact_port
+
+    async def flows(self) -> dict[str, float]:
+        """
+        C{sipleg_flows} by transport, from C{/metrics}.
+        """
+        _, body = await fetch(self.metrics)
+        return {
+            dict(labels)["transport"]: value
+            for (name, labels), value in metric_values(body).items()
+            if name == "sipleg_flows"
+        }
+
+    async def test_tls_flow(self) -> None:
+        """
+        A call to a phone registered over TLS arrives on its registration
+        connection (the Contact's port has no listener, and a phone
+        accepts no TLS handshake anyway); once that connection is closed,
+        the caller gets 480 and no connection is made.
+        """
+        client, contact_port = await self.phone("tls")
+        self.assertEqual(await self.flows(), {"tls": 1})
+        self.call()
+        await client.wait_for(f"OPTIONS sip:bob@127.0.0.1:{contact_port};transport=tls SIP/2.0".encode())
+        client.transport.loseConnection()
+        await client.lost
+        pool = self.legs["tls"].socketpool
+        await eventually(lambda: not pool.connections())
+        self.call()
+        await eventually(lambda: self.caller.has(b"SIP/2.0 480 "))
+        self.assertEqual(pool.connections(), [])
+
+    async def test_tcp_flow(self) -> None:
+        """
+        Over TCP the same; once the connection is gone, the proxy dials
+        the Contact.
+        """
+        client, contact_port = await self.phone("tcp")
+        self.call()
+        await client.wait_for(f"OPTIONS sip:bob@127.0.0.1:{contact_port};transport=tcp SIP/2.0".encode())
+        client.transport.loseConnection()
+        await client.lost
+        await eventually(lambda: not self.legs["tcp"].socketpool.connections())
+        dialled: Deferred[RawClient] = Deferred()
+
+        def accepted() -> RawClient:
+            server = RawClient()
+            dialled.callback(server)
+            return server
+
+        listening = await TCP4ServerEndpoint(reactor, contact_port, interface="127.0.0.1").listen(
+            Factory.forProtocol(accepted)
+        )
+        self.addCleanup(listening.stopListening)
+        self.call()
+        server = await dialled
+        await server.wait_for(f"OPTIONS sip:bob@127.0.0.1:{contact_port};transport=tcp SIP/2.0".encode())
+        server.transport.loseConnection()
+
+    async def test_nat_udp(self) -> None:
+        """
+        A phone behind NAT registers a private Contact from another
+        address: calls reach the source address, and keep-alives arrive
+        there at the interval (1 s here).
+        """
+        phone = Datagrams()
+        port = reactor.listenUDP(0, phone, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        here = port.getHost().port
+        # (10.0.0.9 is never sent to: the flow is the source address.)
+        phone.transport.write(
+            register("udp", here, "sip:bob@10.0.0.9:5060"), ("127.0.0.1", self.legs["udp"].local.port)
+        )
+        await eventually(lambda: phone.has(b"SIP/2.0 200 "))
+        self.assertEqual(await self.flows(), {"udp": 1})
+        self.call()
+        await eventually(lambda: phone.has(b"OPTIONS sip:bob@10.0.0.9:5060 SIP/2.0"))
+        await eventually(lambda: b"\r\n\r\n" in phone.received)
