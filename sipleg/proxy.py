@@ -64,6 +64,7 @@ from sipleg.uri import URI, Via
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator
+    from sipleg.flowrelay import FlowRelay
     from sipleg.hookclient import RouteHookClient
 
 __all__ = ["StatelessProxy"]
@@ -111,6 +112,9 @@ class StatelessProxy:
         """
         self.route_hook = route_hook
         self.registrar = registrar
+        #: With C{--workers}: hands requests over flows of other workers
+        #: to them (L{sipleg.flowrelay}).
+        self.flow_relay: FlowRelay | None = None
         self.auth = auth
         self.edge = edge if edge is not None else EdgePolicy(flood=None, scanners=())
         limits = self.edge.flood
@@ -404,13 +408,18 @@ class StatelessProxy:
         failed = partial(self._target_failed, view, forward, in_leg, request, index)
         flow = forward.flow_of(request.uri) if forward.flows else None
         try:
-            hop = None if flow is None else flow_hop(flow, legs)
+            relay = self.flow_relay
+            hop = None if flow is None else flow_hop(flow, legs, relay)
             if isinstance(hop, int):
                 return self._flow_failed(view, forward, in_leg, request, index, hop)
             if hop is None:
                 sent = self.dispatcher.send_to(
                     forward.targets[index], legs, request, build, failed, self._transports
                 )
+            elif relay is not None and hop[2] is relay:
+                assert flow is not None
+                relay.send(flow, build(hop[0])[0])
+                sent = hop[:2]
             else:
                 sent = self.dispatcher.send_in_order((hop[:2],), on_connection(build, hop[2]), failed=failed)
         except DeliveryError as e:
@@ -670,11 +679,14 @@ def _wire(response: Response) -> Any:
     return build
 
 
-def flow_hop(flow: Flow, legs: Sequence[Leg]) -> tuple[Leg, Address, object | None] | int | None:
+def flow_hop(
+    flow: Flow, legs: Sequence[Leg], relay: FlowRelay | None = None
+) -> tuple[Leg, Address, object | None] | int | None:
     """
     Where a request over C{flow} goes now: the leg, address and open
     connection to send on (a UDP flow: the first leg of its transport and
-    family, no connection); L{None} when the connection is gone and the
+    family, no connection; a flow another worker owns: C{relay} in place
+    of the connection); L{None} when the connection is gone and the
     Contact is dialled instead (TCP); else the status code to answer
     (L{sipleg.flows.flow_gone}).
     """
@@ -683,6 +695,8 @@ def flow_hop(flow: Flow, legs: Sequence[Leg]) -> tuple[Leg, Address, object | No
         if leg.proto == flow.transport and leg.family == address.family:
             if flow.transport == "udp":
                 return leg, address, None
+            if relay is not None and relay.foreign(flow):
+                return leg, address, relay
             conn = leg.socketpool.flow_connection(address)
             if conn is not None:
                 return leg, address, conn

@@ -230,6 +230,14 @@ def make_service(
     if registrar is not None:
         proxy.stats.registrar = registrar.status
         _Running(lambda: None, registrar.stop).setServiceParent(top)
+        if worker_share(worker)[1] > 1 and config.transactions is None:
+            from sipleg.flowrelay import SECRET_VARIABLE, FlowRelay
+
+            secret = os.environ.get(SECRET_VARIABLE)
+            if secret:
+                relay = proxy.flow_relay = FlowRelay(lambda: dispatcher.legs, secret, registrar.clock)
+                registrar.flow_owner = relay.listen()
+                _Running(lambda: None, relay.stop).setServiceParent(top)
         if config.keepalive:
             from sipleg.keepalive import KeepAlive
 

@@ -19,13 +19,15 @@ from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.internet.ssl import CertificateOptions
 from twisted.trial import unittest
 
+from sipleg.flowrelay import FlowRelay
+from sipleg.flows import Flow
 from sipleg.leg import Leg
 from sipleg.service import ProxyConfig, make_service
 from sipleg.statusport import StatusServer
 from sipleg.tap import parse_listen
 from tests.certs import CertificateAuthority
 from tests.interop.peers import free_port
-from tests.support import RawClient, eventually, fetch, metric_values, options
+from tests.support import RawClient, eventually, fetch, listening_leg, metric_values, options
 
 AOR = "sip:bob@example.test"
 
@@ -197,3 +199,32 @@ class FlowProxyTests(unittest.TestCase):
         self.call()
         await eventually(lambda: phone.has(f"OPTIONS {private} SIP/2.0".encode()))
         await eventually(lambda: b"\r\n\r\n" in phone.received)
+
+
+class FlowRelayTests(unittest.TestCase):
+    """
+    L{FlowRelay}: what another worker hands over goes out on the flow's
+    connection, only with the workers' secret.
+    """
+
+    async def test_secret(self) -> None:
+        leg = await listening_leg(self, "tcp")
+        phone = RawClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", leg.local.port), phone)
+        self.addCleanup(phone.transport.loseConnection)
+        await eventually(lambda: leg.socketpool.connections())
+        here = phone.transport.getHost().port
+        relay = FlowRelay(lambda: [leg], "s3cret", reactor)
+        other = FlowRelay(lambda: [leg], "s3cret", reactor)
+        intruder = FlowRelay(lambda: [leg], "guess", reactor)
+        for each in (relay, other, intruder):
+            each.listen()
+            self.addCleanup(each.stop)
+        flow = Flow("tcp", "127.0.0.1", here, relay.address)
+        self.assertTrue(other.foreign(flow))
+        self.assertFalse(relay.foreign(flow))
+        intruder.send(flow, b"OPTIONS sip:forged SIP/2.0\r\n\r\n")
+        other.send(flow, b"OPTIONS sip:bob@127.0.0.1 SIP/2.0\r\n\r\n")
+        await phone.wait_for(b"OPTIONS sip:bob@127.0.0.1 SIP/2.0")
+        await eventually(lambda: (relay.delivered, relay.dropped) == (1, 1))
+        self.assertNotIn(b"forged", phone.data)
