@@ -392,15 +392,12 @@ class Forward(NamedTuple):
     user: str | None = None
     flows: tuple[tuple[str, Flow], ...] = ()
 
-    def flow_of(self, contact: str) -> Flow | None:
+    def flows_of(self, contact: str) -> tuple[Flow, ...]:
         """
-        The flow a request to C{contact} (one of L{forks}) goes over, if
-        any.
+        The flows a request to C{contact} (one of L{forks}) goes over, the
+        first open one (several for an RFC 5626 instance); empty when none.
         """
-        for registered, flow in self.flows:
-            if registered == contact:
-                return flow
-        return None
+        return tuple(flow for registered, flow in self.flows if registered == contact)
 
 
 class Located(NamedTuple):

@@ -67,16 +67,26 @@ class Flow:
     @ivar port: the peer's port.
     @ivar owner: with C{--workers}, the relay address (C{ip:port}) of the
         worker holding the connection; C{""} without workers.
-    @ivar outbound: whether the phone asked for RFC 5626 outbound
-        (C{reg-id} and C{+sip.instance} on its Contact): a gone flow is
-        then answered 430.
+    @ivar instance: for an RFC 5626 outbound registration, the phone's
+        C{+sip.instance} (C{""} otherwise): its flows, one per C{reg_id},
+        are its bindings, and a request for it fails 430 only when all
+        are gone.
+    @ivar reg_id: the outbound registration's C{reg-id}.
     """
 
     transport: str
     host: str
     port: int
     owner: str = ""
-    outbound: bool = False
+    instance: str = ""
+    reg_id: int = 0
+
+    @property
+    def outbound(self) -> bool:
+        """
+        Whether the phone asked for RFC 5626 outbound.
+        """
+        return bool(self.instance)
 
     @property
     def address(self) -> Address:
@@ -88,12 +98,12 @@ class Flow:
     def __str__(self) -> str:
         """
         The text form the stores keep: C{"tcp 192.0.2.1:5062"}, then the
-        owner's address and C{ob} when set.
+        owner's address and C{ob=REG-ID,INSTANCE} when set.
         """
         text = f"{self.transport} {bracket(self.host)}:{self.port}"
         if self.owner:
             text += f" {self.owner}"
-        return f"{text} ob" if self.outbound else text
+        return f"{text} ob={self.reg_id},{self.instance}" if self.outbound else text
 
 
 def parse_flow(text: str) -> Flow:
@@ -106,14 +116,18 @@ def parse_flow(text: str) -> Flow:
     if len(words) < 2 or words[0] not in STREAMS | {"udp"}:
         raise ValueError(f"not a flow: {text!r}")
     host, port = split_hostport(words[1])
-    outbound = words[-1] == "ob"
-    rest = words[2:-1] if outbound else words[2:]
-    if port is None or len(rest) > 1:
+    reg_id, instance = "0", ""
+    rest = words[2:]
+    if rest and rest[-1].startswith("ob="):
+        reg_id, _, instance = rest.pop()[3:].partition(",")
+    if port is None or len(rest) > 1 or not reg_id.isdigit() or (instance == "") != (reg_id == "0"):
         raise ValueError(f"not a flow: {text!r}")
-    return Flow(words[0], Address(host, port).host, port, rest[0] if rest else "", outbound)
+    return Flow(words[0], Address(host, port).host, port, rest[0] if rest else "", instance, int(reg_id))
 
 
-def registration_flow(source: Address, contact: URI, owner: str = "", outbound: bool = False) -> Flow | None:
+def registration_flow(
+    source: Address, contact: URI, owner: str = "", instance: str = "", reg_id: int = 0
+) -> Flow | None:
     """
     The flow a REGISTER from C{source} sets for its Contact C{contact}:
     over a stream always; over UDP when the Contact's host is an IP
@@ -123,14 +137,15 @@ def registration_flow(source: Address, contact: URI, owner: str = "", outbound: 
 
     @param owner: the relay address of this worker (C{--workers}), for a
         stream flow.
-    @param outbound: whether the Contact asked for RFC 5626 outbound
-        (C{reg-id} and C{+sip.instance} among its header parameters).
+    @param instance: the Contact's C{+sip.instance} when it asked for
+        RFC 5626 outbound (with C{reg_id}, its C{reg-id}): then there is a
+        flow over UDP too, whatever the Contact says (RFC 5626 §6).
     """
     if source.addr is None:
         return None
     proto = source.proto
-    if proto in STREAMS:
-        return Flow(proto, source.addr, source.port, owner, outbound)
+    if proto in STREAMS or instance:
+        return Flow(proto, source.addr, source.port, owner if proto in STREAMS else "", instance, reg_id)
     try:
         named = Address(contact.host, contact.effective_port, proto)
     except ValueError:
@@ -139,16 +154,16 @@ def registration_flow(source: Address, contact: URI, owner: str = "", outbound: 
         # A host name is the phone's own word for where it is (it may
         # name an SRV set); an address that is the source needs no flow.
         return None
-    return Flow(proto, source.addr, source.port, "", outbound)
+    return Flow(proto, source.addr, source.port)
 
 
 def flow_gone(flow: Flow) -> int | None:
     """
     What a request for a binding does when its flow's connection is
-    closed: L{None}, dial the Contact (TCP); else the status code to
-    answer: 430 for an outbound registration (RFC 5626 §5.3), 480 for the
-    others over a connection-only transport.
+    closed: 430 for an outbound registration (RFC 5626 §5.3: its
+    Contact is never dialled), 480 for the others over a connection-only
+    transport; L{None}, dial the Contact (TCP).
     """
-    if flow.transport not in CONNECTION_ONLY:
-        return None
-    return 430 if flow.outbound else 480
+    if flow.outbound:
+        return 430
+    return 480 if flow.transport in CONNECTION_ONLY else None

@@ -406,22 +406,24 @@ class StatelessProxy:
         # moves on to the next address by itself; this hears when none is
         # left.
         failed = partial(self._target_failed, view, forward, in_leg, request, index)
-        flow = forward.flow_of(request.uri) if forward.flows else None
         try:
             relay = self.flow_relay
-            hop = None if flow is None else flow_hop(flow, legs, relay)
-            if isinstance(hop, int):
-                return self._flow_failed(view, forward, in_leg, request, index, hop)
-            if hop is None:
+            found = flows_hop(forward.flows_of(request.uri), legs, relay) if forward.flows else None
+            if isinstance(found, int):
+                return self._flow_failed(view, forward, in_leg, request, index, found)
+            if found is None:
                 sent = self.dispatcher.send_to(
                     forward.targets[index], legs, request, build, failed, self._transports
                 )
-            elif relay is not None and hop[2] is relay:
-                assert flow is not None
-                relay.send(flow, build(hop[0])[0])
-                sent = hop[:2]
             else:
-                sent = self.dispatcher.send_in_order((hop[:2],), on_connection(build, hop[2]), failed=failed)
+                flow, (leg, address, conn) = found
+                if relay is not None and conn is relay:
+                    relay.send(flow, build(leg)[0])
+                    sent = (leg, address)
+                else:
+                    sent = self.dispatcher.send_in_order(
+                        ((leg, address),), on_connection(build, conn), failed=failed
+                    )
         except DeliveryError as e:
             return self._target_failed(view, forward, in_leg, request, index, e)
         if isinstance(sent, Deferred):
@@ -701,6 +703,26 @@ def flow_hop(
             if conn is not None:
                 return leg, address, conn
     return flow_gone(flow)
+
+
+def flows_hop(
+    flows: Sequence[Flow], legs: Sequence[Leg], relay: FlowRelay | None = None
+) -> tuple[Flow, tuple[Leg, Address, object | None]] | int | None:
+    """
+    The first of C{flows} (one contact's: several for an RFC 5626
+    instance) that is open now, with its L{flow_hop}; when none is:
+    L{None} (no flow, or dial the Contact), else the answer: 430 when
+    one was outbound, else 480.
+    """
+    codes = []
+    for flow in flows:
+        hop = flow_hop(flow, legs, relay)
+        if isinstance(hop, tuple):
+            return flow, hop
+        codes.append(hop)
+    if not codes or None in codes:
+        return None
+    return min(code for code in codes if code is not None)
 
 
 def on_connection(build: Any, conn: object) -> Any:

@@ -216,6 +216,65 @@ def _delta_seconds(text: str, what: str) -> int:
     return _MAX_DELTA if len(text) > 10 else min(int(text), _MAX_DELTA)
 
 
+def _unsupported(request: Request) -> list[str]:
+    """
+    The option tags of a REGISTER's Require that we do not support (all
+    but C{outbound}, RFC 5626).
+    """
+    return [
+        option.strip()
+        for value in request.get_headers("require")
+        for option in value.split(",")
+        if option.strip().lower() != "outbound"
+    ]
+
+
+def _outbound(params: dict[str, str | None]) -> tuple[str, int]:
+    """
+    The C{+sip.instance} and C{reg-id} of a Contact asking for RFC 5626
+    outbound (both present), else C{("", 0)}.
+
+    @raise _Refused: 400, a C{reg-id} that is not a number from 1 to
+        2**31-1 or an empty or spaced instance.
+    """
+    instance, reg_id = params.get("+sip.instance"), params.get("reg-id")
+    if instance is None or reg_id is None:
+        return "", 0
+    # reg-id = "reg-id" EQUAL 1*10DIGIT ; 1 to (2^31 - 1)
+    if not (reg_id.isascii() and reg_id.isdigit() and len(reg_id) <= 10 and 0 < int(reg_id) < 2**31):
+        raise _Refused(400, "Bad reg-id")
+    instance = instance.strip('"')
+    if not instance or any(c.isspace() or c == "," for c in instance):
+        raise _Refused(400, "Bad +sip.instance")
+    return instance, int(reg_id)
+
+
+def _targets(ordered: list[Binding]) -> tuple[list[Binding], tuple[tuple[str, Flow], ...]]:
+    """
+    The bindings a request is sent to, and their flows: the flows of one
+    RFC 5626 instance (several C{reg-id}s) are one target, the Contact of
+    its best binding, with every flow in C{reg-id} order (the next is
+    tried when one is gone, RFC 5626 §5.3).
+    """
+    instances: dict[str, list[Flow]] = {}
+    shown = []
+    for binding in ordered:
+        flow = binding.flow
+        if flow is not None and flow.outbound:
+            if flow.instance in instances:
+                instances[flow.instance].append(flow)
+                continue
+            instances[flow.instance] = [flow]
+        shown.append(binding)
+    flows: list[tuple[str, Flow]] = []
+    for binding in shown:
+        flow = binding.flow
+        if flow is not None:
+            same = sorted(instances[flow.instance], key=lambda f: f.reg_id) if flow.outbound else [flow]
+            flows += [(binding.contact, each) for each in same]
+    return shown, tuple(flows)
+
+
 def _sort_key(binding: Binding) -> tuple[float, int]:
     return (-binding.q, binding.order)
 
@@ -265,6 +324,10 @@ class BindingTable:
         self.default_expires = min(max(default_expires, min_expires), max_expires)
         self.max_bindings = max_bindings
         self.changes = 0
+        #: The C{Flow-Timer} of the 200 to an RFC 5626 outbound
+        #: registration: the seconds between the phone's keep-alives
+        #: (L{None}: none is sent).
+        self.flow_timer: int | None = None
         #: How many bindings have a flow, by its transport.
         self.flows: dict[str, int] = {}
         self._bindings: dict[str, list[Binding]] = {}
@@ -358,7 +421,7 @@ class BindingTable:
             if refused.code == 423:
                 response.add_header("Min-Expires", str(self.min_expires))
             elif refused.code == 420:
-                for option in request.get_headers("require"):
+                for option in _unsupported(request):
                     response.add_header("Unsupported", option)
             return response, None
         change = None
@@ -381,6 +444,12 @@ class BindingTable:
                 value += f";q={binding.q:g}"
             response.add_header("Contact", value)
         response.add_header("Date", formatdate(now, usegmt=True))
+        if any(b.flow is not None and b.flow.outbound and b.cseq == request.cseq[0] for b in bindings):
+            # RFC 5626 §6: the registrar says it did outbound, and how
+            # often the phone should refresh its flows (§4.4).
+            response.add_header("Require", "outbound")
+            if self.flow_timer:
+                response.add_header("Flow-Timer", str(self.flow_timer))
         return response, change
 
     def restore(self, change: Change) -> bool:
@@ -475,8 +544,9 @@ class BindingTable:
         @raise _Refused: the REGISTER fails.
         """
         try:
-            # Step 2: we support no extension a registrar must understand.
-            if request.get_headers("require"):
+            # Step 2: the only extension we understand is RFC 5626
+            # outbound.
+            if _unsupported(request):
                 raise _Refused(420, "Bad Extension")
             # Step 5: the AOR comes from To.
             to = parse_name_addr(request.get_header("to") or "")
@@ -535,15 +605,14 @@ class BindingTable:
                 q = float(param)
             flow = None
             if source is not None:
-                # RFC 5626 §4.2: an outbound registration's Contact has both.
-                outbound = "reg-id" in contact.params and "+sip.instance" in contact.params
-                flow = registration_flow(source, contact.uri, owner, outbound)
+                instance, reg_id = _outbound(contact.params)
+                flow = registration_flow(source, contact.uri, owner, instance, reg_id)
             updates.append((str(contact.uri), contact.uri, q, min(expires, self.max_expires), flow))
 
         order = self._next_order
         touched: set[int] = set()
         for text, uri, q, expires, flow in updates:
-            index = self._find(current, uri)
+            index = self._find(current, uri, flow)
             if index is None:
                 if expires:
                     binding = Binding(aor, text, q, now + expires, call_id, cseq, order, flow)
@@ -573,10 +642,18 @@ class BindingTable:
         return aor, current, changed, order
 
     @staticmethod
-    def _find(bindings: list[Binding], uri: URI) -> int | None:
+    def _find(bindings: list[Binding], uri: URI, flow: Flow | None) -> int | None:
+        if flow is not None and flow.outbound:
+            # RFC 5626 §6: an outbound binding is its instance and reg-id.
+            for index, binding in enumerate(bindings):
+                other = binding.flow
+                if other is not None and (other.instance, other.reg_id) == (flow.instance, flow.reg_id):
+                    return index
+            return None
         # "using the URI comparison rules" (§10.3 step 7, §19.1.4).
         for index, binding in enumerate(bindings):
-            if uri_equal(parse_uri(binding.contact), uri):
+            outbound = binding.flow is not None and binding.flow.outbound
+            if not outbound and uri_equal(parse_uri(binding.contact), uri):
                 return index
         return None
 
@@ -628,13 +705,12 @@ class BindingTable:
         if uri.is_secure:
             live = [binding for binding in live if binding.contact[:5].lower() == "sips:"]
         if live:
-            ordered = sorted(live, key=_sort_key)
+            ordered, flows = _targets(sorted(live, key=_sort_key))
             groups: list[list[str]] = []
             for index, binding in enumerate(ordered):
                 if index == 0 or binding.q != ordered[index - 1].q:
                     groups.append([])
                 groups[-1].append(binding.contact)
-            flows = tuple((binding.contact, binding.flow) for binding in ordered if binding.flow is not None)
             return LookupResult(aor, [binding.contact for binding in ordered], None, groups, flows)
         return LookupResult(aor, [], 480 if aor in self._known else 404)
 

@@ -239,6 +239,8 @@ def make_service(
                 registrar.flow_owner = relay.listen()
                 _Running(lambda: None, relay.stop).setServiceParent(top)
         if config.keepalive:
+            # (RFC 5626 §4.4: outbound phones are told the interval too.)
+            registrar.table.flow_timer = int(config.keepalive)
             from sipleg.keepalive import KeepAlive
 
             keepalive = KeepAlive(

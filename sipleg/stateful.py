@@ -56,7 +56,7 @@ from sipleg.flows import FLOW_REASONS
 from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
 from sipleg.message import Request, Response, make_response
-from sipleg.proxy import StatelessProxy, edit, flow_hop, on_connection
+from sipleg.proxy import StatelessProxy, edit, flows_hop, on_connection
 from sipleg.uri import Via, header_tag, parse_uri, parse_via, via_branch
 
 if TYPE_CHECKING:
@@ -371,15 +371,14 @@ class StatefulProxy(StatelessProxy):
             server.clients[suffix] = client
             server.context.started(suffix)
             request.uri = uri
-            flow = forward.flow_of(uri) if forward.flows else None
-            hop = None if flow is None else flow_hop(flow, legs)
-            if isinstance(hop, int):
+            over = flows_hop(forward.flows_of(uri), legs) if forward.flows else None
+            if isinstance(over, int):
                 log.info("branch to {uri}: its flow is gone", uri=uri)
-                self._branch_final(client, hop, self._made(client, hop, FLOW_REASONS[hop]))
+                self._branch_final(client, over, self._made(client, over, FLOW_REASONS[over]))
                 continue
-            if hop is not None:
-                client.conn = hop[2]
-                self._resolved([hop[:2]], client)
+            if over is not None:
+                leg, address, client.conn = over[1]
+                self._resolved([(leg, address)], client)
                 continue
             try:
                 # Each contact goes where the Request-URI would (static

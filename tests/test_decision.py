@@ -366,8 +366,8 @@ class RegistrarRulesTests(TestCase):
         )
         found = forward(request("INVITE", "sip:bob@example.com"), rules=self.rules(located))
         self.assertEqual(found.edits.uri, "sip:bob@10.0.0.9:5061;transport=tls")
-        self.assertEqual(found.flow_of("sip:bob@10.0.0.9:5061;transport=tls"), flow)
-        self.assertIsNone(found.flow_of("sip:bob@10.0.0.9"))
+        self.assertEqual(found.flows_of("sip:bob@10.0.0.9:5061;transport=tls"), (flow,))
+        self.assertEqual(found.flows_of("sip:bob@10.0.0.9"), ())
 
     def test_route_set_first(self) -> None:
         """

@@ -27,6 +27,9 @@ from sipleg.uri import parse_uri
 
 NOW = 1_700_000_000.0
 AOR = "sip:bob@example.com"
+INSTANCE = "<urn:uuid:00000000-0000-1000-8000-000000000001>"
+#: The Contact parameters of an RFC 5626 outbound registration, but reg-id.
+OUTBOUND = f'+sip.instance="{INSTANCE}"'
 
 
 def register(contact: str, cseq: int = 1, expires: int = 600, params: str = "") -> Request:
@@ -54,15 +57,27 @@ class FlowTests(unittest.TestCase):
         for flow, text in [
             (Flow("tcp", "192.0.2.9", 40112), "tcp 192.0.2.9:40112"),
             (
-                Flow("tls", "2001:db8::9", 5061, "127.0.0.1:4000", True),
-                "tls [2001:db8::9]:5061 127.0.0.1:4000 ob",
+                Flow("tls", "2001:db8::9", 5061, "127.0.0.1:4000", INSTANCE, 2),
+                f"tls [2001:db8::9]:5061 127.0.0.1:4000 ob=2,{INSTANCE}",
             ),
-            (Flow("udp", "192.0.2.9", 5060, outbound=True), "udp 192.0.2.9:5060 ob"),
+            (
+                Flow("udp", "192.0.2.9", 5060, instance=INSTANCE, reg_id=1),
+                f"udp 192.0.2.9:5060 ob=1,{INSTANCE}",
+            ),
             (Flow("ws", "192.0.2.9", 1), "ws 192.0.2.9:1"),
         ]:
             self.assertEqual(str(flow), text)
             self.assertEqual(parse_flow(text), flow)
-        for bad in ("", "tcp", "sctp 192.0.2.9:1", "tcp 192.0.2.9", "tcp 192.0.2.9:1 a b", "tcp [::1:1"):
+        for bad in (
+            "",
+            "tcp",
+            "sctp 192.0.2.9:1",
+            "tcp 192.0.2.9",
+            "tcp 192.0.2.9:1 a b",
+            "tcp [::1:1",
+            "tcp 192.0.2.9:1 ob=x,<urn:a>",
+            "tcp 192.0.2.9:1 ob=1,",
+        ):
             self.assertRaises(ValueError, parse_flow, bad)
 
     def test_streams_always(self) -> None:
@@ -73,7 +88,11 @@ class FlowTests(unittest.TestCase):
         source = Address("192.0.2.9", 40112, "tls")
         contact = parse_uri("sip:bob@192.0.2.9:5061;transport=tls")
         self.assertEqual(registration_flow(source, contact, "o"), Flow("tls", "192.0.2.9", 40112, "o"))
-        self.assertTrue(registration_flow(source, contact, outbound=True).outbound)  # type: ignore[union-attr]
+        outbound = registration_flow(source, contact, instance=INSTANCE, reg_id=1)
+        self.assertTrue(outbound is not None and outbound.outbound)
+        # Outbound over UDP: a flow even without NAT (RFC 5626 §6).
+        udp = registration_flow(Address("127.0.0.1", 5060), parse_uri("sip:u@127.0.0.1"), "o", INSTANCE, 1)
+        self.assertEqual(udp, Flow("udp", "127.0.0.1", 5060, "", INSTANCE, 1))
 
     def test_udp_nat(self) -> None:
         """
@@ -93,12 +112,14 @@ class FlowTests(unittest.TestCase):
     def test_gone(self) -> None:
         """
         A gone TCP flow dials the Contact; TLS and WebSocket ones answer
-        480, or 430 for an outbound registration (RFC 5626 §5.3).
+        480; an outbound registration's, over any stream, 430 (RFC 5626
+        §5.3).
         """
         self.assertIsNone(flow_gone(Flow("tcp", "192.0.2.9", 1)))
         self.assertEqual(flow_gone(Flow("tls", "192.0.2.9", 1)), 480)
         self.assertEqual(flow_gone(Flow("wss", "192.0.2.9", 1)), 480)
-        self.assertEqual(flow_gone(Flow("tls", "192.0.2.9", 1, outbound=True)), 430)
+        self.assertEqual(flow_gone(Flow("tls", "192.0.2.9", 1, instance=INSTANCE, reg_id=1)), 430)
+        self.assertEqual(flow_gone(Flow("tcp", "192.0.2.9", 1, instance=INSTANCE, reg_id=1)), 430)
 
 
 class TableTests(unittest.TestCase):
@@ -129,14 +150,46 @@ class TableTests(unittest.TestCase):
 
     def test_outbound(self) -> None:
         """
-        A Contact with C{reg-id} and C{+sip.instance} (RFC 5626 §4.2)
-        registers an outbound flow.
+        RFC 5626 §6: a Contact with C{reg-id} and C{+sip.instance}
+        registers an outbound flow; the 200 says C{Require: outbound}
+        and the C{Flow-Timer}; each reg-id is a binding of its own, found
+        by instance and reg-id (not by Contact), and the instance is one
+        target whose flows come in reg-id order.
         """
         table = BindingTable(["example.com"])
-        params = ';reg-id=1;+sip.instance="<urn:uuid:00000000-0000-1000-8000-000000000001>"'
-        source = Address("192.0.2.9", 40001, "tls")
-        table.process(register("sip:bob@x.invalid;transport=tls;ob", params=params), NOW, source)
-        self.assertEqual(table.bindings(NOW)[0].flow, Flow("tls", "192.0.2.9", 40001, outbound=True))
+        table.flow_timer = 25
+        contact = "sip:bob@x.invalid;transport=tls;ob"
+        first = Address("192.0.2.9", 40001, "tls")
+        second = Address("192.0.2.9", 40002, "tls")
+        answer, _ = table.process(register(contact, params=f";reg-id=2;{OUTBOUND}"), NOW, second)
+        self.assertEqual(
+            (answer.code, answer.get_header("require"), answer.get_header("flow-timer")),
+            (200, "outbound", "25"),
+        )
+        table.process(register(contact, cseq=2, params=f";reg-id=1;{OUTBOUND}"), NOW, first)
+        self.assertEqual(table.count(), 2)
+        found = table.lookup(parse_uri(AOR), NOW)
+        assert found is not None
+        self.assertEqual(found.contacts, [contact])
+        self.assertEqual(
+            found.flows,
+            (
+                (contact, Flow("tls", "192.0.2.9", 40001, "", INSTANCE, 1)),
+                (contact, Flow("tls", "192.0.2.9", 40002, "", INSTANCE, 2)),
+            ),
+        )
+        # Refreshing reg-id 2 over a new connection replaces its flow.
+        third = Address("192.0.2.9", 40003, "tls")
+        table.process(register(contact, cseq=3, params=f";reg-id=2;{OUTBOUND}"), NOW, third)
+        self.assertEqual(sorted(b.flow.port for b in table.bindings(NOW)), [40001, 40003])  # type: ignore[union-attr]
+        # A plain REGISTER gets no Require; Require: outbound is understood.
+        plain = register("sip:bob@192.0.2.9:5060", cseq=4)
+        plain.add_header("Require", "outbound")
+        answer, _ = table.process(plain, NOW, Address("192.0.2.9", 5060))
+        self.assertEqual((answer.code, answer.get_header("require")), (200, None))
+        for bad in (";reg-id=0;" + OUTBOUND, ";reg-id=x;" + OUTBOUND, ';reg-id=1;+sip.instance=""'):
+            answer, _ = table.process(register(contact, cseq=5, params=bad), NOW, first)
+            self.assertEqual(answer.code, 400, bad)
 
     def test_expiry_counts(self) -> None:
         table = BindingTable(["example.com"], min_expires=1)

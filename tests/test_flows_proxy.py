@@ -32,15 +32,16 @@ from tests.support import RawClient, eventually, fetch, listening_leg, metric_va
 AOR = "sip:bob@example.test"
 
 
-def register(proto: str, here: int, contact: str, expires: int = 600) -> bytes:
+def register(proto: str, here: int, contact: str, expires: int = 600, params: str = "") -> bytes:
     """
-    A REGISTER of C{bob} with Contact C{contact}, sent from port C{here}.
+    A REGISTER of C{bob} with Contact C{contact} (and header parameters
+    C{params}), sent from port C{here}.
     """
     return (
         f"REGISTER sip:example.test SIP/2.0\r\n"
         f"Via: SIP/2.0/{proto.upper()} 127.0.0.1:{here};branch=z9hG4bK-reg{here};rport\r\n"
         f"From: <{AOR}>;tag=r{here}\r\nTo: <{AOR}>\r\nCall-ID: reg-{here}\r\nCSeq: 1 REGISTER\r\n"
-        f"Max-Forwards: 70\r\nContact: <{contact}>;expires={expires}\r\nContent-Length: 0\r\n\r\n"
+        f"Max-Forwards: 70\r\nContact: <{contact}>;expires={expires}{params}\r\nContent-Length: 0\r\n\r\n"
     ).encode()
 
 
@@ -102,10 +103,11 @@ class FlowProxyTests(unittest.TestCase):
             options(AOR, self.calls, here), ("127.0.0.1", self.legs["udp"].local.port)
         )
 
-    async def phone(self, proto: str) -> tuple[RawClient, int]:
+    async def phone(self, proto: str, params: str = "") -> tuple[RawClient, int]:
         """
         A phone connected to the proxy over C{proto} that registered bob
-        with a Contact where nothing listens.
+        with a Contact where nothing listens (with header parameters
+        C{params}).
 
         @return: its connection, and the Contact's port.
         """
@@ -118,7 +120,8 @@ class FlowProxyTests(unittest.TestCase):
         self.addCleanup(client.transport.loseConnection)
         contact_port = free_port("tcp")
         here = client.transport.getHost().port
-        client.transport.write(register(proto, here, f"sip:bob@127.0.0.1:{contact_port};transport={proto}"))
+        contact = f"sip:bob@127.0.0.1:{contact_port};transport={proto}"
+        client.transport.write(register(proto, here, contact, params=params))
         await client.wait_for(b"SIP/2.0 200 OK")
         return client, contact_port
 
@@ -150,6 +153,29 @@ class FlowProxyTests(unittest.TestCase):
         await eventually(lambda: not pool.connections())
         self.call()
         await eventually(lambda: self.caller.has(b"SIP/2.0 480 "))
+        self.assertEqual(pool.connections(), [])
+
+    async def test_outbound_flows(self) -> None:
+        """
+        RFC 5626: one instance registers two flows (reg-id 1 and 2): the
+        200 says C{Require: outbound}; calls go over reg-id 1's
+        connection, over reg-id 2's once that is gone, and are answered
+        430 Flow Failed once both are.
+        """
+        instance = ';+sip.instance="<urn:uuid:00000000-0000-1000-8000-000000000009>"'
+        first, contact_port = await self.phone("tcp", ";reg-id=1" + instance)
+        self.assertIn(b"Require: outbound\r\n", first.data)
+        second, _ = await self.phone("tcp", ";reg-id=2" + instance)
+        pool = self.legs["tcp"].socketpool
+        for client in (first, second):
+            self.call()
+            await client.wait_for(f"Call-ID: probe-{self.calls}\r\n".encode())
+            client.transport.loseConnection()
+            await client.lost
+        await eventually(lambda: not pool.connections())
+        self.call()
+        await eventually(lambda: self.caller.has(b"SIP/2.0 430 Flow Failed"))
+        # The Contact was never dialled.
         self.assertEqual(pool.connections(), [])
 
     async def test_tcp_flow(self) -> None:
