@@ -328,7 +328,10 @@ class StatelessProxy:
             return self._answer(view, decision, leg)
         if isinstance(decision, Register):
             assert self.registrar is not None
-            answer = self.registrar.register(request, source=source)
+            # Only a REGISTER straight from the phone (one Via) came by
+            # the phone's own flow (RFC 5626 §6: the registrar is then
+            # its first hop).
+            answer = self.registrar.register(request, source=source if len(view.vias) == 1 else None)
             if isinstance(answer, Deferred):
                 # Answered once the store has kept the change.
                 return answer.addCallback(self._registered, view, leg)

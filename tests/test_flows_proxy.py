@@ -32,15 +32,19 @@ from tests.support import RawClient, eventually, fetch, listening_leg, metric_va
 AOR = "sip:bob@example.test"
 
 
-def register(proto: str, here: int, contact: str, expires: int = 600, params: str = "") -> bytes:
+def register(
+    proto: str, here: int, contact: str, expires: int = 600, params: str = "", via: str = ""
+) -> bytes:
     """
     A REGISTER of C{bob} with Contact C{contact} (and header parameters
-    C{params}), sent from port C{here}.
+    C{params}), sent from port C{here}; C{via}: a Via of the phone below
+    ours (we forwarded it).
     """
     return (
         f"REGISTER sip:example.test SIP/2.0\r\n"
         f"Via: SIP/2.0/{proto.upper()} 127.0.0.1:{here};branch=z9hG4bK-reg{here};rport\r\n"
-        f"From: <{AOR}>;tag=r{here}\r\nTo: <{AOR}>\r\nCall-ID: reg-{here}\r\nCSeq: 1 REGISTER\r\n"
+        + (f"Via: {via}\r\n" if via else "")
+        + f"From: <{AOR}>;tag=r{here}\r\nTo: <{AOR}>\r\nCall-ID: reg-{here}\r\nCSeq: 1 REGISTER\r\n"
         f"Max-Forwards: 70\r\nContact: <{contact}>;expires={expires}{params}\r\nContent-Length: 0\r\n\r\n"
     ).encode()
 
@@ -177,6 +181,29 @@ class FlowProxyTests(unittest.TestCase):
         await eventually(lambda: self.caller.has(b"SIP/2.0 430 Flow Failed"))
         # The Contact was never dialled.
         self.assertEqual(pool.connections(), [])
+
+    async def test_forwarded_register(self) -> None:
+        """
+        A REGISTER an edge proxy forwarded (two Vias) did not come by the
+        phone's own flow: the binding has none, and a call goes to its
+        Contact.
+        """
+        edge = Datagrams()
+        port = reactor.listenUDP(0, edge, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        here = port.getHost().port
+        phone = Datagrams()
+        contact_port = reactor.listenUDP(0, phone, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(contact_port.stopListening)
+        contact = f"sip:bob@127.0.0.1:{contact_port.getHost().port}"
+        phone_via = f"SIP/2.0/UDP 127.0.0.1:{contact_port.getHost().port};branch=z9hG4bK-phone"
+        request = register("udp", here, contact, via=phone_via)
+        edge.transport.write(request, ("127.0.0.1", self.legs["udp"].local.port))
+        await eventually(lambda: edge.has(b"SIP/2.0 200 "))
+        self.assertEqual(await self.flows(), {})
+        self.call()
+        await eventually(lambda: phone.has(f"OPTIONS {contact} SIP/2.0".encode()))
+        self.assertFalse(edge.has(b"OPTIONS"))
 
     async def test_tcp_flow(self) -> None:
         """
