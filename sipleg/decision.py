@@ -40,7 +40,7 @@ from sipleg.errors import SIPParseError
 from sipleg.flows import Flow
 from sipleg.message import Request, Response, answer_tag
 from sipleg.routing import IAccessPolicy, IRoutePolicy, response_fallback, response_target
-from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
+from sipleg.uri import URI, Via, header_tag, parse_name_addr, parse_uri, parse_via, route_uri, via_branch
 
 __all__ = [
     "Answer",
@@ -353,6 +353,9 @@ class Edits(NamedTuple):
     @ivar branch: the branch after the leg's prefix (RFC 3261 §16.11).
     @ivar strip: the indexes of the Proxy-Authorization values to remove:
         our own credentials, used up here (§22.3).
+    @ivar path: for a REGISTER we forward to another registrar that came
+        straight from the phone and supports Path: the phone's flow, to
+        name in a Path of ours (RFC 3327, RFC 5626 §5.1).
     """
 
     max_forwards: int
@@ -361,6 +364,7 @@ class Edits(NamedTuple):
     record_route: bool
     branch: str
     strip: tuple[int, ...] = ()
+    path: Flow | None = None
 
 
 class Forward(NamedTuple):
@@ -502,6 +506,9 @@ class Rules:
         Proxy-Authorization values for our realm: removed from every
         request forwarded, checked or not (RFC 3261 §22.3; the ACK of a
         2xx repeats the INVITE's, §13.2.2.4).
+    @ivar flow_token: the flow a token in the user part of one of our
+        Routes names (L{sipleg.flows.token_flow}: our Path or
+        Record-Route), or L{None}.
     """
 
     legs: LegSet
@@ -512,6 +519,7 @@ class Rules:
     scanners: tuple[str, ...] = ()
     auth: Callable[[RequestView, bool], Answer | Authenticated | None] | None = None
     credentials: Callable[[Request], tuple[int, ...]] | None = None
+    flow_token: Callable[[str], Flow | None] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -644,8 +652,12 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         new_uri = str(route_uri(routes[-1]))
         uri = parse_uri(new_uri)
         routes = restored
+    token_flow = None
     if routes:
+        ours = routes
         routes, named = strip_own_routes(routes, legs)
+        if rules.flow_token is not None:
+            token_flow = _token_flow(view, ours[: len(ours) - len(routes)], rules.flow_token)
     else:
         named = None
 
@@ -684,6 +696,10 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
             except SIPParseError as e:
                 return _refuse(method, 400, e.reason)
 
+    if token_flow is not None and not routes:
+        # RFC 5626 §5.3: a request through our Path or Record-Route with
+        # a flow token goes over that flow.
+        flows = ((new_uri if new_uri is not None else text, token_flow),)
     if routes:
         first = route_value_uri(routes[0])
         if first is None:
@@ -702,6 +718,10 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     edits = forward_edits(view, rules, new_uri, routes, max_forwards)
     if not isinstance(edits, Edits):
         return edits
+    if method == "REGISTER" and rules.flow_token is not None and len(view.vias) == 1:
+        path = _path_flow(view)
+        if path is not None:
+            edits = edits._replace(path=path)
     return Forward(
         (target,), edits, named or view.leg, forks, proved.user if proved is not None else None, flows
     )
@@ -746,6 +766,50 @@ def forward_edits(
 
 
 _LOCATE_REASONS = {404: "Not Found", 480: "Temporarily Unavailable"}
+
+
+def _token_flow(
+    view: RequestView, ours: tuple[str, ...], flow_token: Callable[[str], Flow | None]
+) -> Flow | None:
+    """
+    The flow a token in one of our Route values C{ours} names, unless it
+    is the flow the request came by (the phone's own requests in the
+    dialog carry the token too, RFC 5626 §5.3).
+    """
+    came = (view.leg.proto, view.source.addr, view.source.port)
+    for value in ours:
+        uri = route_value_uri(value)
+        if uri is not None and uri.user:
+            flow = flow_token(uri.user)
+            if flow is not None and (flow.transport, flow.host, flow.port) != came:
+                return flow
+    return None
+
+
+def _path_flow(view: RequestView) -> Flow | None:
+    """
+    The phone's flow, for the Path of a REGISTER we forward (RFC 3327
+    §5.1: only when it says C{Supported: path}), outbound when its
+    Contact asks (RFC 5626 §5.1).
+    """
+    request = view.request
+    supported = request.get_headers("supported")
+    options = {option.strip().lower() for value in supported for option in value.split(",")}
+    source = view.source
+    if "path" not in options or source.addr is None:
+        return None
+    instance, reg_id = "", 0
+    try:
+        params = parse_name_addr(request.get_header("contact") or "").params
+    except SIPParseError:
+        params = {}
+    number = params.get("reg-id") or ""
+    if number.isascii() and number.isdigit() and 0 < len(number) <= 10:
+        instance = (params.get("+sip.instance") or "").strip('"')
+        if any(c.isspace() or c == "," for c in instance):
+            instance = ""
+        reg_id = int(number) if instance else 0
+    return Flow(view.leg.proto, source.addr, source.port, "", instance, reg_id)
 
 
 def addressed_to_us(method: str, registrar: bool) -> Answer | Drop:

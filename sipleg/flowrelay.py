@@ -14,7 +14,8 @@ the owner's relay with the flow; the owner writes them on the
 connection, or drops them when it is gone (logged).
 
 A relay datagram is C{SECRET SP FLOW LF MESSAGE}: C{SECRET} is the one
-the supervisor gives all its workers (L{SECRET_VARIABLE}), so nothing
+the supervisor gives all its workers
+(L{sipleg.service.RELAY_SECRET_VARIABLE}), so nothing
 else on the machine can make a worker write on a phone's connection.
 The stateless proxy relays; the stateful one does not (the answers would
 reach the owner, which has no transaction for them): there a flow of
@@ -36,13 +37,9 @@ from sipleg.flows import Flow, parse_flow
 from sipleg.leg import Leg
 from sipleg.proxy import flow_hop
 
-__all__ = ["SECRET_VARIABLE", "FlowRelay"]
+__all__ = ["FlowRelay"]
 
 log = Logger()
-
-#: The environment variable holding the workers' shared relay secret
-#: (hex), set by L{sipleg.workers.WorkerSupervisor}.
-SECRET_VARIABLE = "SIPLEG_RELAY_SECRET"
 
 
 class FlowRelay(DatagramProtocol):

@@ -32,6 +32,10 @@ and sends.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 from sipleg.address import Address, bracket, split_hostport
@@ -42,8 +46,11 @@ __all__ = [
     "FLOW_REASONS",
     "Flow",
     "flow_gone",
+    "flow_token",
     "parse_flow",
+    "token_route",
     "registration_flow",
+    "token_flow",
 ]
 
 #: The transports whose peers cannot be dialled: a flow over them that is
@@ -155,6 +162,53 @@ def registration_flow(
         # name an SRV set); an address that is the source needs no flow.
         return None
     return Flow(proto, source.addr, source.port)
+
+
+def flow_token(flow: Flow, secret: bytes) -> str:
+    """
+    The flow token of RFC 5626 §5.2, for the user part of the Path (or
+    Record-Route) of an edge proxy: the flow's text and its HMAC, in
+    base64url (unreserved characters only), so that only a token we
+    made names a flow.
+    """
+    text = str(flow).encode()
+    mac = hmac.new(secret, text, hashlib.sha256).digest()[:12]
+    return f"{_b64(text)}.{_b64(mac)}"
+
+
+def token_flow(token: str, secret: bytes) -> Flow | None:
+    """
+    The flow a token of L{flow_token} names, or L{None} when it is not
+    one of ours (forged, or made with another secret).
+    """
+    text, _, mac = token.partition(".")
+    try:
+        data, signature = _unb64(text), _unb64(mac)
+        if not hmac.compare_digest(signature, hmac.new(secret, data, hashlib.sha256).digest()[:12]):
+            return None
+        return parse_flow(data.decode("ascii"))
+    except (ValueError, binascii.Error):
+        return None
+
+
+def token_route(record_route: str, token: str, outbound: bool = False) -> str:
+    """
+    A leg's Record-Route value (C{<sip:host:port;...;lr>}) with a flow
+    token as user part: the Record-Route of a request sent over a flow,
+    so that the dialog's later requests go over it too (RFC 5626 §5.3),
+    and the Path (RFC 3327) an edge proxy adds to a REGISTER it forwards,
+    with C{;ob} for an outbound registration (RFC 5626 §5.1).
+    """
+    value = f"<sip:{token}@{record_route[len('<sip:') :]}"
+    return f"{value[:-1]};ob>" if outbound else value
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def flow_gone(flow: Flow) -> int | None:

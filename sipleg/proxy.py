@@ -23,7 +23,9 @@ Nothing waits on a L{Deferred} unless I/O does (DNS, a stream connect).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -53,7 +55,7 @@ from sipleg.decision import (
 from sipleg.dispatcher import Dispatcher, pair_legs
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.flood import EdgePolicy, FloodControl, FloodLimits, Verdict
-from sipleg.flows import FLOW_REASONS, Flow, flow_gone
+from sipleg.flows import FLOW_REASONS, STREAMS, Flow, flow_gone, flow_token, token_flow, token_route
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_answer
 from sipleg.refusals import RefusalLog
@@ -115,6 +117,9 @@ class StatelessProxy:
         #: With C{--workers}: hands requests over flows of other workers
         #: to them (L{sipleg.flowrelay}).
         self.flow_relay: FlowRelay | None = None
+        #: What our flow tokens are signed with (L{sipleg.flows.flow_token}):
+        #: the workers of C{--workers} share it.
+        self.flow_secret = secrets.token_bytes(16)
         self.auth = auth
         self.edge = edge if edge is not None else EdgePolicy(flood=None, scanners=())
         limits = self.edge.flood
@@ -246,6 +251,7 @@ class StatelessProxy:
                 self.edge.scanners,
                 self.auth,
                 self.auth.own_credentials if self.auth is not None else None,
+                partial(token_flow, secret=self.flow_secret),
             )
             self._gate_legs()
             self._legs = {leg.identity: leg for leg in self.dispatcher.legs}
@@ -403,15 +409,25 @@ class StatelessProxy:
             # The next of several targets (a routing hook's list) goes
             # with the next URI of the forks.
             request.uri = [uri for group in forward.forks for uri in group][index]
-        build = self._builder(request, forward.edits.branch, forward.edits.record_route, in_leg)
         legs = self._legs_from(self._legs[forward.prefer])
+        relay = self.flow_relay
+        found = flows_hop(forward.flows_of(request.uri), legs, relay) if forward.flows else None
+        edits = forward.edits
+        if isinstance(found, tuple) or edits.path is not None:
+            token = flow_token(found[0], self.flow_secret) if isinstance(found, tuple) else None
+            path = edits.path
+            if path is not None and relay is not None and path.transport in STREAMS:
+                path = replace(path, owner=relay.address)
+            build = self._builder(
+                request, edits.branch, edits.record_route, in_leg, token, path, self.flow_secret
+            )
+        else:
+            build = self._builder(request, edits.branch, edits.record_route, in_leg)
         # A datagram held back (design item 18) that fails when it is sent
         # moves on to the next address by itself; this hears when none is
         # left.
         failed = partial(self._target_failed, view, forward, in_leg, request, index)
         try:
-            relay = self.flow_relay
-            found = flows_hop(forward.flows_of(request.uri), legs, relay) if forward.flows else None
             if isinstance(found, int):
                 return self._flow_failed(view, forward, in_leg, request, index, found)
             if found is None:
@@ -480,17 +496,32 @@ class StatelessProxy:
         return None
 
     @staticmethod
-    def _builder(request: Request, branch_text: str, record_route: bool, in_leg: Leg) -> Any:
+    def _builder(
+        request: Request,
+        branch_text: str,
+        record_route: bool,
+        in_leg: Leg,
+        token: str | None = None,
+        path: Flow | None = None,
+        secret: bytes = b"",
+    ) -> Any:
         """
         The build function of L{Dispatcher.send_in_order} for an edited
         request: its bytes, made once, with the Via (C{leg.branch +
         branch_text}) and Record-Route of the leg it leaves by spliced on
         top.
+
+        @param token: a flow token for our Record-Route (the request goes
+            over that flow, RFC 5626 §5.3).
+        @param path: the flow to name in our Path (a REGISTER we forward,
+            RFC 3327), with its token made with C{secret}.
         """
         data = bytes(request)
         cut = data.index(b"\r\n") + 2
         start, rest = data[:cut], data[cut:]
         branch = branch_text.encode()
+        if token is not None or path is not None:
+            return _flow_build(start, rest, branch, record_route, in_leg, token, path, secret)
 
         def build(out: Leg) -> tuple[bytes, object | None]:
             # RFC 3261 §16.6 items 4 and 8: Record-Route and Via of the leg
@@ -680,6 +711,39 @@ def _wire(response: Response) -> Any:
 
     def build(leg: Leg) -> tuple[bytes, object | None]:
         return data, leg.connection_of(response)
+
+    return build
+
+
+def _flow_build(
+    start: bytes,
+    rest: bytes,
+    branch: bytes,
+    record_route: bool,
+    in_leg: Leg,
+    token: str | None,
+    path: Flow | None,
+    secret: bytes,
+) -> Any:
+    """
+    L{StatelessProxy._builder}'s build function with a flow token in our
+    Record-Route values, or our Path.
+    """
+    path_token = None if path is None else flow_token(path, secret)
+
+    def build(out: Leg) -> tuple[bytes, object | None]:
+        legs = [out] if out is in_leg else [out, in_leg]
+        lines = [start]
+        for leg in legs:
+            lines += [leg.via_line, branch, b"\r\n"]
+        if path is not None and path_token is not None:
+            lines.append(f"Path: {token_route(out.record_route, path_token, path.outbound)}\r\n".encode())
+        if record_route:
+            for value in dict.fromkeys(leg.record_route for leg in legs):
+                route = value if token is None else token_route(value, token)
+                lines.append(f"Record-Route: {route}\r\n".encode())
+        lines.append(rest)
+        return b"".join(lines), None
 
     return build
 

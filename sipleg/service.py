@@ -84,6 +84,11 @@ def _bracket_hint(proto: str, rest: str) -> str:
     return f" (IPv6 addresses go in brackets: {proto}:[{host}]:{port})"
 
 
+#: The environment variable holding the workers' shared secret (hex) for
+#: flow tokens and flow relays (L{sipleg.flowrelay}), set by
+#: L{sipleg.workers.WorkerSupervisor}.
+RELAY_SECRET_VARIABLE = "SIPLEG_RELAY_SECRET"
+
 #: The environment variable telling a worker of C{--workers} which it is
 #: (C{"2/4"}), set by L{sipleg.workers.WorkerSupervisor}.
 WORKER_VARIABLE = "SIPLEG_WORKER"
@@ -227,17 +232,24 @@ def make_service(
         proxy: StatelessProxy = stateful
     else:
         proxy = StatelessProxy(dispatcher, **arguments)
+    secret = os.environ.get(RELAY_SECRET_VARIABLE)
+    if worker_share(worker)[1] > 1 and secret:
+        # The workers share the flow tokens' secret; without --stateful,
+        # each relays requests over flows to the worker holding them.
+        proxy.flow_secret = secret.encode()
+        if config.transactions is None:
+            from sipleg.flowrelay import FlowRelay
+
+            if reactor is None:
+                from twisted.internet import reactor
+            relay = proxy.flow_relay = FlowRelay(lambda: dispatcher.legs, secret, reactor)
+            owner = relay.listen()
+            if registrar is not None:
+                registrar.flow_owner = owner
+            _Running(lambda: None, relay.stop).setServiceParent(top)
     if registrar is not None:
         proxy.stats.registrar = registrar.status
         _Running(lambda: None, registrar.stop).setServiceParent(top)
-        if worker_share(worker)[1] > 1 and config.transactions is None:
-            from sipleg.flowrelay import SECRET_VARIABLE, FlowRelay
-
-            secret = os.environ.get(SECRET_VARIABLE)
-            if secret:
-                relay = proxy.flow_relay = FlowRelay(lambda: dispatcher.legs, secret, registrar.clock)
-                registrar.flow_owner = relay.listen()
-                _Running(lambda: None, relay.stop).setServiceParent(top)
         if config.keepalive:
             # (RFC 5626 §4.4: outbound phones are told the interval too.)
             registrar.table.flow_timer = int(config.keepalive)

@@ -26,8 +26,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sipleg.flowrelay import SECRET_VARIABLE
-from sipleg.service import WORKER_VARIABLE
+from sipleg.service import RELAY_SECRET_VARIABLE, WORKER_VARIABLE
 
 __all__ = ["WorkerSupervisor", "worker_arguments"]
 
@@ -138,7 +137,7 @@ class WorkerSupervisor(Service):
         argv = [self.executable, "-m", "sipleg.workers", "--log-format=text", "sipproxy", *self.arguments]
         if self.status_dir is not None:
             argv += ["--status", f"unix:{self.status_socket(slot)}"]
-        env = dict(os.environ, **{WORKER_VARIABLE: self._label(slot), SECRET_VARIABLE: self._secret})
+        env = dict(os.environ, **{WORKER_VARIABLE: self._label(slot), RELAY_SECRET_VARIABLE: self._secret})
         process = self._reactor.spawnProcess(
             worker, self.executable, argv, env=env, childFDs={0: "w", 1: 1, 2: 2}
         )

@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from sipleg.address import Address
-from sipleg.flows import Flow, flow_gone, parse_flow, registration_flow
+from sipleg.flows import Flow, flow_gone, flow_token, parse_flow, registration_flow, token_flow, token_route
 from sipleg.keepalive import KEEPALIVE, KeepAlive
 from sipleg.leg import Leg
 from sipleg.message import Request
@@ -336,3 +336,26 @@ class KeepAliveTests(unittest.TestCase):
     def test_bad(self) -> None:
         self.assertRaises(ValueError, KeepAlive, self.registrar, list, 0, self.clock)
         self.assertRaises(ValueError, KeepAlive, self.registrar, list, 5, self.clock, (2, 2))
+
+
+class TokenTests(unittest.TestCase):
+    """
+    Flow tokens (RFC 5626 §5.2) in our Record-Route and Path.
+    """
+
+    def test_round_trip(self) -> None:
+        flow = Flow("tls", "2001:db8::9", 40112, "127.0.0.1:7", INSTANCE, 1)
+        token = flow_token(flow, b"secret")
+        self.assertRegex(token, r"^[A-Za-z0-9_.-]+$")
+        self.assertEqual(token_flow(token, b"secret"), flow)
+        self.assertIsNone(token_flow(token, b"other secret"))
+        forged = flow_token(Flow("tcp", "192.0.2.66", 1), b"guess")
+        for bad in (forged, "", "x", "a.b", token[:-2], token.replace(".", "")):
+            self.assertIsNone(token_flow(bad, b"secret"), bad)
+
+    def test_route(self) -> None:
+        self.assertEqual(
+            token_route("<sip:192.0.2.1:5060;transport=tcp;lr>", "T"),
+            "<sip:T@192.0.2.1:5060;transport=tcp;lr>",
+        )
+        self.assertEqual(token_route("<sip:192.0.2.1:5060;lr>", "T", True), "<sip:T@192.0.2.1:5060;lr;ob>")

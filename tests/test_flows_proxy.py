@@ -22,6 +22,7 @@ from twisted.trial import unittest
 from sipleg.flowrelay import FlowRelay
 from sipleg.flows import Flow
 from sipleg.leg import Leg
+from sipleg.message import parse_message
 from sipleg.service import ProxyConfig, make_service
 from sipleg.statusport import StatusServer
 from sipleg.tap import parse_listen
@@ -204,6 +205,63 @@ class FlowProxyTests(unittest.TestCase):
         self.call()
         await eventually(lambda: phone.has(f"OPTIONS {contact} SIP/2.0".encode()))
         self.assertFalse(edge.has(b"OPTIONS"))
+
+    async def test_in_dialog_over_the_flow(self) -> None:
+        """
+        The Record-Route of a request sent over a flow carries its token
+        (RFC 5626 §5.3): a request later in the dialog, addressed to the
+        phone's Contact through that Route, goes over the TLS connection
+        too (not to the Contact, where nothing listens).
+        """
+        client, contact_port = await self.phone("tls")
+        self.call()
+        await eventually(lambda: b"OPTIONS " in client.data and client.data.endswith(b"\r\n\r\n"))
+        invite = parse_message(client.data[client.data.index(b"OPTIONS ") :])
+        routes = invite.get_headers("record-route")
+        self.assertEqual(len(routes), 2, routes)
+        self.assertTrue(all(route.startswith("<sip:") and "@127.0.0.1:" in route for route in routes), routes)
+        contact = f"sip:bob@127.0.0.1:{contact_port};transport=tls"
+        here = self.caller.transport.getHost().port
+        bye = (
+            f"BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{here};branch=z9hG4bK-bye;rport\r\n"
+            f"Route: {', '.join(reversed(routes))}\r\nFrom: <sip:probe@127.0.0.1>;tag=o1\r\n"
+            f"To: <{AOR}>;tag=bob\r\nCall-ID: probe-1\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        self.caller.transport.write(bye.encode(), ("127.0.0.1", self.legs["udp"].local.port))
+        await client.wait_for(f"BYE {contact} SIP/2.0".encode())
+
+    async def test_path(self) -> None:
+        """
+        A REGISTER for another registrar that says C{Supported: path}
+        leaves with our Path naming the phone's flow (RFC 3327, RFC 5626
+        §5.1); a request that registrar sends back through it reaches the
+        phone over its connection.
+        """
+        registrar = Datagrams()
+        port = reactor.listenUDP(0, registrar, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        far = port.getHost().port
+        client = RawClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.legs["tcp"].local.port), client)
+        self.addCleanup(client.transport.loseConnection)
+        here = client.transport.getHost().port
+        contact = f"sip:bob@127.0.0.1:{free_port('tcp')};transport=tcp"
+        request = register("tcp", here, contact).replace(
+            b"REGISTER sip:example.test", f"REGISTER sip:127.0.0.1:{far}".encode()
+        )
+        client.transport.write(request.replace(b"Max-Forwards:", b"Supported: path\r\nMax-Forwards:"))
+        await eventually(lambda: registrar.has(b"REGISTER "))
+        forwarded = parse_message(registrar.received[0])
+        (path,) = forwarded.get_headers("path")
+        self.assertRegex(path, rf"^<sip:[A-Za-z0-9_.-]+@127\.0\.0\.1:{self.legs['udp'].local.port};lr>$")
+        options = (
+            f"OPTIONS {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{far};branch=z9hG4bK-back;rport\r\n"
+            f"Route: {path}\r\nFrom: <sip:registrar@127.0.0.1>;tag=r\r\nTo: <{AOR}>\r\n"
+            "Call-ID: back\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        registrar.transport.write(options.encode(), ("127.0.0.1", self.legs["udp"].local.port))
+        await client.wait_for(f"OPTIONS {contact} SIP/2.0".encode())
 
     async def test_tcp_flow(self) -> None:
         """
