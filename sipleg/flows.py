@@ -129,7 +129,9 @@ def parse_flow(text: str) -> Flow:
         reg_id, _, instance = rest.pop()[3:].partition(",")
     if port is None or len(rest) > 1 or not reg_id.isdigit() or (instance == "") != (reg_id == "0"):
         raise ValueError(f"not a flow: {text!r}")
-    return Flow(words[0], Address(host, port).host, port, rest[0] if rest else "", instance, int(reg_id))
+    # (A transport this version does not speak is no flow.)
+    peer = Address(host, port, words[0])
+    return Flow(words[0], peer.host, port, rest[0] if rest else "", instance, int(reg_id))
 
 
 def registration_flow(

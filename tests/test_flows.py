@@ -64,7 +64,7 @@ class FlowTests(unittest.TestCase):
                 Flow("udp", "192.0.2.9", 5060, instance=INSTANCE, reg_id=1),
                 f"udp 192.0.2.9:5060 ob=1,{INSTANCE}",
             ),
-            (Flow("ws", "192.0.2.9", 1), "ws 192.0.2.9:1"),
+            (Flow("tls", "192.0.2.9", 1), "tls 192.0.2.9:1"),
         ]:
             self.assertEqual(str(flow), text)
             self.assertEqual(parse_flow(text), flow)
