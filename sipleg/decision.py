@@ -387,6 +387,8 @@ class Forward(NamedTuple):
         reached over the hop they registered by (L{sipleg.flows}): a
         request to such a contact goes over its flow, not to the next hop
         of its URI.
+    @ivar paths: C{(contact, Path values)} for the contacts of C{forks}
+        registered through a Path (RFC 3327): their Route set.
     """
 
     targets: tuple[URI, ...]
@@ -395,6 +397,17 @@ class Forward(NamedTuple):
     forks: tuple[tuple[str, ...], ...] = ()
     user: str | None = None
     flows: tuple[tuple[str, Flow], ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def path_of(self, contact: str) -> tuple[str, ...]:
+        """
+        The Route set of a request to C{contact} (one of L{forks}): its
+        Path, or none.
+        """
+        for registered, path in self.paths:
+            if registered == contact:
+                return path
+        return ()
 
     def flows_of(self, contact: str) -> tuple[Flow, ...]:
         """
@@ -411,10 +424,13 @@ class Located(NamedTuple):
 
     @ivar groups: the contact URIs, one group per q value, best first.
     @ivar flows: C{(contact, flow)} for the contacts reached over a flow.
+    @ivar paths: C{(contact, Path values)} for the contacts registered
+        through a Path.
     """
 
     groups: list[list[str]]
     flows: tuple[tuple[str, Flow], ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class Answer(NamedTuple):
@@ -680,6 +696,7 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         return Register()
     forks: tuple[tuple[str, ...], ...] = ()
     flows: tuple[tuple[str, Flow], ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if rules.locate is not None and not routes:
         found = rules.locate(uri)
         if isinstance(found, int):
@@ -689,8 +706,12 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
             return _refuse(method, found, _LOCATE_REASONS[found])
         if found is not None and found.groups:
             forks = tuple(tuple(group) for group in found.groups)
-            flows = found.flows
+            flows, paths = found.flows, found.paths
             new_uri = found.groups[0][0]
+            for contact, path in paths:
+                if contact == new_uri and path:
+                    # RFC 3327 §5.4: the Path is the Route set.
+                    routes = path
             try:
                 uri = parse_uri(new_uri)
             except SIPParseError as e:
@@ -719,11 +740,11 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     if not isinstance(edits, Edits):
         return edits
     if method == "REGISTER" and rules.flow_token is not None and len(view.vias) == 1:
-        path = _path_flow(view)
-        if path is not None:
-            edits = edits._replace(path=path)
+        phone = _path_flow(view)
+        if phone is not None:
+            edits = edits._replace(path=phone)
     return Forward(
-        (target,), edits, named or view.leg, forks, proved.user if proved is not None else None, flows
+        (target,), edits, named or view.leg, forks, proved.user if proved is not None else None, flows, paths
     )
 
 

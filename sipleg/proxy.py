@@ -819,6 +819,6 @@ def _registrar_rules(registrar: Registrar, legs: LegSet) -> tuple[Any, Any]:
         found = registrar.lookup(uri, own)
         if found is None:
             return None
-        return found.code if found.code is not None else Located(found.groups, found.flows)
+        return found.code if found.code is not None else Located(found.groups, found.flows, found.paths)
 
     return registers, locate

@@ -91,17 +91,20 @@ def parse_redis_url(url: str) -> tuple[str, int, int]:
 def _encode(bindings: tuple[Binding, ...]) -> str:
     """
     The C{b} field of an AOR's hash: one row per binding, C{[contact, q,
-    expires_at, call_id, cseq, order]}, with the text of its flow
-    (L{sipleg.flows}) after them when it has one.
+    expires_at, call_id, cseq, order]}, then, when it has a flow
+    (L{sipleg.flows}) or a Path, the text of its flow (or C{null}) and
+    then its Path values when it has some.
     """
-    return json.dumps(
-        [
-            [b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order]
-            + ([] if b.flow is None else [str(b.flow)])
-            for b in bindings
-        ],
-        separators=(",", ":"),
-    )
+    return json.dumps([_row(b) for b in bindings], separators=(",", ":"))
+
+
+def _row(b: Binding) -> list[Any]:
+    row: list[Any] = [b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order]
+    if b.flow is not None or b.path:
+        row.append(None if b.flow is None else str(b.flow))
+    if b.path:
+        row.append(list(b.path))
+    return row
 
 
 def _decode(aor: str, text: str | bytes | None) -> list[Binding]:
@@ -120,13 +123,25 @@ def _decode(aor: str, text: str | bytes | None) -> list[Binding]:
                 str(i),
                 int(s),
                 int(o),
-                parse_flow(flow[0]) if flow else None,
+                parse_flow(rest[0]) if rest and rest[0] is not None else None,
+                _path(rest[1]) if len(rest) > 1 else (),
             )
-            for c, q, t, i, s, o, *flow in rows
+            for c, q, t, i, s, o, *rest in rows
         ]
     except (ValueError, TypeError, AttributeError):
         log.warn("ignoring malformed bindings of {aor} in Redis", aor=aor)
         return []
+
+
+def _path(values: Any) -> tuple[str, ...]:
+    """
+    The Path values of a stored row.
+
+    @raise ValueError: not a list of strings.
+    """
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise ValueError("bad path")
+    return tuple(values)
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):

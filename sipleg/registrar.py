@@ -136,6 +136,8 @@ class Binding:
         first of several contacts of equal C{q}; a refresh keeps it.
     @ivar flow: the hop the REGISTER came by, when requests go back that
         way (L{sipleg.flows}): its connection, or its NAT'ed source.
+    @ivar path: the REGISTER's Path values (RFC 3327): the Route set of
+        the requests for this binding.
     """
 
     aor: str
@@ -146,6 +148,7 @@ class Binding:
     cseq: int = 0
     order: int = 0
     flow: Flow | None = None
+    path: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,8 @@ class LookupResult:
         forking proxy tries a group in parallel, then the next).
     @ivar flows: C{(contact, flow)} for the contacts registered with a
         L{Flow}, in C{contacts} order.
+    @ivar paths: C{(contact, Path values)} for the contacts registered
+        through a Path (RFC 3327).
     """
 
     aor: str
@@ -171,6 +176,7 @@ class LookupResult:
     code: int | None = None
     groups: list[list[str]] = field(default_factory=list)
     flows: tuple[tuple[str, Flow], ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -444,6 +450,10 @@ class BindingTable:
                 value += f";q={binding.q:g}"
             response.add_header("Contact", value)
         response.add_header("Date", formatdate(now, usegmt=True))
+        if any(option.lower() == "path" for option in request.get_headers("supported")):
+            # RFC 3327 §5.3: the Path stored, for the phone to see.
+            for value in request.get_headers("path"):
+                response.add_header("Path", value)
         if any(b.flow is not None and b.flow.outbound and b.cseq == request.cseq[0] for b in bindings):
             # RFC 5626 §6: the registrar says it did outbound, and how
             # often the phone should refresh its flows (§4.4).
@@ -609,13 +619,14 @@ class BindingTable:
                 flow = registration_flow(source, contact.uri, owner, instance, reg_id)
             updates.append((str(contact.uri), contact.uri, q, min(expires, self.max_expires), flow))
 
+        path = tuple(request.get_headers("path"))
         order = self._next_order
         touched: set[int] = set()
         for text, uri, q, expires, flow in updates:
             index = self._find(current, uri, flow)
             if index is None:
                 if expires:
-                    binding = Binding(aor, text, q, now + expires, call_id, cseq, order, flow)
+                    binding = Binding(aor, text, q, now + expires, call_id, cseq, order, flow, path)
                     touched.add(order)
                     order += 1
                     current.append(binding)
@@ -636,6 +647,7 @@ class BindingTable:
                     call_id=call_id,
                     cseq=cseq,
                     flow=flow,
+                    path=path,
                 )
             else:
                 del current[index]
@@ -711,7 +723,8 @@ class BindingTable:
                 if index == 0 or binding.q != ordered[index - 1].q:
                     groups.append([])
                 groups[-1].append(binding.contact)
-            return LookupResult(aor, [binding.contact for binding in ordered], None, groups, flows)
+            paths = tuple((binding.contact, binding.path) for binding in ordered if binding.path)
+            return LookupResult(aor, [binding.contact for binding in ordered], None, groups, flows, paths)
         return LookupResult(aor, [], 480 if aor in self._known else 404)
 
     def bindings(self, now: float) -> list[Binding]:
@@ -863,6 +876,8 @@ def _binding_document(binding: Binding) -> dict[str, Any]:
     }
     if binding.flow is not None:
         document["flow"] = str(binding.flow)
+    if binding.path:
+        document["path"] = list(binding.path)
     return document
 
 
@@ -872,8 +887,11 @@ def _binding_from(entry: Any, number: int) -> Binding:
 
     @raise RegistrationFileError: C{entry} is not a well-formed binding.
     """
-    if not isinstance(entry, dict) or set(entry) - {"flow"} != set(_FIELDS):
+    if not isinstance(entry, dict) or set(entry) - {"flow", "path"} != set(_FIELDS):
         raise RegistrationFileError(f"binding {number}: wrong fields")
+    path = entry.get("path", [])
+    if not isinstance(path, list) or not all(isinstance(value, str) for value in path):
+        raise RegistrationFileError(f"binding {number}: bad path")
     flow = None
     if "flow" in entry:
         try:
@@ -902,6 +920,7 @@ def _binding_from(entry: Any, number: int) -> Binding:
         entry["cseq"],
         entry["order"],
         flow,
+        tuple(path),
     )
 
 

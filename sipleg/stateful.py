@@ -57,7 +57,7 @@ from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
 from sipleg.message import Request, Response, make_response
 from sipleg.proxy import StatelessProxy, edit, flows_hop, on_connection
-from sipleg.uri import Via, header_tag, parse_uri, parse_via, via_branch
+from sipleg.uri import Via, header_tag, parse_uri, parse_via, route_uri, via_branch
 
 if TYPE_CHECKING:
     from sipleg.hookclient import RouteHookClient
@@ -384,9 +384,16 @@ class StatefulProxy(StatelessProxy):
                 self._resolved([(leg, address)], client)
                 continue
             try:
-                # Each contact goes where the Request-URI would (static
-                # routes, the outbound proxy); the first was decided so.
-                target = next_hop(parse_uri(uri), self.rules) if forward.forks else forward.targets[0]
+                # Each contact goes where the Request-URI would (its Path,
+                # static routes, the outbound proxy); the first was
+                # decided so.
+                path = forward.path_of(uri) if forward.paths else ()
+                if path:
+                    target = route_uri(path[0])
+                elif forward.forks:
+                    target = next_hop(parse_uri(uri), self.rules)
+                else:
+                    target = forward.targets[0]
                 found = self.dispatcher.resolve(target, legs, request, self._transports)
             except (DeliveryError, SIPParseError) as e:
                 self._unreached(client, e)
@@ -414,6 +421,13 @@ class StatefulProxy(StatelessProxy):
             return
         request = client.request
         request.uri = client.uri
+        if server.forward.paths:
+            # RFC 3327 §5.4: each contact's own Path is its Route set.
+            path = server.forward.path_of(client.uri)
+            if path:
+                request.set_header("route", ", ".join(path))
+            else:
+                request.remove_header("route")
         edits = server.forward.edits
         build = self._builder(
             request, client.branch, edits.record_route, server.leg, client.token, edits.path, self.flow_secret

@@ -20,6 +20,7 @@ the previous version is migrated once, with a log line.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import sqlite3
@@ -94,7 +95,8 @@ CREATE TABLE IF NOT EXISTS bindings (
     expires_at REAL NOT NULL,
     call_id TEXT NOT NULL,
     cseq INTEGER NOT NULL,
-    flow TEXT
+    flow TEXT,
+    path TEXT
 );
 CREATE INDEX IF NOT EXISTS bindings_aor ON bindings (aor);
 CREATE INDEX IF NOT EXISTS bindings_expiry ON bindings (expires_at);
@@ -134,7 +136,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            _add_flow_column(self._db)
+            _add_columns(self._db)
             # Writable?  (A read-only file fails here, not at the first
             # REGISTER.)
             self._db.execute("BEGIN IMMEDIATE")
@@ -162,10 +164,12 @@ class SQLiteStore:
         Everything stored (start-up: before the reactor runs).
         """
         rows = self._db.execute(
-            "SELECT aor, contact, q, expires_at, call_id, cseq, ord, flow FROM bindings"
+            "SELECT aor, contact, q, expires_at, call_id, cseq, ord, flow, path FROM bindings"
         ).fetchall()
         known = {aor for (aor,) in self._db.execute("SELECT aor FROM users")}
-        return Stored([Binding(a, c, q, t, i, s, o, _flow(f)) for a, c, q, t, i, s, o, f in rows], known)
+        return Stored(
+            [Binding(a, c, q, t, i, s, o, _flow(f), _path(p)) for a, c, q, t, i, s, o, f, p in rows], known
+        )
 
     def write(self, change: Change) -> Deferred[None]:
         done: Deferred[None] = Deferred()
@@ -242,10 +246,20 @@ class SQLiteStore:
         if commit:
             db.execute("BEGIN")
         db.executemany(
-            "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_at, call_id, cseq, ord, flow)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_at, call_id, cseq, ord, flow, path)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (b.aor, b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order, _flow_text(b.flow))
+                (
+                    b.aor,
+                    b.contact,
+                    b.q,
+                    b.expires_at,
+                    b.call_id,
+                    b.cseq,
+                    b.order,
+                    None if b.flow is None else str(b.flow),
+                    json.dumps(list(b.path)) if b.path else None,
+                )
                 for b in bindings
             ],
         )
@@ -260,18 +274,32 @@ class SQLiteStore:
             self._reactor.callFromThread(done.errback, error)
 
 
-def _add_flow_column(db: sqlite3.Connection) -> None:
+def _add_columns(db: sqlite3.Connection) -> None:
     """
-    Migrate a database of a version without flows: add the C{flow}
-    column (L{None} for the bindings it holds).
+    Migrate a database of a version without flows and Paths: add the
+    C{flow} and C{path} columns (NULL for the bindings it holds).
     """
     columns = {row[1] for row in db.execute("PRAGMA table_info(bindings)")}
-    if "flow" not in columns:
-        db.execute("ALTER TABLE bindings ADD COLUMN flow TEXT")
+    for column in ("flow", "path"):
+        if column not in columns:
+            db.execute(f"ALTER TABLE bindings ADD COLUMN {column} TEXT")
 
 
-def _flow_text(flow: Flow | None) -> str | None:
-    return None if flow is None else str(flow)
+def _path(text: str | None) -> tuple[str, ...]:
+    """
+    The Path values of a stored binding (a JSON list; none when
+    malformed, logged).
+    """
+    if text is None:
+        return ()
+    try:
+        values = json.loads(text)
+    except ValueError:
+        values = None
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        log.warn("ignoring malformed path {path!r} in the registrations database", path=text)
+        return ()
+    return tuple(values)
 
 
 def _flow(text: str | None) -> Flow | None:

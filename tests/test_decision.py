@@ -370,6 +370,19 @@ class RegistrarRulesTests(TestCase):
         self.assertEqual(found.flows_of("sip:bob@10.0.0.9:5061;transport=tls"), (flow,))
         self.assertEqual(found.flows_of("sip:bob@10.0.0.9"), ())
 
+    def test_locate_path(self) -> None:
+        """
+        RFC 3327 §5.4: a contact registered through a Path gets it as its
+        Route set; the next hop is its first value.
+        """
+        contact = "sip:bob@10.0.0.9:5060"
+        path = ("<sip:192.0.2.5;lr>", "<sip:192.0.2.6;lr>")
+        located = Located([[contact, "sip:bob@192.0.2.7"]], (), ((contact, path),))
+        found = forward(request("INVITE", "sip:bob@example.com"), rules=self.rules(located))
+        self.assertEqual((found.edits.uri, found.edits.routes), (contact, path))
+        self.assertEqual(found.targets, (parse_uri("sip:192.0.2.5;lr"),))
+        self.assertEqual((found.path_of(contact), found.path_of("sip:bob@192.0.2.7")), (path, ()))
+
     def test_route_set_first(self) -> None:
         """
         A request with a Route set follows it, not the location service.

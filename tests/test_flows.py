@@ -191,6 +191,25 @@ class TableTests(unittest.TestCase):
             answer, _ = table.process(register(contact, cseq=5, params=bad), NOW, first)
             self.assertEqual(answer.code, 400, bad)
 
+    def test_path(self) -> None:
+        """
+        RFC 3327: the Path of a REGISTER is kept with its bindings, echoed
+        in the 200 when the phone supports it, and handed out with the
+        lookup; the file keeps it.
+        """
+        table = BindingTable(["example.com"])
+        request = register("sip:bob@10.0.0.9:5060")
+        request.add_header("Path", "<sip:edge1.example.net;lr>, <sip:edge2.example.net;lr>")
+        request.add_header("Supported", "path")
+        answer, _ = table.process(request, NOW)
+        path = ("<sip:edge1.example.net;lr>", "<sip:edge2.example.net;lr>")
+        self.assertEqual(tuple(answer.get_headers("path")), path)
+        found = table.lookup(parse_uri(AOR), NOW)
+        assert found is not None
+        self.assertEqual(found.paths, (("sip:bob@10.0.0.9:5060", path),))
+        loaded = BindingTable.from_json(table.to_json(), NOW, ["example.com"])
+        self.assertEqual(loaded.bindings(NOW)[0].path, path)
+
     def test_expiry_counts(self) -> None:
         table = BindingTable(["example.com"], min_expires=1)
         table.process(register("sip:bob@10.0.0.9:5060", expires=10), NOW, Address("127.0.0.1", 40000))
@@ -237,10 +256,13 @@ class StoreTests(unittest.TestCase):
 
     async def test_sqlite_round_trip(self) -> None:
         registrar = self.registrar()
-        await registrar.register(register("sip:bob@10.0.0.9:5060"), source=Address("127.0.0.1", 40000))  # type: ignore[misc]
+        request = register("sip:bob@10.0.0.9:5060")
+        request.add_header("Path", "<sip:edge.example.net;lr>")
+        await registrar.register(request, source=Address("127.0.0.1", 40000))  # type: ignore[misc]
         await registrar.stop()
         (binding,) = self.registrar().bindings()
         self.assertEqual(binding.flow, Flow("udp", "127.0.0.1", 40000))
+        self.assertEqual(binding.path, ("<sip:edge.example.net;lr>",))
 
     async def test_sqlite_migration(self) -> None:
         """
@@ -278,11 +300,14 @@ class StoreTests(unittest.TestCase):
         bindings = (
             Binding(AOR, "sip:bob@10.0.0.9:5060", 1.0, NOW, "c", 1, 0, Flow("udp", "127.0.0.1", 40000)),
             Binding(AOR, "sip:bob@192.0.2.1", 0.5, NOW, "c", 1, 1),
+            Binding(AOR, "sip:bob@192.0.2.2", 0.5, NOW, "c", 1, 2, None, ("<sip:edge;lr>",)),
         )
         text = _encode(bindings)
         self.assertEqual(json.loads(text)[0][-1], "udp 127.0.0.1:40000")
         self.assertEqual(tuple(_decode(AOR, text)), bindings)
+        self.assertEqual(json.loads(text)[2][-2:], [None, ["<sip:edge;lr>"]])
         self.assertEqual(_decode(AOR, '[["sip:bob@192.0.2.1",1,1,"c",1,0,"tcp nowhere"]]'), [])
+        self.assertEqual(_decode(AOR, '[["sip:bob@192.0.2.1",1,1,"c",1,0,null,"<sip:edge;lr>"]]'), [])
 
 
 class KeepAliveTests(unittest.TestCase):

@@ -24,6 +24,7 @@ from sipleg.flows import Flow
 from sipleg.leg import Leg
 from sipleg.message import parse_message
 from sipleg.service import ProxyConfig, make_service
+from sipleg.stateful import TransactionTimers
 from sipleg.statusport import StatusServer
 from sipleg.tap import parse_listen
 from tests.certs import CertificateAuthority
@@ -263,6 +264,31 @@ class FlowProxyTests(unittest.TestCase):
         registrar.transport.write(options.encode(), ("127.0.0.1", self.legs["udp"].local.port))
         await client.wait_for(f"OPTIONS {contact} SIP/2.0".encode())
 
+    async def test_registered_path(self) -> None:
+        """
+        RFC 3327 at our registrar: a REGISTER that came through an edge
+        proxy with a Path is answered with it, and calls to the user take
+        it as their Route set: they go to the edge, the Request-URI the
+        Contact.
+        """
+        edge = Datagrams()
+        port = reactor.listenUDP(0, edge, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        here = port.getHost().port
+        contact = f"sip:bob@127.0.0.1:{free_port('udp')}"
+        path = f"<sip:127.0.0.1:{here};lr>"
+        request = register("udp", here, contact, via="SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK-phone")
+        request = request.replace(
+            b"Max-Forwards:", f"Path: {path}\r\nSupported: path\r\nMax-Forwards:".encode()
+        )
+        edge.transport.write(request, ("127.0.0.1", self.legs["udp"].local.port))
+        await eventually(lambda: edge.has(b"SIP/2.0 200 "))
+        self.assertIn(f"Path: {path}\r\n".encode(), edge.received[0])
+        self.call()
+        await eventually(lambda: edge.has(f"OPTIONS {contact} SIP/2.0".encode()))
+        options = parse_message(edge.received[-1])
+        self.assertEqual(options.get_headers("route"), [path])
+
     async def test_tcp_flow(self) -> None:
         """
         Over TCP the same; once the connection is gone, the proxy dials
@@ -339,3 +365,44 @@ class FlowRelayTests(unittest.TestCase):
         await phone.wait_for(b"OPTIONS sip:bob@127.0.0.1 SIP/2.0")
         await eventually(lambda: (relay.delivered, relay.dropped) == (1, 1))
         self.assertNotIn(b"forged", phone.data)
+
+
+class StatefulPathTests(unittest.TestCase):
+    """
+    With C{--stateful}, each forked branch takes its own contact's Path
+    as its Route set (RFC 3327 §5.4), or none.
+    """
+
+    async def test_fork(self) -> None:
+        config = ProxyConfig(
+            listen=[parse_listen("udp:127.0.0.1:0")],
+            registrar=True,
+            domains=["example.test"],
+            transactions=TransactionTimers(),
+        )
+        service = make_service(config)
+        service.startService()
+        self.addCleanup(service.stopService)
+        (leg,) = [child for child in service if isinstance(child, Leg)]
+        proxy = ("127.0.0.1", leg.local.port)
+        edge, phone, caller = Datagrams(), Datagrams(), Datagrams()
+        ports = []
+        for each in (edge, phone, caller):
+            port = reactor.listenUDP(0, each, interface="127.0.0.1")  # type: ignore[attr-defined]
+            self.addCleanup(port.stopListening)
+            ports.append(port.getHost().port)
+        path = f"<sip:127.0.0.1:{ports[0]};lr>"
+        behind = f"sip:bob@127.0.0.1:{free_port('udp')}"
+        through_edge = register("udp", ports[0], behind, via="SIP/2.0/UDP 10.0.0.9:5060;branch=z9hG4bK-phone")
+        edge.transport.write(
+            through_edge.replace(b"Max-Forwards:", f"Path: {path}\r\nMax-Forwards:".encode()), proxy
+        )
+        direct = f"sip:bob@127.0.0.1:{ports[1]}"
+        phone.transport.write(register("udp", ports[1], direct), proxy)
+        await eventually(lambda: edge.has(b"SIP/2.0 200 ") and phone.has(b"SIP/2.0 200 "))
+        caller.transport.write(options(AOR, 1, ports[2]), proxy)
+        await eventually(lambda: edge.has(b"OPTIONS ") and phone.has(b"OPTIONS "))
+        (via_edge,) = [parse_message(data) for data in edge.received if data.startswith(b"OPTIONS ")]
+        (to_phone,) = [parse_message(data) for data in phone.received if data.startswith(b"OPTIONS ")]
+        self.assertEqual((via_edge.uri, via_edge.get_headers("route")), (behind, [path]))
+        self.assertEqual((to_phone.uri, to_phone.get_headers("route")), (direct, []))
