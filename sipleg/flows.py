@@ -39,10 +39,12 @@ import hmac
 from dataclasses import dataclass
 
 from sipleg.address import Address, bracket, split_hostport
-from sipleg.uri import URI
+from sipleg.errors import SIPParseError
+from sipleg.uri import URI, parse_name_addr
 
 __all__ = [
     "CONNECTION_ONLY",
+    "asks_outbound",
     "FLOW_REASONS",
     "Flow",
     "flow_gone",
@@ -211,6 +213,20 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def asks_outbound(contact: str | None) -> bool:
+    """
+    Whether a dialog-forming request's Contact value has C{;ob} (RFC 5626
+    §5.3: the phone wants the dialog's requests over the flow it sent
+    this one by).
+    """
+    if not contact or "ob" not in contact:
+        return False
+    try:
+        return "ob" in parse_name_addr(contact).uri.params
+    except SIPParseError:
+        return False
 
 
 def flow_gone(flow: Flow) -> int | None:

@@ -55,7 +55,16 @@ from sipleg.decision import (
 from sipleg.dispatcher import Dispatcher, pair_legs
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.flood import EdgePolicy, FloodControl, FloodLimits, Verdict
-from sipleg.flows import FLOW_REASONS, STREAMS, Flow, flow_gone, flow_token, token_flow, token_route
+from sipleg.flows import (
+    FLOW_REASONS,
+    STREAMS,
+    Flow,
+    asks_outbound,
+    flow_gone,
+    flow_token,
+    token_flow,
+    token_route,
+)
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_answer
 from sipleg.refusals import RefusalLog
@@ -413,13 +422,15 @@ class StatelessProxy:
         relay = self.flow_relay
         found = flows_hop(forward.flows_of(request.uri), legs, relay) if forward.flows else None
         edits = forward.edits
-        if isinstance(found, tuple) or edits.path is not None:
-            token = flow_token(found[0], self.flow_secret) if isinstance(found, tuple) else None
+        tokens: tuple[str, ...] = ()
+        if edits.record_route:
+            tokens = self._tokens(view, found[0] if isinstance(found, tuple) else None)
+        if tokens or edits.path is not None:
             path = edits.path
             if path is not None and relay is not None and path.transport in STREAMS:
                 path = replace(path, owner=relay.address)
             build = self._builder(
-                request, edits.branch, edits.record_route, in_leg, token, path, self.flow_secret
+                request, edits.branch, edits.record_route, in_leg, tokens, path, self.flow_secret
             )
         else:
             build = self._builder(request, edits.branch, edits.record_route, in_leg)
@@ -455,6 +466,27 @@ class StatelessProxy:
             return sent
         self._forwarded(sent, request)
         return None
+
+    def _tokens(self, view: RequestView, out: Flow | None) -> tuple[str, ...]:
+        """
+        The flow tokens for our Record-Route of a request (RFC 5626 §5.3):
+        the flow it goes over, and the stream it came by straight from a
+        phone that asks (C{;ob} in its Contact), so that the dialog's
+        later requests reach either end over its own connection.
+        """
+        tokens: tuple[str, ...] = () if out is None else (flow_token(out, self.flow_secret),)
+        source = view.source
+        if (
+            view.leg.proto in STREAMS
+            and len(view.vias) == 1
+            and source.addr is not None
+            and asks_outbound(view.request.get_header("contact"))
+        ):
+            relay = self.flow_relay
+            owner = "" if relay is None else relay.address
+            came = Flow(view.leg.proto, source.addr, source.port, owner)
+            tokens += (flow_token(came, self.flow_secret),)
+        return tokens
 
     def _flow_failed(
         self, view: RequestView, forward: Forward, in_leg: Leg, request: Request, index: int, code: int
@@ -501,7 +533,7 @@ class StatelessProxy:
         branch_text: str,
         record_route: bool,
         in_leg: Leg,
-        token: str | None = None,
+        tokens: tuple[str, ...] = (),
         path: Flow | None = None,
         secret: bytes = b"",
     ) -> Any:
@@ -511,8 +543,8 @@ class StatelessProxy:
         branch_text}) and Record-Route of the leg it leaves by spliced on
         top.
 
-        @param token: a flow token for our Record-Route (the request goes
-            over that flow, RFC 5626 §5.3).
+        @param tokens: flow tokens for our Record-Route (the flows of the
+            dialog's ends, RFC 5626 §5.3): one value per token.
         @param path: the flow to name in our Path (a REGISTER we forward,
             RFC 3327), with its token made with C{secret}.
         """
@@ -520,8 +552,8 @@ class StatelessProxy:
         cut = data.index(b"\r\n") + 2
         start, rest = data[:cut], data[cut:]
         branch = branch_text.encode()
-        if token is not None or path is not None:
-            return _flow_build(start, rest, branch, record_route, in_leg, token, path, secret)
+        if tokens or path is not None:
+            return _flow_build(start, rest, branch, record_route, in_leg, tokens, path, secret)
 
         def build(out: Leg) -> tuple[bytes, object | None]:
             # RFC 3261 §16.6 items 4 and 8: Record-Route and Via of the leg
@@ -721,7 +753,7 @@ def _flow_build(
     branch: bytes,
     record_route: bool,
     in_leg: Leg,
-    token: str | None,
+    tokens: tuple[str, ...],
     path: Flow | None,
     secret: bytes,
 ) -> Any:
@@ -740,8 +772,8 @@ def _flow_build(
             lines.append(f"Path: {token_route(out.record_route, path_token, path.outbound)}\r\n".encode())
         if record_route:
             for value in dict.fromkeys(leg.record_route for leg in legs):
-                route = value if token is None else token_route(value, token)
-                lines.append(f"Record-Route: {route}\r\n".encode())
+                for route in [token_route(value, token) for token in tokens] or [value]:
+                    lines.append(f"Record-Route: {route}\r\n".encode())
         lines.append(rest)
         return b"".join(lines), None
 

@@ -52,7 +52,7 @@ from twisted.logger import Logger
 from sipleg.address import Address
 from sipleg.decision import Answer, Drop, Forward, RequestView, Rules, from_tag, next_hop, request_view
 from sipleg.errors import DeliveryError, SIPParseError
-from sipleg.flows import FLOW_REASONS, flow_token
+from sipleg.flows import FLOW_REASONS
 from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
 from sipleg.message import Request, Response, make_response
@@ -125,8 +125,8 @@ class _Client:
     index: int = 0
     #: The connection of the flow the branch goes over, if any.
     conn: object | None = None
-    #: That flow's token, for our Record-Route (RFC 5626 §5.3).
-    token: str | None = None
+    #: The flow tokens for our Record-Route (RFC 5626 §5.3).
+    tokens: tuple[str, ...] = ()
     #: Cancelled before it answered: a provisional that still comes gets
     #: the CANCEL (§9.1).
     cancel_late: bool = False
@@ -378,9 +378,10 @@ class StatefulProxy(StatelessProxy):
                 log.info("branch to {uri}: its flow is gone", uri=uri)
                 self._branch_final(client, over, self._made(client, over, FLOW_REASONS[over]))
                 continue
+            if forward.edits.record_route:
+                client.tokens = self._tokens(server.view, None if over is None else over[0])
             if over is not None:
                 leg, address, client.conn = over[1]
-                client.token = flow_token(over[0], self.flow_secret)
                 self._resolved([(leg, address)], client)
                 continue
             try:
@@ -430,7 +431,13 @@ class StatefulProxy(StatelessProxy):
                 request.remove_header("route")
         edits = server.forward.edits
         build = self._builder(
-            request, client.branch, edits.record_route, server.leg, client.token, edits.path, self.flow_secret
+            request,
+            client.branch,
+            edits.record_route,
+            server.leg,
+            client.tokens,
+            edits.path,
+            self.flow_secret,
         )
         if client.conn is not None:
             build = on_connection(build, client.conn)

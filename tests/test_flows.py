@@ -15,7 +15,16 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from sipleg.address import Address
-from sipleg.flows import Flow, flow_gone, flow_token, parse_flow, registration_flow, token_flow, token_route
+from sipleg.flows import (
+    Flow,
+    asks_outbound,
+    flow_gone,
+    flow_token,
+    parse_flow,
+    registration_flow,
+    token_flow,
+    token_route,
+)
 from sipleg.keepalive import KEEPALIVE, KeepAlive
 from sipleg.leg import Leg
 from sipleg.message import Request
@@ -384,3 +393,9 @@ class TokenTests(unittest.TestCase):
             "<sip:T@192.0.2.1:5060;transport=tcp;lr>",
         )
         self.assertEqual(token_route("<sip:192.0.2.1:5060;lr>", "T", True), "<sip:T@192.0.2.1:5060;lr;ob>")
+
+    def test_asks_outbound(self) -> None:
+        self.assertTrue(asks_outbound("<sip:alice@192.0.2.1;transport=tls;ob>"))
+        # (A bare addr-spec's parameters are the header's, RFC 3261 §20.10.)
+        for value in (None, "", "<sip:bob@192.0.2.1>", "<sip:bob@192.0.2.1>;ob", "sip:a@192.0.2.1;ob", "<<"):
+            self.assertFalse(asks_outbound(value), value)

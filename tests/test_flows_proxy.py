@@ -232,6 +232,46 @@ class FlowProxyTests(unittest.TestCase):
         self.caller.transport.write(bye.encode(), ("127.0.0.1", self.legs["udp"].local.port))
         await client.wait_for(f"BYE {contact} SIP/2.0".encode())
 
+    async def test_caller_flow(self) -> None:
+        """
+        A caller over TLS with C{;ob} in its Contact (RFC 5626 §5.3): our
+        Record-Route names its connection, so the callee's request later
+        in the dialog, addressed to the caller's Contact (where nothing
+        listens), reaches it over that connection.
+        """
+        callee = Datagrams()
+        port = reactor.listenUDP(0, callee, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        there = port.getHost().port
+        proxy = ("127.0.0.1", self.legs["udp"].local.port)
+        callee.transport.write(register("udp", there, f"sip:bob@127.0.0.1:{there}"), proxy)
+        await eventually(lambda: callee.has(b"SIP/2.0 200 "))
+        caller = RawClient()
+        endpoint = wrapClientTLS(
+            CertificateOptions(), TCP4ClientEndpoint(reactor, "127.0.0.1", self.legs["tls"].local.port)
+        )
+        await connectProtocol(endpoint, caller)
+        self.addCleanup(caller.transport.loseConnection)
+        here = caller.transport.getHost().port
+        contact = f"sip:alice@127.0.0.1:{free_port('tcp')};transport=tls;ob"
+        caller.transport.write(
+            (
+                f"OPTIONS {AOR} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{here};branch=z9hG4bK-ob\r\n"
+                f"From: <sip:alice@example.test>;tag=a\r\nTo: <{AOR}>\r\nCall-ID: ob\r\n"
+                f"CSeq: 1 OPTIONS\r\nContact: <{contact}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        await eventually(lambda: callee.has(b"OPTIONS "))
+        (arrived,) = [parse_message(data) for data in callee.received if data.startswith(b"OPTIONS ")]
+        routes = arrived.get_headers("record-route")
+        bye = (
+            f"BYE {contact} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{there};branch=z9hG4bK-back;rport\r\n"
+            f"Route: {', '.join(routes)}\r\nFrom: <{AOR}>;tag=b\r\nTo: <sip:alice@example.test>;tag=a\r\n"
+            "Call-ID: ob\r\nCSeq: 1 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        callee.transport.write(bye.encode(), proxy)
+        await caller.wait_for(f"BYE {contact} SIP/2.0".encode())
+
     async def test_path(self) -> None:
         """
         A REGISTER for another registrar that says C{Supported: path}
