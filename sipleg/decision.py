@@ -37,9 +37,10 @@ from typing import NamedTuple
 from sipleg.address import Address, bracket, uri_transport
 from sipleg.branch import loop_hash, transaction_hash
 from sipleg.errors import SIPParseError
+from sipleg.flows import Flow
 from sipleg.message import Request, Response, answer_tag
 from sipleg.routing import IAccessPolicy, IRoutePolicy, response_fallback, response_target
-from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
+from sipleg.uri import URI, Via, header_tag, parse_name_addr, parse_uri, parse_via, route_uri, via_branch
 
 __all__ = [
     "Answer",
@@ -50,6 +51,7 @@ __all__ = [
     "Forward",
     "LegIdentity",
     "LegSet",
+    "Located",
     "Register",
     "RequestView",
     "ResponseView",
@@ -351,6 +353,9 @@ class Edits(NamedTuple):
     @ivar branch: the branch after the leg's prefix (RFC 3261 §16.11).
     @ivar strip: the indexes of the Proxy-Authorization values to remove:
         our own credentials, used up here (§22.3).
+    @ivar path: for a REGISTER we forward to another registrar that came
+        straight from the phone and supports Path: the phone's flow, to
+        name in a Path of ours (RFC 3327, RFC 5626 §5.1).
     """
 
     max_forwards: int
@@ -359,6 +364,7 @@ class Edits(NamedTuple):
     record_route: bool
     branch: str
     strip: tuple[int, ...] = ()
+    path: Flow | None = None
 
 
 class Forward(NamedTuple):
@@ -377,6 +383,12 @@ class Forward(NamedTuple):
         order: the stateless proxy fails over from one to the next.
     @ivar user: the user the request's sender proved to be
         (L{Authenticated}), if any.
+    @ivar flows: C{(contact, flow)} for the contacts of C{forks} that are
+        reached over the hop they registered by (L{sipleg.flows}): a
+        request to such a contact goes over its flow, not to the next hop
+        of its URI.
+    @ivar paths: C{(contact, Path values)} for the contacts of C{forks}
+        registered through a Path (RFC 3327): their Route set.
     """
 
     targets: tuple[URI, ...]
@@ -384,6 +396,41 @@ class Forward(NamedTuple):
     prefer: LegIdentity
     forks: tuple[tuple[str, ...], ...] = ()
     user: str | None = None
+    flows: tuple[tuple[str, Flow], ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def path_of(self, contact: str) -> tuple[str, ...]:
+        """
+        The Route set of a request to C{contact} (one of L{forks}): its
+        Path, or none.
+        """
+        for registered, path in self.paths:
+            if registered == contact:
+                return path
+        return ()
+
+    def flows_of(self, contact: str) -> tuple[Flow, ...]:
+        """
+        The flows a request to C{contact} (one of L{forks}) goes over, the
+        first open one (several for an RFC 5626 instance); empty when none.
+        """
+        return tuple(flow for registered, flow in self.flows if registered == contact)
+
+
+class Located(NamedTuple):
+    """
+    The location service's answer for an address of record with current
+    bindings.
+
+    @ivar groups: the contact URIs, one group per q value, best first.
+    @ivar flows: C{(contact, flow)} for the contacts reached over a flow.
+    @ivar paths: C{(contact, Path values)} for the contacts registered
+        through a Path.
+    """
+
+    groups: list[list[str]]
+    flows: tuple[tuple[str, Flow], ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class Answer(NamedTuple):
@@ -464,7 +511,7 @@ class Rules:
         answer; L{None} without a registrar.
     @ivar locate: the location service (RFC 3261 §16.5): for a
         Request-URI, L{None} (not an address of record of ours), a status
-        code (404, 480) or the contact URIs, best first.
+        code (404, 480) or the L{Located} contacts, best first.
     @ivar scanners: lower-case User-Agent fragments of SIP scanners: their
         requests from untrusted sources are dropped without an answer.
     @ivar auth: the authentication step (L{sipleg.auth.Authenticator}):
@@ -475,16 +522,20 @@ class Rules:
         Proxy-Authorization values for our realm: removed from every
         request forwarded, checked or not (RFC 3261 §22.3; the ACK of a
         2xx repeats the INVITE's, §13.2.2.4).
+    @ivar flow_token: the flow a token in the user part of one of our
+        Routes names (L{sipleg.flows.token_flow}: our Path or
+        Record-Route), or L{None}.
     """
 
     legs: LegSet
     access: IAccessPolicy
     routes: IRoutePolicy
     registers: Callable[[URI], bool] | None = None
-    locate: Callable[[URI], int | list[list[str]] | None] | None = None
+    locate: Callable[[URI], int | Located | None] | None = None
     scanners: tuple[str, ...] = ()
     auth: Callable[[RequestView, bool], Answer | Authenticated | None] | None = None
     credentials: Callable[[Request], tuple[int, ...]] | None = None
+    flow_token: Callable[[str], Flow | None] | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -617,8 +668,12 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
         new_uri = str(route_uri(routes[-1]))
         uri = parse_uri(new_uri)
         routes = restored
+    token_flow = None
     if routes:
+        ours = routes
         routes, named = strip_own_routes(routes, legs)
+        if rules.flow_token is not None:
+            token_flow = _token_flow(view, ours[: len(ours) - len(routes)], rules.flow_token)
     else:
         named = None
 
@@ -640,6 +695,8 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     if registers:
         return Register()
     forks: tuple[tuple[str, ...], ...] = ()
+    flows: tuple[tuple[str, Flow], ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
     if rules.locate is not None and not routes:
         found = rules.locate(uri)
         if isinstance(found, int):
@@ -647,14 +704,23 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
                 # Strangers do not learn which users ever registered.
                 found = 404
             return _refuse(method, found, _LOCATE_REASONS[found])
-        if found:
-            forks = tuple(tuple(group) for group in found)
-            new_uri = found[0][0]
+        if found is not None and found.groups:
+            forks = tuple(tuple(group) for group in found.groups)
+            flows, paths = found.flows, found.paths
+            new_uri = found.groups[0][0]
+            for contact, path in paths:
+                if contact == new_uri and path:
+                    # RFC 3327 §5.4: the Path is the Route set.
+                    routes = path
             try:
                 uri = parse_uri(new_uri)
             except SIPParseError as e:
                 return _refuse(method, 400, e.reason)
 
+    if token_flow is not None and not routes:
+        # RFC 5626 §5.3: a request through our Path or Record-Route with
+        # a flow token goes over that flow.
+        flows = ((new_uri if new_uri is not None else text, token_flow),)
     if routes:
         first = route_value_uri(routes[0])
         if first is None:
@@ -673,7 +739,13 @@ def decide_request(view: RequestView, rules: Rules) -> Decision:
     edits = forward_edits(view, rules, new_uri, routes, max_forwards)
     if not isinstance(edits, Edits):
         return edits
-    return Forward((target,), edits, named or view.leg, forks, proved.user if proved is not None else None)
+    if method == "REGISTER" and rules.flow_token is not None and len(view.vias) == 1:
+        phone = _path_flow(view)
+        if phone is not None:
+            edits = edits._replace(path=phone)
+    return Forward(
+        (target,), edits, named or view.leg, forks, proved.user if proved is not None else None, flows, paths
+    )
 
 
 def forward_edits(
@@ -715,6 +787,50 @@ def forward_edits(
 
 
 _LOCATE_REASONS = {404: "Not Found", 480: "Temporarily Unavailable"}
+
+
+def _token_flow(
+    view: RequestView, ours: tuple[str, ...], flow_token: Callable[[str], Flow | None]
+) -> Flow | None:
+    """
+    The flow a token in one of our Route values C{ours} names, unless it
+    is the flow the request came by (the phone's own requests in the
+    dialog carry the token too, RFC 5626 §5.3).
+    """
+    came = (view.leg.proto, view.source.addr, view.source.port)
+    for value in ours:
+        uri = route_value_uri(value)
+        if uri is not None and uri.user:
+            flow = flow_token(uri.user)
+            if flow is not None and (flow.transport, flow.host, flow.port) != came:
+                return flow
+    return None
+
+
+def _path_flow(view: RequestView) -> Flow | None:
+    """
+    The phone's flow, for the Path of a REGISTER we forward (RFC 3327
+    §5.1: only when it says C{Supported: path}), outbound when its
+    Contact asks (RFC 5626 §5.1).
+    """
+    request = view.request
+    supported = request.get_headers("supported")
+    options = {option.strip().lower() for value in supported for option in value.split(",")}
+    source = view.source
+    if "path" not in options or source.addr is None:
+        return None
+    instance, reg_id = "", 0
+    try:
+        params = parse_name_addr(request.get_header("contact") or "").params
+    except SIPParseError:
+        params = {}
+    number = params.get("reg-id") or ""
+    if number.isascii() and number.isdigit() and 0 < len(number) <= 10:
+        instance = (params.get("+sip.instance") or "").strip('"')
+        if any(c.isspace() or c == "," for c in instance):
+            instance = ""
+        reg_id = int(number) if instance else 0
+    return Flow(view.leg.proto, source.addr, source.port, "", instance, reg_id)
 
 
 def addressed_to_us(method: str, registrar: bool) -> Answer | Drop:

@@ -21,6 +21,7 @@ The families (names kept from the hand-written exposition before them):
     sipleg_bindings                       gauge (--registrar)
     sipleg_transactions                   gauge (--stateful)
     sipleg_branches                       gauge (--stateful)
+    sipleg_flows{transport}               gauge (--registrar)
     sipleg_store_write_seconds            summary (--registrar)
     sipleg_worker_up{worker}              gauge (--workers)
 """
@@ -99,6 +100,14 @@ def status_families(status: dict[str, Any]) -> list[Metric]:
         families.append(
             GaugeMetricFamily("sipleg_bindings", "Registrations held.", value=registrar["bindings"])
         )
+        flows = GaugeMetricFamily(
+            "sipleg_flows",
+            "Registrations reached over the hop they registered by (a connection, or a NAT'ed source).",
+            labels=["transport"],
+        )
+        for transport, count in sorted(registrar.get("flows", {}).items()):
+            flows.add_metric([transport], count)
+        families.append(flows)
         families.append(
             SummaryMetricFamily(
                 "sipleg_store_write_seconds",

@@ -23,6 +23,9 @@ Nothing waits on a L{Deferred} unless I/O does (DNS, a stream connect).
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +42,7 @@ from sipleg.decision import (
     Forward,
     LegIdentity,
     LegSet,
+    Located,
     Register,
     RequestView,
     Rules,
@@ -51,6 +55,16 @@ from sipleg.decision import (
 from sipleg.dispatcher import Dispatcher, pair_legs
 from sipleg.errors import DeliveryError, SIPParseError
 from sipleg.flood import EdgePolicy, FloodControl, FloodLimits, Verdict
+from sipleg.flows import (
+    FLOW_REASONS,
+    STREAMS,
+    Flow,
+    asks_outbound,
+    flow_gone,
+    flow_token,
+    token_flow,
+    token_route,
+)
 from sipleg.leg import BadMessage, Leg
 from sipleg.message import Message, Request, Response, make_response, salvage_answer
 from sipleg.refusals import RefusalLog
@@ -61,6 +75,7 @@ from sipleg.uri import URI, Via
 
 if TYPE_CHECKING:
     from sipleg.auth import Authenticator
+    from sipleg.flowrelay import FlowRelay
     from sipleg.hookclient import RouteHookClient
 
 __all__ = ["StatelessProxy"]
@@ -108,6 +123,12 @@ class StatelessProxy:
         """
         self.route_hook = route_hook
         self.registrar = registrar
+        #: With C{--workers}: hands requests over flows of other workers
+        #: to them (L{sipleg.flowrelay}).
+        self.flow_relay: FlowRelay | None = None
+        #: What our flow tokens are signed with (L{sipleg.flows.flow_token}):
+        #: the workers of C{--workers} share it.
+        self.flow_secret = secrets.token_bytes(16)
         self.auth = auth
         self.edge = edge if edge is not None else EdgePolicy(flood=None, scanners=())
         limits = self.edge.flood
@@ -239,6 +260,7 @@ class StatelessProxy:
                 self.edge.scanners,
                 self.auth,
                 self.auth.own_credentials if self.auth is not None else None,
+                partial(token_flow, secret=self.flow_secret),
             )
             self._gate_legs()
             self._legs = {leg.identity: leg for leg in self.dispatcher.legs}
@@ -321,7 +343,10 @@ class StatelessProxy:
             return self._answer(view, decision, leg)
         if isinstance(decision, Register):
             assert self.registrar is not None
-            answer = self.registrar.register(request)
+            # Only a REGISTER straight from the phone (one Via) came by
+            # the phone's own flow (RFC 5626 §6: the registrar is then
+            # its first hop).
+            answer = self.registrar.register(request, source=source if len(view.vias) == 1 else None)
             if isinstance(answer, Deferred):
                 # Answered once the store has kept the change.
                 return answer.addCallback(self._registered, view, leg)
@@ -393,16 +418,42 @@ class StatelessProxy:
             # The next of several targets (a routing hook's list) goes
             # with the next URI of the forks.
             request.uri = [uri for group in forward.forks for uri in group][index]
-        build = self._builder(request, forward.edits.branch, forward.edits.record_route, in_leg)
         legs = self._legs_from(self._legs[forward.prefer])
+        relay = self.flow_relay
+        found = flows_hop(forward.flows_of(request.uri), legs, relay) if forward.flows else None
+        edits = forward.edits
+        tokens: tuple[str, ...] = ()
+        if edits.record_route:
+            tokens = self._tokens(view, found[0] if isinstance(found, tuple) else None)
+        if tokens or edits.path is not None:
+            path = edits.path
+            if path is not None and relay is not None and path.transport in STREAMS:
+                path = replace(path, owner=relay.address)
+            build = self._builder(
+                request, edits.branch, edits.record_route, in_leg, tokens, path, self.flow_secret
+            )
+        else:
+            build = self._builder(request, edits.branch, edits.record_route, in_leg)
         # A datagram held back (design item 18) that fails when it is sent
         # moves on to the next address by itself; this hears when none is
         # left.
         failed = partial(self._target_failed, view, forward, in_leg, request, index)
         try:
-            sent = self.dispatcher.send_to(
-                forward.targets[index], legs, request, build, failed, self._transports
-            )
+            if isinstance(found, int):
+                return self._flow_failed(view, forward, in_leg, request, index, found)
+            if found is None:
+                sent = self.dispatcher.send_to(
+                    forward.targets[index], legs, request, build, failed, self._transports
+                )
+            else:
+                flow, (leg, address, conn) = found
+                if relay is not None and conn is relay:
+                    relay.send(flow, build(leg)[0])
+                    sent = (leg, address)
+                else:
+                    sent = self.dispatcher.send_in_order(
+                        ((leg, address),), on_connection(build, conn), failed=failed
+                    )
         except DeliveryError as e:
             return self._target_failed(view, forward, in_leg, request, index, e)
         if isinstance(sent, Deferred):
@@ -415,6 +466,42 @@ class StatelessProxy:
             return sent
         self._forwarded(sent, request)
         return None
+
+    def _tokens(self, view: RequestView, out: Flow | None) -> tuple[str, ...]:
+        """
+        The flow tokens for our Record-Route of a request (RFC 5626 §5.3):
+        the flow it goes over, and the stream it came by straight from a
+        phone that asks (C{;ob} in its Contact), so that the dialog's
+        later requests reach either end over its own connection.
+        """
+        tokens: tuple[str, ...] = () if out is None else (flow_token(out, self.flow_secret),)
+        source = view.source
+        if (
+            view.leg.proto in STREAMS
+            and len(view.vias) == 1
+            and source.addr is not None
+            and asks_outbound(view.request.get_header("contact"))
+        ):
+            relay = self.flow_relay
+            owner = "" if relay is None else relay.address
+            came = Flow(view.leg.proto, source.addr, source.port, owner)
+            tokens += (flow_token(came, self.flow_secret),)
+        return tokens
+
+    def _flow_failed(
+        self, view: RequestView, forward: Forward, in_leg: Leg, request: Request, index: int, code: int
+    ) -> Deferred[Any] | None:
+        """
+        The flow of a target is gone (L{sipleg.flows.flow_gone}): the next
+        target, or the flow's answer (480, 430) when it was the last.
+        """
+        if index + 1 < len(forward.targets):
+            return self._send_request(view, forward, in_leg, request, index + 1)
+        log.info("{method} to {uri}: its flow is gone", method=request.method, uri=request.uri)
+        if request.method == "ACK":
+            self.stats.dropped[f"ACK {FLOW_REASONS[code]}"] += 1
+            return None
+        return self._answer(view, Answer(code, FLOW_REASONS[code]), in_leg)
 
     def _target_failed(
         self,
@@ -441,17 +528,32 @@ class StatelessProxy:
         return None
 
     @staticmethod
-    def _builder(request: Request, branch_text: str, record_route: bool, in_leg: Leg) -> Any:
+    def _builder(
+        request: Request,
+        branch_text: str,
+        record_route: bool,
+        in_leg: Leg,
+        tokens: tuple[str, ...] = (),
+        path: Flow | None = None,
+        secret: bytes = b"",
+    ) -> Any:
         """
         The build function of L{Dispatcher.send_in_order} for an edited
         request: its bytes, made once, with the Via (C{leg.branch +
         branch_text}) and Record-Route of the leg it leaves by spliced on
         top.
+
+        @param tokens: flow tokens for our Record-Route (the flows of the
+            dialog's ends, RFC 5626 §5.3): one value per token.
+        @param path: the flow to name in our Path (a REGISTER we forward,
+            RFC 3327), with its token made with C{secret}.
         """
         data = bytes(request)
         cut = data.index(b"\r\n") + 2
         start, rest = data[:cut], data[cut:]
         branch = branch_text.encode()
+        if tokens or path is not None:
+            return _flow_build(start, rest, branch, record_route, in_leg, tokens, path, secret)
 
         def build(out: Leg) -> tuple[bytes, object | None]:
             # RFC 3261 §16.6 items 4 and 8: Record-Route and Via of the leg
@@ -655,6 +757,95 @@ def _wire(response: Response) -> Any:
     return build
 
 
+def _flow_build(
+    start: bytes,
+    rest: bytes,
+    branch: bytes,
+    record_route: bool,
+    in_leg: Leg,
+    tokens: tuple[str, ...],
+    path: Flow | None,
+    secret: bytes,
+) -> Any:
+    """
+    L{StatelessProxy._builder}'s build function with a flow token in our
+    Record-Route values, or our Path.
+    """
+    path_token = None if path is None else flow_token(path, secret)
+
+    def build(out: Leg) -> tuple[bytes, object | None]:
+        legs = [out] if out is in_leg else [out, in_leg]
+        lines = [start]
+        for leg in legs:
+            lines += [leg.via_line, branch, b"\r\n"]
+        if path is not None and path_token is not None:
+            lines.append(f"Path: {token_route(out.record_route, path_token, path.outbound)}\r\n".encode())
+        if record_route:
+            for value in dict.fromkeys(leg.record_route for leg in legs):
+                for route in [token_route(value, token) for token in tokens] or [value]:
+                    lines.append(f"Record-Route: {route}\r\n".encode())
+        lines.append(rest)
+        return b"".join(lines), None
+
+    return build
+
+
+def flow_hop(
+    flow: Flow, legs: Sequence[Leg], relay: FlowRelay | None = None
+) -> tuple[Leg, Address, object | None] | int | None:
+    """
+    Where a request over C{flow} goes now: the leg, address and open
+    connection to send on (a UDP flow: the first leg of its transport and
+    family, no connection; a flow another worker owns: C{relay} in place
+    of the connection); L{None} when the connection is gone and the
+    Contact is dialled instead (TCP); else the status code to answer
+    (L{sipleg.flows.flow_gone}).
+    """
+    address = flow.address
+    for leg in legs:
+        if leg.proto == flow.transport and leg.family == address.family:
+            if flow.transport == "udp":
+                return leg, address, None
+            if relay is not None and relay.foreign(flow):
+                return leg, address, relay
+            conn = leg.socketpool.flow_connection(address)
+            if conn is not None:
+                return leg, address, conn
+    return flow_gone(flow)
+
+
+def flows_hop(
+    flows: Sequence[Flow], legs: Sequence[Leg], relay: FlowRelay | None = None
+) -> tuple[Flow, tuple[Leg, Address, object | None]] | int | None:
+    """
+    The first of C{flows} (one contact's: several for an RFC 5626
+    instance) that is open now, with its L{flow_hop}; when none is:
+    L{None} (no flow, or dial the Contact), else the answer: 430 when
+    one was outbound, else 480.
+    """
+    codes = []
+    for flow in flows:
+        hop = flow_hop(flow, legs, relay)
+        if isinstance(hop, tuple):
+            return flow, hop
+        codes.append(hop)
+    if not codes or None in codes:
+        return None
+    return min(code for code in codes if code is not None)
+
+
+def on_connection(build: Any, conn: object) -> Any:
+    """
+    A build function (L{Dispatcher.send_in_order}) whose bytes go on
+    C{conn}.
+    """
+
+    def built(leg: Leg) -> tuple[bytes, object | None]:
+        return build(leg)[0], conn
+
+    return built
+
+
 def _registrar_rules(registrar: Registrar, legs: LegSet) -> tuple[Any, Any]:
     """
     The registrar's two questions, as the decisions ask them.
@@ -666,10 +857,10 @@ def _registrar_rules(registrar: Registrar, legs: LegSet) -> tuple[Any, Any]:
     def registers(uri: URI) -> bool:
         return registrar.registers(uri, own)
 
-    def locate(uri: URI) -> int | list[list[str]] | None:
+    def locate(uri: URI) -> int | Located | None:
         found = registrar.lookup(uri, own)
         if found is None:
             return None
-        return found.code if found.code is not None else found.groups
+        return found.code if found.code is not None else Located(found.groups, found.flows, found.paths)
 
     return registers, locate

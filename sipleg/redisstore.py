@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sipleg.errors import ConfigError
+from sipleg.flows import parse_flow
 from sipleg.registrar import Binding, Change, Registrar, StoreConflict, StoreUnavailable
 from sipleg.store import ILocationStore, Stored
 
@@ -88,9 +89,22 @@ def parse_redis_url(url: str) -> tuple[str, int, int]:
 
 
 def _encode(bindings: tuple[Binding, ...]) -> str:
-    return json.dumps(
-        [[b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order] for b in bindings], separators=(",", ":")
-    )
+    """
+    The C{b} field of an AOR's hash: one row per binding, C{[contact, q,
+    expires_at, call_id, cseq, order]}, then, when it has a flow
+    (L{sipleg.flows}) or a Path, the text of its flow (or C{null}) and
+    then its Path values when it has some.
+    """
+    return json.dumps([_row(b) for b in bindings], separators=(",", ":"))
+
+
+def _row(b: Binding) -> list[Any]:
+    row: list[Any] = [b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order]
+    if b.flow is not None or b.path:
+        row.append(None if b.flow is None else str(b.flow))
+    if b.path:
+        row.append(list(b.path))
+    return row
 
 
 def _decode(aor: str, text: str | bytes | None) -> list[Binding]:
@@ -100,10 +114,34 @@ def _decode(aor: str, text: str | bytes | None) -> list[Binding]:
     """
     try:
         rows = json.loads(text or "[]")
-        return [Binding(aor, str(c), float(q), float(t), str(i), int(s), int(o)) for c, q, t, i, s, o in rows]
-    except (ValueError, TypeError):
+        return [
+            Binding(
+                aor,
+                str(c),
+                float(q),
+                float(t),
+                str(i),
+                int(s),
+                int(o),
+                parse_flow(rest[0]) if rest and rest[0] is not None else None,
+                _path(rest[1]) if len(rest) > 1 else (),
+            )
+            for c, q, t, i, s, o, *rest in rows
+        ]
+    except (ValueError, TypeError, AttributeError):
         log.warn("ignoring malformed bindings of {aor} in Redis", aor=aor)
         return []
+
+
+def _path(values: Any) -> tuple[str, ...]:
+    """
+    The Path values of a stored row.
+
+    @raise ValueError: not a list of strings.
+    """
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        raise ValueError("bad path")
+    return tuple(values)
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):

@@ -57,12 +57,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sipleg.errors import SIPError, SIPParseError
+from sipleg.flows import Flow, parse_flow, registration_flow
 from sipleg.message import Request, Response, make_response
 from sipleg.uri import URI, normalise_escapes, parse_name_addr, parse_uri, same_hop, uri_equal
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+    from sipleg.address import Address
     from sipleg.store import ILocationStore, Stored
 
 __all__ = [
@@ -132,6 +134,10 @@ class Binding:
     @ivar cseq: the CSeq number of that REGISTER.
     @ivar order: registration order (a counter over the table), to pick the
         first of several contacts of equal C{q}; a refresh keeps it.
+    @ivar flow: the hop the REGISTER came by, when requests go back that
+        way (L{sipleg.flows}): its connection, or its NAT'ed source.
+    @ivar path: the REGISTER's Path values (RFC 3327): the Route set of
+        the requests for this binding.
     """
 
     aor: str
@@ -141,6 +147,8 @@ class Binding:
     call_id: str = ""
     cseq: int = 0
     order: int = 0
+    flow: Flow | None = None
+    path: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,12 +165,18 @@ class LookupResult:
         answer the request with that code.
     @ivar groups: C{contacts} in groups of equal C{q}, best first (a
         forking proxy tries a group in parallel, then the next).
+    @ivar flows: C{(contact, flow)} for the contacts registered with a
+        L{Flow}, in C{contacts} order.
+    @ivar paths: C{(contact, Path values)} for the contacts registered
+        through a Path (RFC 3327).
     """
 
     aor: str
     contacts: list[str]
     code: int | None = None
     groups: list[list[str]] = field(default_factory=list)
+    flows: tuple[tuple[str, Flow], ...] = ()
+    paths: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -206,6 +220,65 @@ def _delta_seconds(text: str, what: str) -> int:
         raise _Refused(400, f"Bad {what}")
     # Long digit strings are certainly above the cap: do not convert them.
     return _MAX_DELTA if len(text) > 10 else min(int(text), _MAX_DELTA)
+
+
+def _unsupported(request: Request) -> list[str]:
+    """
+    The option tags of a REGISTER's Require that we do not support (all
+    but C{outbound}, RFC 5626).
+    """
+    return [
+        option.strip()
+        for value in request.get_headers("require")
+        for option in value.split(",")
+        if option.strip().lower() != "outbound"
+    ]
+
+
+def _outbound(params: dict[str, str | None]) -> tuple[str, int]:
+    """
+    The C{+sip.instance} and C{reg-id} of a Contact asking for RFC 5626
+    outbound (both present), else C{("", 0)}.
+
+    @raise _Refused: 400, a C{reg-id} that is not a number from 1 to
+        2**31-1 or an empty or spaced instance.
+    """
+    instance, reg_id = params.get("+sip.instance"), params.get("reg-id")
+    if instance is None or reg_id is None:
+        return "", 0
+    # reg-id = "reg-id" EQUAL 1*10DIGIT ; 1 to (2^31 - 1)
+    if not (reg_id.isascii() and reg_id.isdigit() and len(reg_id) <= 10 and 0 < int(reg_id) < 2**31):
+        raise _Refused(400, "Bad reg-id")
+    instance = instance.strip('"')
+    if not instance or any(c.isspace() or c == "," for c in instance):
+        raise _Refused(400, "Bad +sip.instance")
+    return instance, int(reg_id)
+
+
+def _targets(ordered: list[Binding]) -> tuple[list[Binding], tuple[tuple[str, Flow], ...]]:
+    """
+    The bindings a request is sent to, and their flows: the flows of one
+    RFC 5626 instance (several C{reg-id}s) are one target, the Contact of
+    its best binding, with every flow in C{reg-id} order (the next is
+    tried when one is gone, RFC 5626 §5.3).
+    """
+    instances: dict[str, list[Flow]] = {}
+    shown = []
+    for binding in ordered:
+        flow = binding.flow
+        if flow is not None and flow.outbound:
+            if flow.instance in instances:
+                instances[flow.instance].append(flow)
+                continue
+            instances[flow.instance] = [flow]
+        shown.append(binding)
+    flows: list[tuple[str, Flow]] = []
+    for binding in shown:
+        flow = binding.flow
+        if flow is not None:
+            same = sorted(instances[flow.instance], key=lambda f: f.reg_id) if flow.outbound else [flow]
+            flows += [(binding.contact, each) for each in same]
+    return shown, tuple(flows)
 
 
 def _sort_key(binding: Binding) -> tuple[float, int]:
@@ -257,6 +330,12 @@ class BindingTable:
         self.default_expires = min(max(default_expires, min_expires), max_expires)
         self.max_bindings = max_bindings
         self.changes = 0
+        #: The C{Flow-Timer} of the 200 to an RFC 5626 outbound
+        #: registration: the seconds between the phone's keep-alives
+        #: (L{None}: none is sent).
+        self.flow_timer: int | None = None
+        #: How many bindings have a flow, by its transport.
+        self.flows: dict[str, int] = {}
         self._bindings: dict[str, list[Binding]] = {}
         self._total = 0
         self._known: set[str] = set()
@@ -308,13 +387,15 @@ class BindingTable:
 
     # -- REGISTER (RFC 3261 §10.3) --------------------------------------------
 
-    def register(self, request: Request, now: float) -> Response:
+    def register(self, request: Request, now: float, source: Address | None = None) -> Response:
         """
         Process a REGISTER (see L{process}) and return the answer.
         """
-        return self.process(request, now)[0]
+        return self.process(request, now, source)[0]
 
-    def process(self, request: Request, now: float) -> tuple[Response, Change | None]:
+    def process(
+        self, request: Request, now: float, source: Address | None = None, owner: str = ""
+    ) -> tuple[Response, Change | None]:
         """
         Process a REGISTER for one of our domains (RFC 3261 §10.3 steps 2
         and 5-8; authentication and authorisation, steps 3 and 4, are
@@ -325,6 +406,11 @@ class BindingTable:
         @param request: the REGISTER, whose Request-URI is ours (the caller
             checked, step 1).
         @param now: the current time.
+        @param source: where the REGISTER came from (its transport too):
+            each binding gets the L{Flow} it sets
+            (L{sipleg.flows.registration_flow}); L{None}: no flows.
+        @param owner: this process's relay address, for stream flows
+            (C{--workers}).
         @return: 200 listing every current binding of the AOR with its
             remaining seconds; 400 (malformed To, Contact, Call-ID, CSeq,
             C{expires} or C{q}; C{*} with other contacts or a non-zero
@@ -335,13 +421,13 @@ class BindingTable:
             the L{Change}, or L{None} when nothing changed.
         """
         try:
-            aor, bindings, changed, next_order = self._process(request, now)
+            aor, bindings, changed, next_order = self._process(request, now, source, owner)
         except _Refused as refused:
             response = make_response(request, refused.code, refused.reason)
             if refused.code == 423:
                 response.add_header("Min-Expires", str(self.min_expires))
             elif refused.code == 420:
-                for option in request.get_headers("require"):
+                for option in _unsupported(request):
                     response.add_header("Unsupported", option)
             return response, None
         change = None
@@ -364,6 +450,16 @@ class BindingTable:
                 value += f";q={binding.q:g}"
             response.add_header("Contact", value)
         response.add_header("Date", formatdate(now, usegmt=True))
+        if any(option.lower() == "path" for option in request.get_headers("supported")):
+            # RFC 3327 §5.3: the Path stored, for the phone to see.
+            for value in request.get_headers("path"):
+                response.add_header("Path", value)
+        if any(b.flow is not None and b.flow.outbound and b.cseq == request.cseq[0] for b in bindings):
+            # RFC 5626 §6: the registrar says it did outbound, and how
+            # often the phone should refresh its flows (§4.4).
+            response.add_header("Require", "outbound")
+            if self.flow_timer:
+                response.add_header("Flow-Timer", str(self.flow_timer))
         return response, change
 
     def restore(self, change: Change) -> bool:
@@ -398,14 +494,18 @@ class BindingTable:
         Make C{bindings} the AOR's bindings, keeping the count, the known
         users and the expiry heap in step.
         """
-        expiry = self._expiry
+        expiry, flows = self._expiry, self.flows
         for old in self._bindings.get(aor, ()):
             expiry.pop((aor, old.order), None)
+            if old.flow is not None:
+                flows[old.flow.transport] -= 1
         self._total += len(bindings) - len(self._bindings.get(aor, ()))
         if bindings:
             self._bindings[aor] = bindings
             self._remember(aor)
             for binding in bindings:
+                if binding.flow is not None:
+                    flows[binding.flow.transport] = flows.get(binding.flow.transport, 0) + 1
                 expiry[aor, binding.order] = binding.expires_at
                 heapq.heappush(self._heap, (binding.expires_at, binding.order, aor))
                 if binding.order >= self._next_order:
@@ -443,7 +543,9 @@ class BindingTable:
         # tell the user agent it is gone.
         return max(1, math.ceil(binding.expires_at - now - 1e-6))
 
-    def _process(self, request: Request, now: float) -> tuple[str, list[Binding], bool, int]:
+    def _process(
+        self, request: Request, now: float, source: Address | None, owner: str
+    ) -> tuple[str, list[Binding], bool, int]:
         """
         The tentative result of a REGISTER.
 
@@ -452,8 +554,9 @@ class BindingTable:
         @raise _Refused: the REGISTER fails.
         """
         try:
-            # Step 2: we support no extension a registrar must understand.
-            if request.get_headers("require"):
+            # Step 2: the only extension we understand is RFC 5626
+            # outbound.
+            if _unsupported(request):
                 raise _Refused(420, "Bad Extension")
             # Step 5: the AOR comes from To.
             to = parse_name_addr(request.get_header("to") or "")
@@ -486,7 +589,7 @@ class BindingTable:
             return aor, [], changed or bool(current), self._next_order
 
         # Step 7: each contact, with its own expiry; all or nothing.
-        updates: list[tuple[str, URI, float, int]] = []
+        updates: list[tuple[str, URI, float, int, Flow | None]] = []
         for value in contacts:
             try:
                 contact = parse_name_addr(value)
@@ -510,15 +613,20 @@ class BindingTable:
                 if _QVALUE.fullmatch(param) is None:
                     raise _Refused(400, "Bad q parameter")
                 q = float(param)
-            updates.append((str(contact.uri), contact.uri, q, min(expires, self.max_expires)))
+            flow = None
+            if source is not None:
+                instance, reg_id = _outbound(contact.params)
+                flow = registration_flow(source, contact.uri, owner, instance, reg_id)
+            updates.append((str(contact.uri), contact.uri, q, min(expires, self.max_expires), flow))
 
+        path = tuple(request.get_headers("path"))
         order = self._next_order
         touched: set[int] = set()
-        for text, uri, q, expires in updates:
-            index = self._find(current, uri)
+        for text, uri, q, expires, flow in updates:
+            index = self._find(current, uri, flow)
             if index is None:
                 if expires:
-                    binding = Binding(aor, text, q, now + expires, call_id, cseq, order)
+                    binding = Binding(aor, text, q, now + expires, call_id, cseq, order, flow, path)
                     touched.add(order)
                     order += 1
                     current.append(binding)
@@ -538,16 +646,26 @@ class BindingTable:
                     expires_at=now + expires,
                     call_id=call_id,
                     cseq=cseq,
+                    flow=flow,
+                    path=path,
                 )
             else:
                 del current[index]
         return aor, current, changed, order
 
     @staticmethod
-    def _find(bindings: list[Binding], uri: URI) -> int | None:
+    def _find(bindings: list[Binding], uri: URI, flow: Flow | None) -> int | None:
+        if flow is not None and flow.outbound:
+            # RFC 5626 §6: an outbound binding is its instance and reg-id.
+            for index, binding in enumerate(bindings):
+                other = binding.flow
+                if other is not None and (other.instance, other.reg_id) == (flow.instance, flow.reg_id):
+                    return index
+            return None
         # "using the URI comparison rules" (§10.3 step 7, §19.1.4).
         for index, binding in enumerate(bindings):
-            if uri_equal(parse_uri(binding.contact), uri):
+            outbound = binding.flow is not None and binding.flow.outbound
+            if not outbound and uri_equal(parse_uri(binding.contact), uri):
                 return index
         return None
 
@@ -599,13 +717,14 @@ class BindingTable:
         if uri.is_secure:
             live = [binding for binding in live if binding.contact[:5].lower() == "sips:"]
         if live:
-            ordered = sorted(live, key=_sort_key)
+            ordered, flows = _targets(sorted(live, key=_sort_key))
             groups: list[list[str]] = []
             for index, binding in enumerate(ordered):
                 if index == 0 or binding.q != ordered[index - 1].q:
                     groups.append([])
                 groups[-1].append(binding.contact)
-            return LookupResult(aor, [binding.contact for binding in ordered], None, groups)
+            paths = tuple((binding.contact, binding.path) for binding in ordered if binding.path)
+            return LookupResult(aor, [binding.contact for binding in ordered], None, groups, flows, paths)
         return LookupResult(aor, [], 480 if aor in self._known else 404)
 
     def bindings(self, now: float) -> list[Binding]:
@@ -656,7 +775,8 @@ class BindingTable:
         """
         The table as JSON: C{{"version": 1, "next_order": N, "known_users":
         [...], "bindings": [{aor, contact, q, expires_at, call_id, cseq,
-        order}, ...]}}, expiry times absolute.
+        order[, flow]}, ...]}}, expiry times absolute; C{flow} (the text
+        of a L{Flow}) only for a binding that has one.
         """
         everything = [binding for bindings in self._bindings.values() for binding in bindings]
         everything.sort(key=lambda binding: binding.order)
@@ -664,18 +784,7 @@ class BindingTable:
             "version": FILE_VERSION,
             "next_order": self._next_order,
             "known_users": sorted(self._known),
-            "bindings": [
-                {
-                    "aor": binding.aor,
-                    "contact": binding.contact,
-                    "q": binding.q,
-                    "expires_at": binding.expires_at,
-                    "call_id": binding.call_id,
-                    "cseq": binding.cseq,
-                    "order": binding.order,
-                }
-                for binding in everything
-            ],
+            "bindings": [_binding_document(binding) for binding in everything],
         }
         return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -752,14 +861,45 @@ _FIELDS: dict[str, tuple[type, ...]] = {
 }
 
 
+def _binding_document(binding: Binding) -> dict[str, Any]:
+    """
+    One binding of a registrations file.
+    """
+    document: dict[str, Any] = {
+        "aor": binding.aor,
+        "contact": binding.contact,
+        "q": binding.q,
+        "expires_at": binding.expires_at,
+        "call_id": binding.call_id,
+        "cseq": binding.cseq,
+        "order": binding.order,
+    }
+    if binding.flow is not None:
+        document["flow"] = str(binding.flow)
+    if binding.path:
+        document["path"] = list(binding.path)
+    return document
+
+
 def _binding_from(entry: Any, number: int) -> Binding:
     """
     One binding of a registrations file.
 
     @raise RegistrationFileError: C{entry} is not a well-formed binding.
     """
-    if not isinstance(entry, dict) or set(entry) != set(_FIELDS):
+    if not isinstance(entry, dict) or set(entry) - {"flow", "path"} != set(_FIELDS):
         raise RegistrationFileError(f"binding {number}: wrong fields")
+    path = entry.get("path", [])
+    if not isinstance(path, list) or not all(isinstance(value, str) for value in path):
+        raise RegistrationFileError(f"binding {number}: bad path")
+    flow = None
+    if "flow" in entry:
+        try:
+            flow = parse_flow(entry["flow"]) if isinstance(entry["flow"], str) else None
+        except ValueError:
+            pass
+        if flow is None:
+            raise RegistrationFileError(f"binding {number}: bad flow")
     for name, types in _FIELDS.items():
         value = entry[name]
         if type(value) not in types or (isinstance(value, float) and not math.isfinite(value)):
@@ -779,6 +919,8 @@ def _binding_from(entry: Any, number: int) -> Binding:
         entry["call_id"],
         entry["cseq"],
         entry["order"],
+        flow,
+        tuple(path),
     )
 
 
@@ -818,6 +960,9 @@ class Registrar:
         #: Changes the store kept, and the seconds they took in all.
         self.writes = 0
         self.write_seconds = 0.0
+        #: This process's flow relay address with C{--workers}
+        #: (L{sipleg.flowrelay}): the owner of the stream flows it records.
+        self.flow_owner = ""
         self._timer: IDelayedCall | None = None
         self._timer_at: float | None = None
         if store is not None:
@@ -868,9 +1013,12 @@ class Registrar:
         """
         return uri.is_sip and (self.table.addressed_to_us(uri) or own_uri(uri))
 
-    def register(self, request: Request, attempts: int = 3) -> Response | Deferred[Response]:
+    def register(
+        self, request: Request, attempts: int = 3, source: Address | None = None
+    ) -> Response | Deferred[Response]:
         """
-        Answer a REGISTER (see L{BindingTable.process}).  With a store, a
+        Answer a REGISTER (see L{BindingTable.process}; C{source}, where
+        it came from, sets the bindings' flows, owned by L{flow_owner}).  With a store, a
         change is answered once the store has kept it: the answer is then
         a L{Deferred}.  When another process sharing the store changed the
         AOR first (L{StoreConflict}), the REGISTER is processed again on
@@ -883,7 +1031,7 @@ class Registrar:
         if not self.ready:
             return _unavailable(request)
         now = self.clock.seconds()
-        response, change = self.table.process(request, now)
+        response, change = self.table.process(request, now, source, self.flow_owner)
         if change is None:
             return response
         self._schedule()
@@ -899,7 +1047,7 @@ class Registrar:
                 self.table.replace(error.aor, error.current, self.clock.seconds())
                 self._schedule()
                 if attempts > 1:
-                    return self.register(request, attempts - 1)
+                    return self.register(request, attempts - 1, source)
             self._schedule()
             if reason.check(StoreUnavailable):
                 return _unavailable(request)
@@ -915,13 +1063,14 @@ class Registrar:
 
         return self.store.write(change).addCallbacks(kept, failed)
 
-    def status(self) -> dict[str, float]:
+    def status(self) -> dict[str, Any]:
         """
-        For the status page: the bindings held, and the store's writes
-        (count, total seconds).
+        For the status page: the bindings held, those with a flow by its
+        transport, and the store's writes (count, total seconds).
         """
         return {
             "bindings": self.table.count(),
+            "flows": {transport: count for transport, count in self.table.flows.items() if count},
             "store_writes": self.writes,
             "store_write_seconds": round(self.write_seconds, 6),
         }

@@ -288,4 +288,4 @@ def apply_hook_answer(
         return edits
     forks = (uris,) if answer.parallel else tuple((uri,) for uri in uris)
     targets = tuple(next_hop(uri, rules) for uri in answer.targets)
-    return Forward(targets, edits, forward.prefer, forks, forward.user)
+    return Forward(targets, edits, forward.prefer, forks, forward.user, forward.flows, forward.paths)

@@ -94,6 +94,11 @@ def _bracket_hint(proto: str, rest: str) -> str:
     return f" (IPv6 addresses go in brackets: {proto}:[{host}]:{port})"
 
 
+#: The environment variable holding the workers' shared secret (hex) for
+#: flow tokens and flow relays (L{sipleg.flowrelay}), set by
+#: L{sipleg.workers.WorkerSupervisor}.
+RELAY_SECRET_VARIABLE = "SIPLEG_RELAY_SECRET"
+
 #: The environment variable telling a worker of C{--workers} which it is
 #: (C{"2/4"}), set by L{sipleg.workers.WorkerSupervisor}.
 WORKER_VARIABLE = "SIPLEG_WORKER"
@@ -128,6 +133,8 @@ class ProxyConfig:
     min_expires: int = 60
     max_expires: int = 3600
     max_bindings: int = DEFAULT_MAX_BINDINGS
+    #: Seconds between keep-alives to NAT'ed UDP phones (0: none).
+    keepalive: float = 30
     edge: EdgePolicy = field(default_factory=EdgePolicy)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
     auth: AuthSettings | None = None
@@ -135,6 +142,17 @@ class ProxyConfig:
     transactions: TransactionTimers | None = None
     #: With C{--route-url}: the routing hook (L{None}: none).
     route_hook: HookConfig | None = None
+
+
+def worker_share(label: str | None) -> tuple[int, int]:
+    """
+    C{(k, n)} for worker C{"k+1/n"} of C{--workers} (C{(0, 1)} alone):
+    which part of the shared work (L{sipleg.keepalive}) is this one's.
+    """
+    if not label:
+        return (0, 1)
+    number, _, count = label.partition("/")
+    return (int(number) - 1, int(count))
 
 
 def bind_socket(spec: ListenSpec, reuse_port: bool = False) -> socket.socket:
@@ -225,9 +243,33 @@ def make_service(
         proxy: StatelessProxy = stateful
     else:
         proxy = StatelessProxy(dispatcher, **arguments)
+    secret = os.environ.get(RELAY_SECRET_VARIABLE)
+    if worker_share(worker)[1] > 1 and secret:
+        # The workers share the flow tokens' secret; without --stateful,
+        # each relays requests over flows to the worker holding them.
+        proxy.flow_secret = secret.encode()
+        if config.transactions is None:
+            from sipleg.flowrelay import FlowRelay
+
+            if reactor is None:
+                from twisted.internet import reactor
+            relay = proxy.flow_relay = FlowRelay(lambda: dispatcher.legs, secret, reactor)
+            owner = relay.listen()
+            if registrar is not None:
+                registrar.flow_owner = owner
+            _Running(lambda: None, relay.stop).setServiceParent(top)
     if registrar is not None:
         proxy.stats.registrar = registrar.status
         _Running(lambda: None, registrar.stop).setServiceParent(top)
+        if config.keepalive:
+            # (RFC 5626 §4.4: outbound phones are told the interval too.)
+            registrar.table.flow_timer = int(config.keepalive)
+            from sipleg.keepalive import KeepAlive
+
+            keepalive = KeepAlive(
+                registrar, lambda: dispatcher.legs, config.keepalive, registrar.clock, worker_share(worker)
+            )
+            _Running(keepalive.start, keepalive.stop).setServiceParent(top)
     if config.status is not None:
         # twisted.web and prometheus_client are imported only with --status.
         from sipleg.status import proxy_status, status_site
@@ -421,6 +463,8 @@ def make_registrar(config: ProxyConfig, reactor: Any) -> Registrar | None:
         if config.registrations:
             raise ConfigError("--registrations needs --registrar")
         return None
+    if config.keepalive < 0:
+        raise ConfigError("--keepalive must be 0 (none) or a number of seconds")
     if not 0 < config.min_expires <= config.max_expires:
         raise ConfigError("need 0 < --min-expires <= --max-expires")
     if reactor is None:

@@ -55,12 +55,13 @@ from twisted.logger import Logger
 from sipleg.address import Address
 from sipleg.decision import Answer, Drop, Forward, RequestView, Rules, from_tag, next_hop, request_view
 from sipleg.errors import DeliveryError, SIPParseError
+from sipleg.flows import FLOW_REASONS
 from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
 from sipleg.message import Request, Response, make_response, parse_message
-from sipleg.proxy import StatelessProxy, answer_targets, edit
+from sipleg.proxy import StatelessProxy, answer_targets, edit, flows_hop, on_connection
 from sipleg.timerqueue import TimerQueue
-from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, via_branch
+from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
 
 if TYPE_CHECKING:
     from sipleg.hookclient import RouteHookClient
@@ -126,6 +127,10 @@ class _Client:
     #: The RFC 3263 targets of the branch, and which one was taken.
     pairs: list[tuple[Leg, Address]] = field(default_factory=list)
     index: int = 0
+    #: The connection of the flow the branch goes over, if any.
+    conn: object | None = None
+    #: The flow tokens for our Record-Route (RFC 5626 §5.3).
+    tokens: tuple[str, ...] = ()
     #: Cancelled before it answered: a provisional that still comes gets
     #: the CANCEL (§9.1).
     cancel_late: bool = False
@@ -403,10 +408,28 @@ class StatefulProxy(StatelessProxy):
             server.clients[suffix] = client
             server.context.started(suffix)
             request.uri = uri
+            over = flows_hop(forward.flows_of(uri), legs) if forward.flows else None
+            if isinstance(over, int):
+                log.info("branch to {uri}: its flow is gone", uri=uri)
+                self._branch_final(client, over, self._made(client, over, FLOW_REASONS[over]))
+                continue
+            if forward.edits.record_route:
+                client.tokens = self._tokens(server.view, None if over is None else over[0])
+            if over is not None:
+                leg, address, client.conn = over[1]
+                self._resolved([(leg, address)], client)
+                continue
             try:
-                # Each contact goes where the Request-URI would (static
-                # routes, the outbound proxy); the first was decided so.
-                target = next_hop(parse_uri(uri), self.rules) if forward.forks else forward.targets[0]
+                # Each contact goes where the Request-URI would (its Path,
+                # static routes, the outbound proxy); the first was
+                # decided so.
+                path = forward.path_of(uri) if forward.paths else ()
+                if path:
+                    target = route_uri(path[0])
+                elif forward.forks:
+                    target = next_hop(parse_uri(uri), self.rules)
+                else:
+                    target = forward.targets[0]
                 found = self.dispatcher.resolve(target, legs, request, self._transports)
             except (DeliveryError, SIPParseError) as e:
                 self._unreached(client, e)
@@ -434,7 +457,25 @@ class StatefulProxy(StatelessProxy):
             return
         request = client.request
         request.uri = client.uri
-        build = self._builder(request, client.branch, server.forward.edits.record_route, server.leg)
+        if server.forward.paths:
+            # RFC 3327 §5.4: each contact's own Path is its Route set.
+            path = server.forward.path_of(client.uri)
+            if path:
+                request.set_header("route", ", ".join(path))
+            else:
+                request.remove_header("route")
+        edits = server.forward.edits
+        build = self._builder(
+            request,
+            client.branch,
+            edits.record_route,
+            server.leg,
+            client.tokens,
+            edits.path,
+            self.flow_secret,
+        )
+        if client.conn is not None:
+            build = on_connection(build, client.conn)
 
         def record(out: Leg) -> tuple[bytes, object | None]:
             data, conn = build(out)

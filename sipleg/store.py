@@ -20,6 +20,7 @@ the previous version is migrated once, with a log line.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import sqlite3
@@ -31,6 +32,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
+from sipleg.flows import Flow, parse_flow
 from sipleg.registrar import Binding, BindingTable, Change, Registrar, RegistrationFileError
 
 __all__ = ["ILocationStore", "SQLiteStore", "Stored"]
@@ -92,7 +94,9 @@ CREATE TABLE IF NOT EXISTS bindings (
     q REAL NOT NULL,
     expires_at REAL NOT NULL,
     call_id TEXT NOT NULL,
-    cseq INTEGER NOT NULL
+    cseq INTEGER NOT NULL,
+    flow TEXT,
+    path TEXT
 );
 CREATE INDEX IF NOT EXISTS bindings_aor ON bindings (aor);
 CREATE INDEX IF NOT EXISTS bindings_expiry ON bindings (expires_at);
@@ -132,6 +136,7 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _add_columns(self._db)
             # Writable?  (A read-only file fails here, not at the first
             # REGISTER.)
             self._db.execute("BEGIN IMMEDIATE")
@@ -159,10 +164,12 @@ class SQLiteStore:
         Everything stored (start-up: before the reactor runs).
         """
         rows = self._db.execute(
-            "SELECT aor, contact, q, expires_at, call_id, cseq, ord FROM bindings"
+            "SELECT aor, contact, q, expires_at, call_id, cseq, ord, flow, path FROM bindings"
         ).fetchall()
         known = {aor for (aor,) in self._db.execute("SELECT aor FROM users")}
-        return Stored([Binding(*row) for row in rows], known)
+        return Stored(
+            [Binding(a, c, q, t, i, s, o, _flow(f), _path(p)) for a, c, q, t, i, s, o, f, p in rows], known
+        )
 
     def write(self, change: Change) -> Deferred[None]:
         done: Deferred[None] = Deferred()
@@ -239,9 +246,22 @@ class SQLiteStore:
         if commit:
             db.execute("BEGIN")
         db.executemany(
-            "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_at, call_id, cseq, ord)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(b.aor, b.contact, b.q, b.expires_at, b.call_id, b.cseq, b.order) for b in bindings],
+            "INSERT OR REPLACE INTO bindings (aor, contact, q, expires_at, call_id, cseq, ord, flow, path)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    b.aor,
+                    b.contact,
+                    b.q,
+                    b.expires_at,
+                    b.call_id,
+                    b.cseq,
+                    b.order,
+                    None if b.flow is None else str(b.flow),
+                    json.dumps(list(b.path)) if b.path else None,
+                )
+                for b in bindings
+            ],
         )
         db.executemany("INSERT OR IGNORE INTO users (aor) VALUES (?)", [(aor,) for aor in known])
         if commit:
@@ -252,6 +272,48 @@ class SQLiteStore:
             self._reactor.callFromThread(done.callback, None)
         else:
             self._reactor.callFromThread(done.errback, error)
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """
+    Migrate a database of a version without flows and Paths: add the
+    C{flow} and C{path} columns (NULL for the bindings it holds).
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(bindings)")}
+    for column in ("flow", "path"):
+        if column not in columns:
+            db.execute(f"ALTER TABLE bindings ADD COLUMN {column} TEXT")
+
+
+def _path(text: str | None) -> tuple[str, ...]:
+    """
+    The Path values of a stored binding (a JSON list; none when
+    malformed, logged).
+    """
+    if text is None:
+        return ()
+    try:
+        values = json.loads(text)
+    except ValueError:
+        values = None
+    if not isinstance(values, list) or not all(isinstance(value, str) for value in values):
+        log.warn("ignoring malformed path {path!r} in the registrations database", path=text)
+        return ()
+    return tuple(values)
+
+
+def _flow(text: str | None) -> Flow | None:
+    """
+    The flow of a stored binding (L{None} for one whose text is not a
+    flow: the binding is then reached at its Contact).
+    """
+    if text is None:
+        return None
+    try:
+        return parse_flow(text)
+    except ValueError:
+        log.warn("ignoring malformed flow {flow!r} in the registrations database", flow=text)
+        return None
 
 
 def _json_at(path: str) -> BindingTable | None:

@@ -159,6 +159,13 @@ class Options(usage.Options):
         ["min-expires", None, 60, "Shortest registration accepted (shorter: 423).", int],
         ["max-expires", None, 3600, "Longest registration granted.", int],
         ["max-bindings", None, 100_000, "Most registrations kept (beyond: 503).", int],
+        [
+            "keepalive",
+            None,
+            30,
+            "Seconds between keep-alives to NAT'ed UDP phones of the registrar (0: none).",
+            int,
+        ],
         ["workers", None, 1, "Run N proxy processes sharing the ports (SO_REUSEPORT).", int],
         [
             "flood-limit",
@@ -494,6 +501,7 @@ class Options(usage.Options):
             min_expires=self["min-expires"],
             max_expires=self["max-expires"],
             max_bindings=self["max-bindings"],
+            keepalive=self["keepalive"],
             reuse_port=bool(self["reuse-port"]) or self["workers"] > 1,
             status=self["status"],
             edge=self["edge"],

@@ -12,6 +12,7 @@ stops them all with itself.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sipleg.service import WORKER_VARIABLE
+from sipleg.service import RELAY_SECRET_VARIABLE, WORKER_VARIABLE
 
 __all__ = ["WorkerSupervisor", "worker_arguments"]
 
@@ -108,6 +109,8 @@ class WorkerSupervisor(Service):
         self.executable = executable
         self.status_dir = status_dir
         self.workers: dict[int, tuple[_Worker, Any]] = {}
+        #: What the workers' flow relays prove themselves with.
+        self._secret = secrets.token_hex(16)
         self._pending: dict[int, IDelayedCall] = {}
         self._restore_sighup: Callable[[], None] = lambda: None
 
@@ -134,7 +137,7 @@ class WorkerSupervisor(Service):
         argv = [self.executable, "-m", "sipleg.workers", "--log-format=text", "sipproxy", *self.arguments]
         if self.status_dir is not None:
             argv += ["--status", f"unix:{self.status_socket(slot)}"]
-        env = dict(os.environ, **{WORKER_VARIABLE: self._label(slot)})
+        env = dict(os.environ, **{WORKER_VARIABLE: self._label(slot), RELAY_SECRET_VARIABLE: self._secret})
         process = self._reactor.spawnProcess(
             worker, self.executable, argv, env=env, childFDs={0: "w", 1: 1, 2: 2}
         )

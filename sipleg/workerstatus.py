@@ -75,6 +75,10 @@ def sum_status(statuses: Sequence[dict[str, Any]], uptime: float) -> dict[str, A
                 "registrar", {"bindings": 0, "store_writes": 0, "store_write_seconds": 0.0}
             )
             kept["bindings"] = max(kept["bindings"], registrar["bindings"])
+            # (Every worker holds every binding of a shared store.)
+            flows = kept.setdefault("flows", {})
+            for transport, count in registrar.get("flows", {}).items():
+                flows[transport] = max(flows.get(transport, 0), count)
             kept["store_writes"] += registrar["store_writes"]
             kept["store_write_seconds"] = round(
                 kept["store_write_seconds"] + registrar["store_write_seconds"], 6

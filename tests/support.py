@@ -141,6 +141,17 @@ class RawClient(Protocol):
         return waiter
 
 
+async def eventually(check: Any, seconds: float = 10.0) -> None:
+    """
+    Wait until C{check()} is true (bounded).
+    """
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await deferLater(reactor, 0.02, lambda: None)
+
+
 #: Seconds a status page may take to show what was sent (bounded polling).
 STATUS_WAIT = 10.0
 

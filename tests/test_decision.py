@@ -6,6 +6,7 @@ values in, outcomes out; no reactor, no sockets, no legs.
 from __future__ import annotations
 
 import socket
+from functools import partial
 
 from twisted.trial.unittest import TestCase
 
@@ -18,6 +19,7 @@ from sipleg.decision import (
     Forward,
     LegIdentity,
     LegSet,
+    Located,
     Register,
     Return,
     Rules,
@@ -27,6 +29,7 @@ from sipleg.decision import (
     request_view,
     response_view,
 )
+from sipleg.flows import Flow, flow_token, token_flow
 from sipleg.message import Request, Response, parse_message
 from sipleg.routing import NetworkAccessPolicy, StaticRoutes
 from sipleg.uri import URI, parse_uri
@@ -319,12 +322,14 @@ class RegistrarRulesTests(TestCase):
     are looked up (§16.5).
     """
 
-    def rules(self, found: int | list[list[str]] | None) -> Rules:
+    def rules(self, found: int | list[list[str]] | Located | None) -> Rules:
         def registers(uri: URI) -> bool:
             return uri.host == "example.com"
 
-        def locate(uri: URI) -> int | list[list[str]] | None:
-            return found if uri.host == "example.com" else None
+        def locate(uri: URI) -> int | Located | None:
+            if uri.host != "example.com":
+                return None
+            return Located(found) if isinstance(found, list) else found
 
         return Rules(LEGS, NetworkAccessPolicy(), StaticRoutes(), registers, locate)
 
@@ -350,6 +355,33 @@ class RegistrarRulesTests(TestCase):
         self.assertEqual(found.targets, (parse_uri("sip:bob@192.0.2.30:5090"),))
         # All of them, for a forking proxy.
         self.assertEqual(found.forks, (("sip:bob@192.0.2.30:5090", "sip:b@x"), ("sip:b@y",)))
+
+    def test_locate_flows(self) -> None:
+        """
+        The flows of located contacts go with the forks: the Request-URI
+        stays the Contact, the flow says the hop.
+        """
+        flow = Flow("tls", "192.0.2.9", 40112)
+        located = Located(
+            [["sip:bob@10.0.0.9:5061;transport=tls"]], (("sip:bob@10.0.0.9:5061;transport=tls", flow),)
+        )
+        found = forward(request("INVITE", "sip:bob@example.com"), rules=self.rules(located))
+        self.assertEqual(found.edits.uri, "sip:bob@10.0.0.9:5061;transport=tls")
+        self.assertEqual(found.flows_of("sip:bob@10.0.0.9:5061;transport=tls"), (flow,))
+        self.assertEqual(found.flows_of("sip:bob@10.0.0.9"), ())
+
+    def test_locate_path(self) -> None:
+        """
+        RFC 3327 §5.4: a contact registered through a Path gets it as its
+        Route set; the next hop is its first value.
+        """
+        contact = "sip:bob@10.0.0.9:5060"
+        path = ("<sip:192.0.2.5;lr>", "<sip:192.0.2.6;lr>")
+        located = Located([[contact, "sip:bob@192.0.2.7"]], (), ((contact, path),))
+        found = forward(request("INVITE", "sip:bob@example.com"), rules=self.rules(located))
+        self.assertEqual((found.edits.uri, found.edits.routes), (contact, path))
+        self.assertEqual(found.targets, (parse_uri("sip:192.0.2.5;lr"),))
+        self.assertEqual((found.path_of(contact), found.path_of("sip:bob@192.0.2.7")), (path, ()))
 
     def test_route_set_first(self) -> None:
         """
@@ -411,3 +443,47 @@ class HopTests(TestCase):
         ]
         for text, leg in cases:
             self.assertIs(LEGS.hop(parse_uri(text)), leg, text)
+
+
+class FlowTokenTests(TestCase):
+    """
+    RFC 5626 §5.3 and RFC 3327: a request through a Route of ours with a
+    flow token goes over that flow (unless it came by it); a REGISTER we
+    forward names the phone's flow for our Path.
+    """
+
+    secret = b"secret"
+
+    def rules(self) -> Rules:
+        return Rules(
+            LEGS, NetworkAccessPolicy(), StaticRoutes(), flow_token=partial(token_flow, secret=self.secret)
+        )
+
+    def test_token_route(self) -> None:
+        flow = Flow("tcp", "127.0.0.9", 40112)
+        route = f"Route: <sip:{flow_token(flow, self.secret)}@127.0.0.1:5060;lr>"
+        uri = "sip:bob@10.0.0.9:5060"
+        found = forward(request("BYE", uri, route), rules=self.rules())
+        self.assertEqual(found.flows_of(uri), (flow,))
+        # From the flow itself (the phone's own request in the dialog).
+        found = forward(
+            request("BYE", uri, route), source=Address("127.0.0.9", 40112, "tcp"), leg=TCP, rules=self.rules()
+        )
+        self.assertEqual(found.flows, ())
+        # A token that is not ours names nothing.
+        forged = f"Route: <sip:{flow_token(flow, b'guess')}@127.0.0.1:5060;lr>"
+        self.assertEqual(forward(request("BYE", uri, forged), rules=self.rules()).flows, ())
+
+    def test_path(self) -> None:
+        contact = 'Contact: <sip:bob@10.0.0.9;ob>;reg-id=1;+sip.instance="<urn:uuid:1>"'
+        packet = request("REGISTER", "sip:192.0.2.50", contact, "Supported: outbound, path")
+        source = Address("127.0.0.9", 40112, "tcp")
+        found = forward(packet, source=source, leg=TCP, rules=self.rules())
+        self.assertEqual(found.edits.path, Flow("tcp", "127.0.0.9", 40112, "", "<urn:uuid:1>", 1))
+        # Without Supported: path, or with another Via below: none.
+        plain = request("REGISTER", "sip:192.0.2.50", contact)
+        self.assertIsNone(forward(plain, source=source, leg=TCP, rules=self.rules()).edits.path)
+        two = request(
+            "REGISTER", "sip:192.0.2.50", "Via: SIP/2.0/UDP 10.0.0.9;branch=z9hG4bK-p", "Supported: path"
+        )
+        self.assertIsNone(forward(two, source=source, leg=TCP, rules=self.rules()).edits.path)

@@ -37,6 +37,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from sipleg.passwd import set_password
+from tests.certs import CertificateAuthority
 from tests.interop import baresip
 from tests.interop.baresip import CALLEE, CALLER, DOMAIN, DRIVER_SECONDS, INTRUDER, PHONES, Packet, Phone
 from tests.interop.peers import insist, runs
@@ -146,10 +147,10 @@ def _kill_group(pgid: int) -> None:
 
 
 @functools.cache
-def run_driver() -> Run:
+def run_driver(transport: str = "udp") -> Run:
     """
     Run L{tests.interop.baresip} in a new network namespace, once per
-    test process: every test judges the same run.
+    test process and transport: every test judges the same run.
 
     The driver leads a process group of its own, with the proxy and the
     phones in it: after L{KILL_AFTER} seconds, and in any case once it
@@ -161,7 +162,14 @@ def run_driver() -> Run:
         for phone in PHONES:
             users = set_password(users, str(workdir / "users"), DOMAIN, phone.user, phone.password)
         (workdir / "users").write_text(users)
+        if transport == "tls":
+            authority = CertificateAuthority()
+            leaf = authority.issue("proxy", ip_addresses=(baresip.PROXY,))
+            (workdir / "ca.pem").write_bytes(authority.cert)
+            (workdir / "cert.pem").write_bytes(leaf.cert)
+            (workdir / "key.pem").write_bytes(leaf.key)
         argv = ["unshare", "--net", "--map-root-user", sys.executable, baresip.__file__, str(workdir)]
+        argv += ["--transport", transport]
         proc = subprocess.Popen(
             argv,
             env=child_env(),
@@ -275,3 +283,37 @@ class BaresipAuthTests(unittest.TestCase):
         self.assertNotIn(INTRUDER.aor, run.result["bindings"], why)
         self.assertNotIn("REGISTER_OK", [event["type"] for event in run.events(INTRUDER)], why)
         self.assertEqual(baresip.bans(run.log), [INTRUDER.host], why)
+
+
+class BaresipTLSTests(unittest.TestCase):
+    """
+    Over TLS (issue 15 item 5): both phones register over TLS, and the
+    caller's call reaches the callee over the callee's registration
+    connection (RFC 5626 flow semantics, L{sipleg.flows}).  A phone has
+    no server certificate: a new TLS connection to its Contact would fail
+    its handshake, and the caller got 503.
+    """
+
+    def setUp(self) -> None:
+        require_baresip()
+        self.outcome = run_driver("tls")
+        self.assertIsNone(self.outcome.failure, self.outcome.describe())
+
+    def test_call_over_the_registration_connection(self) -> None:
+        run = self.outcome
+        why = run.describe()
+        for phone in (CALLER, CALLEE):
+            self.assertIn(phone.aor, run.result["bindings"], why)
+            register = run.exchange(phone, "REGISTER")
+            self.assertTrue(register, why)
+            self.assertTrue(all("SIP/2.0/TLS" in packet.header("via") for packet in register), why)
+        invite = run.exchange(CALLER, "INVITE")
+        forwarded = [packet for packet in invite if packet.verb == "sends" and packet.code is None]
+        answers = [packet.code for packet in invite if packet.verb == "sends" and packet.code]
+        self.assertEqual(len(forwarded), 1, why)
+        self.assertIn(f"@{CALLEE.host}", forwarded[0].start, why)
+        self.assertEqual(answers[-1], 200, why)
+        for phone, peer in ((CALLER, CALLEE), (CALLEE, CALLER)):
+            kinds = [(event["type"], event["peeruri"]) for event in run.events(phone)]
+            self.assertIn(("CALL_ESTABLISHED", peer.aor), kinds, why)
+            self.assertIn(("CALL_CLOSED", peer.aor), kinds, why)

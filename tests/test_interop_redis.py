@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 
 from sipleg.address import Address
@@ -24,7 +25,7 @@ from tests.interop.peers import (
     run_netsip_uac,
     start_netsip_uas,
 )
-from tests.support import Collector, RedisServer
+from tests.support import Collector, RawClient, RedisServer, eventually, options
 from tests.test_interop_proxy import ProxyInteropTestCase
 from tests.test_plugin import ProxyProcessTestCase
 
@@ -122,3 +123,56 @@ class WorkersTests(ProxyProcessTestCase):
         yield defer.gatherResults(
             [defer.ensureDeferred(register_and_call(self, proxy, proxy, f"u{n}")) for n in range(4)]
         )
+
+    async def test_flow_of_another_worker(self) -> None:
+        """
+        A phone registers over TCP, a connection one worker holds; calls
+        to it from twelve sources, which the kernel spreads over both
+        workers, all arrive on that connection: the other worker hands
+        them to the owner's flow relay (L{sipleg.flowrelay}).  Without
+        it, those would dial the Contact, where nothing listens (503).
+        """
+        redis = RedisServer(self)
+        port = free_port("udp")
+        self.start_twistd(
+            "sipproxy", "--workers", "2", "--registrar", "--domain", DOMAIN, "--registrations", redis.url,
+            "--listen", f"udp:127.0.0.1:{port}", "--listen", f"tcp:127.0.0.1:{port}",
+        )  # fmt: skip
+        proxy = Address("127.0.0.1", port, "udp")
+        await registrar_ready(proxy, 20.0)
+        phone = RawClient()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), phone)
+        self.addCleanup(phone.transport.loseConnection)
+        here = phone.transport.getHost().port
+        aor = f"sip:bob@{DOMAIN}"
+        phone.transport.write(
+            (
+                f"REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:{here};branch=z9hG4bK-flow\r\n"
+                f"From: <{aor}>;tag=f\r\nTo: <{aor}>\r\nCall-ID: flow\r\nCSeq: 1 REGISTER\r\n"
+                "Max-Forwards: 70\r\n"
+                f"Contact: <sip:bob@127.0.0.1:{free_port('tcp')};transport=tcp>\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        await phone.wait_for(b"SIP/2.0 200 OK")
+        for n in range(12):
+            # A source of its own: the kernel keeps it on one worker.
+            got = Collector()
+            pool = UDPSocketPool(Address("127.0.0.1", 0, "udp"), got)
+            await pool.listen()
+            try:
+                for attempt in range(50):
+                    call = 100 * n + attempt
+                    await pool.send(options(aor, call, pool.local.port), proxy)
+                    arrived = f"Call-ID: probe-{call}\r\n".encode()
+                    await eventually(
+                        lambda got=got, arrived=arrived: arrived in phone.data or got.received, PEER_TIMEOUT
+                    )
+                    if arrived in phone.data:
+                        break
+                    # Answered (404): that worker had not heard of the
+                    # binding through Redis yet.
+                    got.received.clear()
+                    await deferLater(reactor, 0.1, lambda: None)
+                self.assertIn(arrived, phone.data)
+            finally:
+                await pool.stop()

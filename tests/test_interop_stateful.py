@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from sipleg.message import Request, Response, parse_message
 from sipleg.stateful import TransactionTimers
+from sipleg.transport.stream import StreamConnection
 from tests.interop.peers import NetSipOutcome, NetSipServer, free_port, run_netsip_uac, start_netsip_uas
 from tests.test_interop_proxy import ProxyInteropTestCase
 
@@ -417,6 +418,11 @@ class StatefulInteropTests(ProxyInteropTestCase):
             timeout=PEER_TIMEOUT,
         )
         self.addCleanup(uas.stop)
+        # The TCP registration's flow (sipleg.flows) is closed: the proxy
+        # dials the Contact, through its SRV records.
+        for conn in self.legs[proto].socketpool.connections():
+            assert isinstance(conn, StreamConnection)
+            conn.close()
         uac: NetSipOutcome = yield run_netsip_uac(AOR, self.proxy(proto), timeout=PEER_TIMEOUT)
         live: NetSipOutcome = yield uas.result()
         self.assertTrue(uac.ok, uac.describe())

@@ -34,7 +34,7 @@ class SansIOTests(unittest.TestCase):
         code = (
             "import sipleg, sipleg.errors, sipleg.address, sipleg.uri, sipleg.message, sipleg.framing\n"
             "import sipleg.branch, sipleg.decision, sipleg.digest, sipleg.forking, sipleg.routing\n"
-            "import sipleg.stats\n"
+            "import sipleg.stats, sipleg.flows\n"
         )
         self.assertEqual(imported(code, ("twisted",)), [])
 

@@ -8,12 +8,8 @@ calls routed from memory, and full recovery when it is back.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from sipleg.errors import ConfigError
@@ -21,7 +17,7 @@ from sipleg.message import Request, Response
 from sipleg.redisstore import RedisStore, parse_redis_url
 from sipleg.registrar import Registrar
 from sipleg.uri import parse_uri
-from tests.support import RedisServer
+from tests.support import RedisServer, eventually
 
 
 def register(user: str, contact: str, call_id: str, cseq: int = 1, expires: int = 600) -> Request:
@@ -37,17 +33,6 @@ def register(user: str, contact: str, call_id: str, cseq: int = 1, expires: int 
             ("Contact", f"<{contact}>;expires={expires}"),
         ],
     )
-
-
-async def eventually(check: Any, seconds: float = 10.0) -> None:
-    """
-    Wait until C{check()} is true (bounded).
-    """
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 class RedisStoreTests(unittest.TestCase):

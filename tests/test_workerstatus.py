@@ -36,7 +36,12 @@ def worker(n: int, requests: int, bindings: int, drops: int) -> dict[str, Any]:
         "dropped": {"banned": n},
         "banned_sources": 1,
         "leg_counters": {"udp:127.0.0.1:5060": {"connections": 0, "kernel_drops": drops}},
-        "registrar": {"bindings": bindings, "store_writes": 2, "store_write_seconds": 0.5},
+        "registrar": {
+            "bindings": bindings,
+            "flows": {"tcp": bindings // 2, "udp": n},
+            "store_writes": 2,
+            "store_write_seconds": 0.5,
+        },
         "stateful": {"transactions": n, "branches": 2 * n},
     }
 
@@ -44,7 +49,7 @@ def worker(n: int, requests: int, bindings: int, drops: int) -> dict[str, Any]:
 class SumStatusTests(unittest.TestCase):
     def test_sum(self) -> None:
         """
-        Counters, bans, leg figures and transactions add up; bindings
+        Counters, bans, leg figures and transactions add up; bindings and their flows
         (shared through Redis, seen whole by every worker) are the largest
         reported.
         """
@@ -61,7 +66,12 @@ class SumStatusTests(unittest.TestCase):
                 "dropped": {"banned": 3},
                 "banned_sources": 2,
                 "leg_counters": {"udp:127.0.0.1:5060": {"connections": 0, "kernel_drops": 1}},
-                "registrar": {"bindings": 11, "store_writes": 4, "store_write_seconds": 1.0},
+                "registrar": {
+                    "bindings": 11,
+                    "flows": {"tcp": 5, "udp": 2},
+                    "store_writes": 4,
+                    "store_write_seconds": 1.0,
+                },
                 "stateful": {"transactions": 3, "branches": 6},
             },
         )

@@ -126,6 +126,19 @@ class ISocketPool(Interface):
         The open connection handles (always empty for UDP).
         """
 
+    def flow_connection(peer: Address) -> object | None:
+        """
+        The open connection this pool holds with C{peer}, whichever side
+        made it: the flow a registration came by (RFC 5626 §5.3,
+        L{sipleg.flows}).  Never opens a connection, and never waits.
+
+        @param peer: the peer's IP address and port (its C{addr} and
+            C{port}; the transport is the pool's).
+        @return: the connection handle, to pass to L{send_now} as C{conn}
+            (which then writes on it), or L{None} when no open connection
+            has that peer (always L{None} for a datagram pool).
+        """
+
 
 def send_deferred(
     send_now: Callable[..., Deferred[None] | None],

@@ -57,6 +57,9 @@ class MemorySocketPool:
     def connections(self) -> list[object]:
         return []
 
+    def flow_connection(self, peer: Address) -> object | None:
+        return None
+
     def deliver(self, data: bytes, source: Address, conn: object | None = None) -> None:
         """
         Hand C{data} to the receiver as if it had arrived from C{source}

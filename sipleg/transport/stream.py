@@ -663,6 +663,17 @@ class StreamSocketPool:
         """
         return [connection for connection in self._conns if connection.connected]
 
+    def flow_connection(self, peer: Address) -> object | None:
+        """
+        The open connection accepted from or made to C{peer}'s IP address
+        and port (L{ISocketPool.flow_connection}), if any.
+        """
+        connection = self._by_peer.get(peer.sockaddr)
+        if connection is None or not connection.is_open or connection.key != peer.sockaddr:
+            # (An alias, RFC 5923, is not the flow of its address.)
+            return None
+        return connection
+
     def alias(self, conn: object, address: Address) -> bool:
         """
         Let an inbound connection also carry what is sent to C{address}

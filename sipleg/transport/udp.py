@@ -432,6 +432,14 @@ class UDPSocketPool:
         """
         return []
 
+    def flow_connection(self, peer: Address) -> object | None:
+        """
+        A UDP flow is its peer's address alone (L{ISocketPool.flow_connection}).
+
+        @return: L{None}.
+        """
+        return None
+
     def _datagram_received(self, data: bytes, host: str, port: int) -> None:
         """
         Filter one datagram and pass it to the receiver.

@@ -13,8 +13,11 @@ Run as a script (standard library only) inside the namespace::
     unshare --net --map-root-user python3 baresip.py WORKDIR
 
 C{WORKDIR} holds the user file C{users} (L{PHONES} with their passwords,
-realm L{DOMAIN}); C{PYTHONPATH} must find the C{sipleg} under test.  The
-script then:
+realm L{DOMAIN}); C{PYTHONPATH} must find the C{sipleg} under test.  With
+C{--transport tls} it also holds C{cert.pem} and C{key.pem} (the proxy's,
+for L{PROXY}) and C{ca.pem} (their CA), the proxy listens on TLS port
+L{TLS_PORT} too, and only L{CALLER} and L{CALLEE} take part, over TLS.
+The script then:
 
  1. brings C{lo} up with L{PROXY} and every phone's address;
  2. starts the proxy (C{--registrar --domain example.test --auth-file
@@ -59,6 +62,8 @@ from typing import Any
 DOMAIN = "example.test"
 #: The proxy's address (UDP and TCP port 5060).
 PROXY = "192.0.2.10"
+#: The proxy's TLS port (with C{--transport tls}).
+TLS_PORT = 5061
 #: Seconds the driver gives the whole run by default.
 DRIVER_SECONDS = 30.0
 #: The port every baresip's C{ctrl_tcp} listens on (each on its own address).
@@ -96,12 +101,16 @@ class Phone:
         """
         return f"sip:{self.user}@{DOMAIN}"
 
-    def account(self) -> str:
+    def account(self, transport: str = "udp") -> str:
         """
-        The baresip account line: credentials, every request to the proxy.
+        The baresip account line: credentials, every request to the proxy
+        over C{transport} (C{"udp"}, or C{"tls"} to port L{TLS_PORT}).
         """
         typed = self.password if self.typed is None else self.typed
-        line = f'<{self.aor}>;auth_user={self.user};auth_pass={typed};outbound="sip:{PROXY};transport=udp"'
+        proxy = (
+            f"sip:{PROXY}:{TLS_PORT};transport=tls" if transport == "tls" else f"sip:{PROXY};transport=udp"
+        )
+        line = f'<{self.aor}>;auth_user={self.user};auth_pass={typed};outbound="{proxy}"'
         return line + ";answermode=auto" if self.answers else line
 
 
@@ -318,9 +327,12 @@ class Session:
         the end of the run (before the phones unregistered).
     """
 
-    def __init__(self, workdir: Path, deadline: float) -> None:
+    def __init__(self, workdir: Path, deadline: float, transport: str = "udp") -> None:
         self.workdir = workdir
         self.deadline = deadline
+        self.transport = transport
+        #: The phones of the run: over TLS, the caller and the callee.
+        self.phones = PHONES if transport == "udp" else (CALLER, CALLEE)
         self.started = time.monotonic()
         self.selector = selectors.DefaultSelector()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -340,11 +352,11 @@ class Session:
         up_loopback([PROXY, *(phone.host for phone in PHONES)])
         self.start_proxy()
         self.wait("the proxy answers OPTIONS", self.options_answered)
-        for phone in PHONES:
+        for phone in self.phones:
             self.start_phone(phone)
-        for phone in PHONES:
+        for phone in self.phones:
             control = self.controls[phone.user]
-            self.command(control, "uanew", phone.account())
+            self.command(control, "uanew", phone.account(self.transport))
         self.wait(
             f"{CALLER.user} and {CALLEE.user} registered",
             lambda: all(self.controls[p.user].saw("REGISTER_OK") for p in (CALLER, CALLEE)),
@@ -354,6 +366,8 @@ class Session:
         self.wait("the call established on both sides", lambda: self.both(caller, callee, "CALL_ESTABLISHED"))
         self.command(caller, "hangup")
         self.wait("the call closed on both sides", lambda: self.both(caller, callee, "CALL_CLOSED"))
+        if INTRUDER not in self.phones:
+            return
         intruder = self.controls[INTRUDER.user]
         self.wait(
             f"{INTRUDER.user}'s registration ended",
@@ -382,6 +396,11 @@ class Session:
             "--registrar", "--domain", DOMAIN, "--auth-file", str(self.workdir / "users"),
             "--allow", f"{PROXY}/32", "--registrations", str(self.workdir / "bindings.db"), "--trace",
         ]  # fmt: skip
+        if self.transport == "tls":
+            argv += [
+                "--listen", f"tls:{PROXY}:{TLS_PORT}",
+                "--tls-cert", str(self.workdir / "cert.pem"), "--tls-key", str(self.workdir / "key.pem"),
+            ]  # fmt: skip
         self.spawn("proxy", argv)
 
     def options_answered(self) -> bool:
@@ -433,6 +452,9 @@ class Session:
             "module_app\tmenu.so\n"
             "module_app\tctrl_tcp.so\n"
             f"ctrl_tcp_listen\t{phone.host}:{CONTROL_PORT}\n"
+            # Over TLS, the CA of the proxy's certificate; the phones
+            # themselves have none.
+            + (f"sip_cafile\t{self.workdir / 'ca.pem'}\n" if self.transport == "tls" else "")
         )
         # Accounts come through ctrl_tcp (uanew), once we listen to events.
         (folder / "accounts").write_text("")
@@ -583,8 +605,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--seconds", type=float, default=DRIVER_SECONDS)
+    parser.add_argument("--transport", choices=("udp", "tls"), default="udp")
     args = parser.parse_args(argv)
-    session = Session(args.workdir.resolve(), time.monotonic() + args.seconds)
+    session = Session(args.workdir.resolve(), time.monotonic() + args.seconds, args.transport)
     try:
         session.run()
     except StepFailed as e:
