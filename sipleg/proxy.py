@@ -628,10 +628,7 @@ class StatelessProxy:
         top Via says.
         """
         self.stats.answered[answer.code] += 1
-        response = make_response(view.request, answer.code, answer.reason)
-        for name, value in answer.headers:
-            response.add_header(name, value)
-        return self._send_response(response, view.via, leg, view.source)
+        return self._send_response(answer_response(view.request, answer), view.via, leg, view.source)
 
     def _answer_bad(self, bad: BadMessage, leg: Leg, source: Address) -> None:
         """
@@ -701,6 +698,17 @@ class StatelessProxy:
         if isinstance(sent, Deferred):
             return sent.addErrback(lambda reason: failed(reason.value))
         return None
+
+
+def answer_response(request: Request, answer: Answer) -> Response:
+    """
+    The response an L{Answer} decision makes of C{request}: its code,
+    reason and extra headers.
+    """
+    response = make_response(request, answer.code, answer.reason)
+    for name, value in answer.headers:
+        response.add_header(name, value)
+    return response
 
 
 def answer_targets(via: Via, leg: Leg, source: Address) -> tuple[Address, ...] | URI:

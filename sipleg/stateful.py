@@ -59,7 +59,7 @@ from sipleg.flows import FLOW_REASONS
 from sipleg.forking import ResponseContext, Step
 from sipleg.leg import Leg
 from sipleg.message import Request, Response, make_response, parse_message
-from sipleg.proxy import StatelessProxy, answer_targets, edit, flows_hop, on_connection
+from sipleg.proxy import StatelessProxy, answer_response, answer_targets, edit, flows_hop, on_connection
 from sipleg.timerqueue import TimerQueue
 from sipleg.uri import URI, Via, header_tag, parse_uri, parse_via, route_uri, via_branch
 
@@ -357,10 +357,7 @@ class StatefulProxy(StatelessProxy):
             return
         if isinstance(decision, Answer):
             self.stats.answered[decision.code] += 1
-            response = make_response(server.view.request, decision.code, decision.reason)
-            for name, value in decision.headers:
-                response.add_header(name, value)
-            self._upstream(server, response, ours=True)
+            self._upstream(server, answer_response(server.view.request, decision), ours=True)
         else:
             self.stats.dropped[decision.reason] += 1
         self._finish(server)

@@ -256,6 +256,39 @@ def run_twistd(cwd: Path, *args: str, timeout: float = 20.0) -> subprocess.Compl
     )
 
 
+def spawn_twistd(test: Any, cwd: Path, log: Path, *args: str, stop_timeout: float = 10.0) -> Any:
+    """
+    Start C{twistd -n args} in C{cwd}, its stdout and stderr both written
+    to C{log}; at C{test}'s cleanup it gets SIGTERM, and is killed if it has
+    not ended C{stop_timeout} seconds later.
+
+    @return: the C{subprocess.Popen}.
+    """
+    import signal
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            twistd_argv(*args),
+            cwd=cwd,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(stop_timeout)
+
+    test.addCleanup(stop)
+    return proc
+
+
 #: The fail2ban filter shipped in docs/.
 FAIL2BAN_FILTER = Path(__file__).resolve().parent.parent / "docs" / "fail2ban" / "sipleg.conf"
 

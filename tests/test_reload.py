@@ -32,7 +32,7 @@ from sipleg.tap import Options, load_config
 from sipleg.uri import parse_uri
 from tests.certs import CertificateAuthority
 from tests.interop.peers import free_port
-from tests.support import child_env, run_twistd, twistd_argv
+from tests.support import run_twistd, spawn_twistd
 
 #: Seconds a blocking socket operation of the process tests may take.
 IO_TIMEOUT = 5.0
@@ -434,26 +434,9 @@ class ProxyProcessTests(unittest.TestCase):
         C{processes} stream listeners on C{port} are up.
         """
         self.log = self.dir / "twistd.log"
-        with self.log.open("wb") as out:
-            proc = subprocess.Popen(
-                twistd_argv("sipproxy", "--config", str(self.config), *args),
-                cwd=self.dir,
-                env=child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-        def stop() -> None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(IO_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(IO_TIMEOUT)
-
-        self.addCleanup(stop)
+        proc = spawn_twistd(
+            self, self.dir, self.log, "sipproxy", "--config", str(self.config), *args, stop_timeout=IO_TIMEOUT
+        )
         deadline = time.monotonic() + READY_TIMEOUT
         while (
             self.output().count(f"Factory starting on {port}")

@@ -119,6 +119,21 @@ class ProxyStatusTests(unittest.TestCase):
     """
 
     @inlineCallbacks
+    def start(self, config: ProxyConfig) -> Any:
+        """
+        Run the service of C{config}, stopped at cleanup.
+
+        @return: fires with its status page's base URL and first status.
+        """
+        service = make_service(config)
+        service.startService()
+        self.addCleanup(service.stopService)
+        server = [s for s in service if isinstance(s, StatusServer)][0]
+        base = f"http://127.0.0.1:{server.port.getHost().port}"
+        status = yield poll_status(base, lambda status: True)
+        return base, status
+
+    @inlineCallbacks
     def test_stateful_transactions(self) -> Any:
         """
         With C{--stateful}, the live transactions and kept branches: an
@@ -131,12 +146,7 @@ class ProxyStatusTests(unittest.TestCase):
             status="tcp:127.0.0.1:0",
             transactions=TransactionTimers(),
         )
-        service = make_service(config)
-        service.startService()
-        self.addCleanup(service.stopService)
-        server = [s for s in service if isinstance(s, StatusServer)][0]
-        base = f"http://127.0.0.1:{server.port.getHost().port}"
-        status = yield poll_status(base, lambda status: True)
+        base, status = yield self.start(config)
         self.assertEqual(status["stateful"], {"transactions": 0, "branches": 0})
         (udp,) = status["leg_counters"]
         phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -162,12 +172,7 @@ class ProxyStatusTests(unittest.TestCase):
             allow=["127.0.0.1/32"],
             edge=EdgePolicy(flood=FloodLimits(limit=5, window=60, ban=60)),
         )
-        service = make_service(config)
-        service.startService()
-        self.addCleanup(service.stopService)
-        server = [s for s in service if isinstance(s, StatusServer)][0]
-        base = f"http://127.0.0.1:{server.port.getHost().port}"
-        status = yield poll_status(base, lambda status: True)
+        base, status = yield self.start(config)
         udp, tcp = sorted(status["leg_counters"])[::-1]
         self.assertTrue(udp.startswith("udp:127.0.0.1:") and tcp.startswith("tcp:127.0.0.1:"))
         proxy = ("127.0.0.1", int(udp.rsplit(":", 1)[1]))

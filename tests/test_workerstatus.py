@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from twisted.trial import unittest
 
 from sipleg.workerstatus import sum_status
 from tests.interop.peers import free_port
-from tests.support import child_env, fetch, metric_values, options, poll_status, twistd_argv
+from tests.support import fetch, metric_values, options, poll_status, spawn_twistd
 
 #: OPTIONS sent to the workers, each from a new source port.
 REQUESTS = 200
@@ -97,34 +96,19 @@ class SupervisorStatusTests(unittest.TestCase):
         sip_port, status_port = free_port("udp"), free_port("tcp")
         rundir = Path(self.mktemp())
         rundir.mkdir(parents=True)
-        with (rundir / "out").open("wb") as out:
-            proc = subprocess.Popen(
-                twistd_argv(
-                    "sipproxy",
-                    "--workers",
-                    "2",
-                    "--listen",
-                    f"udp:127.0.0.1:{sip_port}",
-                    "--status",
-                    f"tcp:127.0.0.1:{status_port}",
-                ),
-                cwd=rundir,
-                env=child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-        def stop() -> None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(CHILD_TIMEOUT / 4)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-        self.addCleanup(stop)
+        proc = spawn_twistd(
+            self,
+            rundir,
+            rundir / "out",
+            "sipproxy",
+            "--workers",
+            "2",
+            "--listen",
+            f"udp:127.0.0.1:{sip_port}",
+            "--status",
+            f"tcp:127.0.0.1:{status_port}",
+            stop_timeout=CHILD_TIMEOUT / 4,
+        )
         base = f"http://127.0.0.1:{status_port}"
 
         def all_up(status: dict[str, Any]) -> bool:
@@ -168,7 +152,8 @@ class SupervisorStatusTests(unittest.TestCase):
         status = yield poll_status(base, all_up, wait=20)
         self.assertNotEqual(status["workers"][0]["pid"], killed)
         self.assertEqual(status["workers"][0]["status"]["requests"], {})
-        stop()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(CHILD_TIMEOUT / 4)
         self.assertIn(proc.returncode, (0, -signal.SIGTERM))
         output = (rundir / "out").read_text()
         self.assertNotIn("Traceback", output)
