@@ -476,12 +476,15 @@ class StatelessProxy:
         """
         tokens: tuple[str, ...] = () if out is None else (flow_token(out, self.flow_secret),)
         source = view.source
-        if (
-            view.leg.proto in STREAMS
-            and len(view.vias) == 1
-            and source.addr is not None
-            and asks_outbound(view.request.get_header("contact"))
-        ):
+        if view.leg.proto not in STREAMS or len(view.vias) != 1 or source.addr is None:
+            return tokens
+        try:
+            contact = view.request.get_header("contact")
+        except SIPParseError:
+            # A malformed Contact asks for nothing (the request goes on as
+            # it is: its UAS answers it).
+            return tokens
+        if asks_outbound(contact):
             relay = self.flow_relay
             owner = "" if relay is None else relay.address
             came = Flow(view.leg.proto, source.addr, source.port, owner)

@@ -272,6 +272,35 @@ class FlowProxyTests(unittest.TestCase):
         callee.transport.write(bye.encode(), proxy)
         await caller.wait_for(f"BYE {contact} SIP/2.0".encode())
 
+    async def test_caller_with_malformed_contact(self) -> None:
+        """
+        A caller over TLS whose Contact does not parse asks for no flow:
+        its request is forwarded as it is (the proxy reading the Contact
+        for C{;ob} raised in the reactor before).
+        """
+        callee = Datagrams()
+        port = reactor.listenUDP(0, callee, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        there = port.getHost().port
+        caller = RawClient()
+        endpoint = wrapClientTLS(
+            CertificateOptions(), TCP4ClientEndpoint(reactor, "127.0.0.1", self.legs["tls"].local.port)
+        )
+        await connectProtocol(endpoint, caller)
+        self.addCleanup(caller.transport.loseConnection)
+        here = caller.transport.getHost().port
+        caller.transport.write(
+            (
+                f"OPTIONS sip:bob@127.0.0.1:{there} SIP/2.0\r\n"
+                f"Via: SIP/2.0/TLS 127.0.0.1:{here};branch=z9hG4bK-badcontact\r\n"
+                f"From: <sip:alice@example.test>;tag=a\r\nTo: <sip:bob@127.0.0.1:{there}>\r\n"
+                "Call-ID: badc\r\n"
+                "CSeq: 1 OPTIONS\r\nContact: Bell, Alexander <sip:a@127.0.0.1;ob\r\n"
+                "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
+        )
+        await eventually(lambda: callee.has(b"OPTIONS "))
+
     async def test_path(self) -> None:
         """
         A REGISTER for another registrar that says C{Supported: path}
